@@ -1,0 +1,128 @@
+"""The hybrid loss: shared MLP, coherence and alignment terms (Sec. 3.4, eqs 28-34).
+
+Taught in chapter 5 ("The hybrid loss"). Scores are (B_i, B_t) matrices:
+row i is an image, column j a text, every image against every text.
+
+Readings taken where the paper is ambiguous (see NOTES.md):
+
+* eq 28 ends in a sigmoid (the prose says softmax, which on one output is
+  the constant 1): scores lie in (0, 1).
+* eqs 29-31: D(x, y) = |x − y| summed over all B × B pairs of the batch.
+* eq 33: two captions of one image in a batch are positives, not
+  negatives; ``positive_mask`` excludes them from the hardest-negative search.
+* "w/o MLP" (Table 6): one shared linear layer P → 1, then the sigmoid.
+* When an ablation drops a branch, F and L_c use the remaining branches.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    "SimilarityMLP",
+    "coherence_term",
+    "alignment_term",
+    "fuse_scores",
+    "HybridLoss",
+    "hybrid_loss",
+]
+
+
+class SimilarityMLP(nn.Module):
+    """Similarity vector → score: s_out = σ(W2 relu(W1 s_in + b1) + b2) (eq 28).
+
+    One module shared by the three branches. in_dim: P (1 under "w/o VSF");
+    hidden: P. ``depth=1`` is the "w/o MLP" ablation, s_out = σ(W s_in + b).
+    ``forward(sim)``: (..., in_dim) → (...,).
+    """
+
+    def __init__(self, in_dim: int, hidden: int | None = None, depth: int = 2):
+        super().__init__()
+        if depth == 2:
+            hidden = hidden or in_dim
+            self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        elif depth == 1:
+            self.net = nn.Linear(in_dim, 1)
+        else:
+            raise ValueError(f"SimilarityMLP: depth must be 1 or 2, got {depth}")
+
+    def forward(self, sim: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(sim)).squeeze(-1)
+
+
+def coherence_term(s_s, s_o, s_r) -> torch.Tensor:
+    """L_c = Σ_ij |S^S−S^O| + |S^S−S^R| + |S^O−S^R| over all pairs (eqs 29-31).
+
+    Each argument (B_i, B_t); a branch removed by an ablation may be None,
+    and then only the pairs of present branches count. Returns a scalar.
+    """
+    present = [s for s in (s_s, s_o, s_r) if s is not None]
+    if not present:
+        raise ValueError("coherence_term: all three scores are None")
+    total = present[0].new_zeros(())
+    for i in range(len(present)):
+        for j in range(i + 1, len(present)):
+            total = total + (present[i] - present[j]).abs().sum()
+    return total
+
+
+def alignment_term(scores: torch.Tensor, margin: float = 0.2,
+                   positive_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Bidirectional hinge triplet loss with the hardest negatives (eq 33).
+
+    scores (B, B): F(I_i, Z_j), the positive pair of row i and of column i on
+    the diagonal. positive_mask (B, B) bool, True where (i, j) match (it must
+    include the diagonal; other Trues, e.g. a second caption of the same
+    image, are excluded from the negatives). For each row i:
+    [Δ − F_ii + max_{j neg} F_ij]_+, and for each column j:
+    [Δ − F_jj + max_{i neg} F_ij]_+ (0 when there is no negative). Returns
+    the sum over the batch (a scalar).
+    """
+    if scores.dim() != 2 or scores.shape[0] != scores.shape[1]:
+        raise ValueError(f"alignment_term: scores must be (B, B), got {tuple(scores.shape)}")
+    eye = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
+    if positive_mask is None:
+        positive_mask = eye
+    elif positive_mask.shape != scores.shape or not bool(positive_mask[eye].all()):
+        raise ValueError("alignment_term: positive_mask must be (B, B) bool with a True diagonal")
+    diag = scores.diagonal()
+    negatives = scores.masked_fill(positive_mask, float("-inf"))
+    hardest_text = negatives.amax(dim=1)  # per image row
+    hardest_image = negatives.amax(dim=0)  # per text column
+    # (margin - pos + -inf).clamp(0) is 0: rows without negatives cost nothing.
+    cost_i2t = (margin - diag + hardest_text).clamp(min=0)
+    cost_t2i = (margin - diag + hardest_image).clamp(min=0)
+    return cost_i2t.sum() + cost_t2i.sum()
+
+
+def fuse_scores(scores: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """F = (S^S + S^O + S^R) / 3 (eq 32), the mean of the branches present."""
+    present = [s for s in scores if s is not None]
+    if not present:
+        raise ValueError("fuse_scores: all scores are None")
+    return torch.stack(present).mean(dim=0)
+
+
+class HybridLoss(NamedTuple):
+    """L = L_t + λ L_c, with both terms kept for logging."""
+
+    total: torch.Tensor
+    alignment: torch.Tensor
+    coherence: torch.Tensor
+
+
+def hybrid_loss(s_s, s_o, s_r, margin: float = 0.2, coherence_weight: float = 0.5,
+                positive_mask: torch.Tensor | None = None) -> HybridLoss:
+    """The hybrid loss L = L_t + λ L_c (eq 34) from the three (B, B) scores.
+
+    L_t is :func:`alignment_term` of F = :func:`fuse_scores` (eqs 32-33); L_c
+    is :func:`coherence_term` (eqs 29-31); λ = ``coherence_weight`` (0.5 for
+    Flickr30K, 0.75 for MS-COCO; 0 is the "w/o SC-loss" ablation).
+    """
+    f = fuse_scores((s_s, s_o, s_r))
+    l_t = alignment_term(f, margin, positive_mask)
+    l_c = coherence_term(s_s, s_o, s_r)
+    return HybridLoss(l_t + coherence_weight * l_c, l_t, l_c)

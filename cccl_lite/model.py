@@ -1,0 +1,245 @@
+"""The CCCL model: configuration, ablation switches, and the all-pairs forward.
+
+Perceive (``perceive``), Reason (``reason``) and Align (``align``) assembled
+as in Fig. 2 of the paper; the scores go to the hybrid loss (``loss``).
+Taught across chapters 2-5; the ablations in chapter 7.
+
+``CCCL.forward`` scores every image of a batch against every text. It is
+split into :meth:`CCCL.encode_images`, :meth:`CCCL.encode_texts` (work that
+depends on one item only) and :meth:`CCCL.score` (work per pair), so an
+evaluator can encode each item once and score in chunks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .align import GlobalBranch, LocalBranch, RelationSimilarity
+from .loss import HybridLoss, SimilarityMLP, fuse_scores, hybrid_loss
+from .perceive import TextualEmbedding, VisualEmbedding
+from .reason import CrossGRU, GraphReasoning
+
+__all__ = ["ABLATIONS", "CCCLConfig", "CCCL", "ImageEncoding", "TextEncoding"]
+
+# Table 6 of the paper, spelled as printed.
+ABLATIONS = (
+    "w/o V-CPC", "w/o T-CPC", "w/o CPC", "w/o POS", "w/o BERT",
+    "w/o B-1", "w/o B-2", "w/o B-3", "w/o VSF",
+    "w/o A-Pool", "w/o M-Pool",
+    "w/o S-NLP", "w/o C-GRU",
+    "w/o SC-loss", "w/o MLP",
+)
+
+# What each ablation switches off. "w/o B-1" keeps Branch 1's vectors v^S, t^S
+# (eqs 13-14) because Branch 3's GRUs read them first (eq 26; the paper is
+# silent): it drops sim^S from F and from L_c. "w/o BERT" needs vocab_size.
+_ABLATION_CHANGES = {
+    "w/o V-CPC": {"use_visual_cpc": False},
+    "w/o T-CPC": {"use_text_cpc": False},
+    "w/o CPC": {"use_visual_cpc": False, "use_text_cpc": False},
+    "w/o POS": {"use_position": False},
+    "w/o BERT": {"use_bert": False},
+    "w/o B-1": {"use_branch1": False},
+    "w/o B-2": {"use_branch2": False},
+    "w/o B-3": {"use_branch3": False},
+    "w/o VSF": {"use_vsf": False},
+    "w/o A-Pool": {"use_avg_pool": False},
+    "w/o M-Pool": {"use_max_pool": False},
+    "w/o S-NLP": {"use_syntax": False},
+    "w/o C-GRU": {"use_cross_gru": False},
+    "w/o SC-loss": {"coherence_weight": 0.0},
+    "w/o MLP": {"use_mlp": False},
+}
+assert tuple(_ABLATION_CHANGES) == ABLATIONS
+
+
+@dataclass(frozen=True)
+class CCCLConfig:
+    """Every hyper-parameter of CCCL (Table 1) and every Table 6 switch.
+
+    Names: region_dim d_F, num_regions n, word_dim d_E, embed_dim d, sim_dim P,
+    margin Δ, coherence_weight λ (eq 34), attention_temperature λ of eq 17.
+    """
+
+    region_dim: int = 2048
+    num_regions: int = 36
+    word_dim: int = 768
+    embed_dim: int = 1024
+    sim_dim: int = 256
+    margin: float = 0.2
+    coherence_weight: float = 0.5
+    batch_size: int = 128
+    lr: float = 2e-4
+    epochs: int = 30
+    lr_decay_epoch: int = 15  # lr × 0.1 from this epoch on (Sec. 4.2)
+    grad_clip: float = 2.0
+    attention_temperature: float = 9.0
+    vocab_size: int = 0  # word ids for "w/o BERT"; set from the data's vocabulary
+    # Table 6 switches (all True = the full model).
+    use_visual_cpc: bool = True
+    use_text_cpc: bool = True
+    use_position: bool = True
+    use_bert: bool = True
+    use_branch1: bool = True
+    use_branch2: bool = True
+    use_branch3: bool = True
+    use_vsf: bool = True
+    use_max_pool: bool = True
+    use_avg_pool: bool = True
+    use_syntax: bool = True
+    use_cross_gru: bool = True
+    use_mlp: bool = True
+    ablation: str | None = None
+
+    @classmethod
+    def paper(cls, **overrides) -> "CCCLConfig":
+        """Table 1 (Flickr30K): d_F 2048, n 36, d_E 768, d 1024, P 256, Δ 0.2,
+        λ 0.5, B 128, lr 2e-4, 30 epochs."""
+        return cls(**overrides)
+
+    @classmethod
+    def lite(cls, **overrides) -> "CCCLConfig":
+        """Sized for 2 CPU cores: the synthetic scenes' 256-d region features,
+        12 regions, MiniLM's 384-d words, d = P = 64, B = 32."""
+        base = dict(region_dim=256, num_regions=12, word_dim=384, embed_dim=64,
+                    sim_dim=64, batch_size=32, lr=5e-4, epochs=12, lr_decay_epoch=8)
+        return cls(**{**base, **overrides})
+
+    def with_ablation(self, name: str) -> "CCCLConfig":
+        """A copy of this config with one Table 6 ablation switched on."""
+        if name not in _ABLATION_CHANGES:
+            raise ValueError(f"unknown ablation {name!r}; expected one of: {', '.join(ABLATIONS)}")
+        return dataclasses.replace(self, ablation=name, **_ABLATION_CHANGES[name])
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CCCLConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"CCCLConfig: unknown fields {unknown}")
+        return cls(**d)
+
+
+class ImageEncoding(NamedTuple):
+    """What CCCL computes once per image: V (B, n, d), mask (B, n),
+    v^S (B, d) (eqs 13-14) and V̂ (B, n, d) (eq 25; None without Branch 3)."""
+
+    v: torch.Tensor
+    mask: torch.Tensor
+    global_vec: torch.Tensor
+    graph: torch.Tensor | None
+
+
+class TextEncoding(NamedTuple):
+    """What CCCL computes once per text: T (B, m, d), mask (B, m),
+    t^S (B, d) (eqs 13-14) and T̂ (B, m, d) (eq 25; None without Branch 3)."""
+
+    t: torch.Tensor
+    mask: torch.Tensor
+    global_vec: torch.Tensor
+    graph: torch.Tensor | None
+
+
+class CCCL(nn.Module):
+    """CCCL: context-perceived embeddings, three branches, shared MLP (Fig. 2).
+
+    ``forward(regions, positions, region_mask, words, word_mask,
+    word_adjacency)``: regions (B_i, n, d_F); positions (B_i, n, 6) from
+    ``position_features`` (may be None under "w/o POS"); region_mask (B_i, n)
+    bool; words (B_t, m, d_E) float (or (B_t, m) int64 ids under "w/o BERT");
+    word_mask (B_t, m) bool; word_adjacency (B_t, m, m) bool dependency arcs
+    (ignored under "w/o S-NLP"). Returns ``(F, (S_S, S_O, S_R))``, each
+    (B_i, B_t): every image scored against every text; F is their mean
+    (eq 32). A branch removed by an ablation gives None in its place.
+    """
+
+    def __init__(self, config: CCCLConfig):
+        super().__init__()
+        c = self.config = config
+        if not c.use_bert and c.vocab_size <= 0:
+            raise ValueError("'w/o BERT' needs config.vocab_size: the data's vocabulary size")
+        if not (c.use_branch1 or c.use_branch2 or c.use_branch3):
+            raise ValueError("CCCLConfig: at least one branch must be on")
+        d, p = c.embed_dim, c.sim_dim
+        self.visual = VisualEmbedding(c.region_dim, d, c.use_position, c.use_visual_cpc)
+        self.textual = TextualEmbedding(c.word_dim, d, c.use_text_cpc,
+                                        None if c.use_bert else c.vocab_size)
+        # Branch 1's vectors exist whenever Branch 1 scores or Branch 3 reads them.
+        self.global_branch = GlobalBranch(d, p, c.use_max_pool, c.use_avg_pool, c.use_vsf,
+                                          scores=c.use_branch1)
+        self.local_branch = LocalBranch(d, p, c.attention_temperature, c.use_vsf) \
+            if c.use_branch2 else None
+        if c.use_branch3:
+            self.visual_graph = GraphReasoning(d)
+            self.text_graph = GraphReasoning(d)
+            self.visual_gru = CrossGRU(d)
+            self.text_gru = CrossGRU(d)
+            self.relation = RelationSimilarity(d, p, c.use_vsf)
+        sim_in = p if c.use_vsf else 1
+        self.mlp = SimilarityMLP(sim_in, p, depth=2 if c.use_mlp else 1)
+
+    # ---- per item -------------------------------------------------------
+    def encode_images(self, regions, positions, region_mask) -> ImageEncoding:
+        """V (eqs 8-10), v^S (eqs 13-14) and V̂ (eqs 21, 24-25) for each image."""
+        c = self.config
+        v = self.visual(regions, positions if c.use_position else None, region_mask)
+        v_s = self.global_branch.image_vector(v, region_mask)
+        graph = self.visual_graph(v, region_mask) if c.use_branch3 else None
+        return ImageEncoding(v, region_mask, v_s, graph)
+
+    def encode_texts(self, words, word_mask, word_adjacency=None) -> TextEncoding:
+        """T (eqs 11-12), t^S (eqs 13-14) and T̂ (eqs 22-25) for each text."""
+        c = self.config
+        t = self.textual(words, word_mask)
+        t_s = self.global_branch.text_vector(t, word_mask)
+        graph = None
+        if c.use_branch3:
+            if c.use_syntax and word_adjacency is None:
+                raise ValueError("CCCL: word_adjacency is required (or use 'w/o S-NLP')")
+            graph = self.text_graph(t, word_mask, word_adjacency if c.use_syntax else None)
+        return TextEncoding(t, word_mask, t_s, graph)
+
+    # ---- per pair -------------------------------------------------------
+    def relation_vectors(self, img: ImageEncoding, txt: TextEncoding):
+        """v^R, t^R (eq 26) for every pair: each (B_i, B_t, d), or (B_i, 1, d) /
+        (1, B_t, d) under "w/o C-GRU" where they no longer depend on the pair."""
+        cross = self.config.use_cross_gru
+        v_r = self.visual_gru(img.graph, img.mask, txt.global_vec if cross else None)
+        t_r = self.text_gru(txt.graph, txt.mask, img.global_vec if cross else None)
+        return v_r, t_r.transpose(0, 1)
+
+    def similarity_vectors(self, img: ImageEncoding, txt: TextEncoding):
+        """(sim^S, sim^O, sim^R), each (B_i, B_t, P) or None when ablated."""
+        c = self.config
+        sim_s = self.global_branch(img.global_vec, txt.global_vec) if c.use_branch1 else None
+        sim_o = self.local_branch(img.v, img.mask, txt.t, txt.mask) if c.use_branch2 else None
+        sim_r = None
+        if c.use_branch3:
+            sim_r = self.relation(*self.relation_vectors(img, txt))
+            sim_r = sim_r.expand(img.v.shape[0], txt.t.shape[0], -1)
+        return sim_s, sim_o, sim_r
+
+    def score(self, img: ImageEncoding, txt: TextEncoding):
+        """(F, (S^S, S^O, S^R)) for every pair of the encoded items (eqs 28, 32)."""
+        scores = tuple(None if s is None else self.mlp(s)
+                       for s in self.similarity_vectors(img, txt))
+        return fuse_scores(scores), scores
+
+    def forward(self, regions, positions, region_mask, words, word_mask, word_adjacency=None):
+        img = self.encode_images(regions, positions, region_mask)
+        txt = self.encode_texts(words, word_mask, word_adjacency)
+        return self.score(img, txt)
+
+    def loss(self, scores, positive_mask=None) -> HybridLoss:
+        """The hybrid loss (eq 34) of ``forward``'s branch scores, with this config's Δ, λ."""
+        return hybrid_loss(*scores, margin=self.config.margin,
+                           coherence_weight=self.config.coherence_weight,
+                           positive_mask=positive_mask)

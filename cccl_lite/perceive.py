@@ -1,0 +1,219 @@
+"""Perceive: context-perceived embeddings of regions and words (Sec. 3.2, eqs 1-12).
+
+Taught in chapter 2 ("Perceive"). Shapes use B for a batch, L for a sequence
+(n regions or m words), d for the common embedding size.
+
+Readings taken where the paper is ambiguous (see NOTES.md):
+
+* eq 5 prints ``K̂ = K ∘ G_V``; ``G_K`` is meant.
+* eq 8 prints W as ``n × d_Q``; it is a ``d_F → d`` linear layer.
+* eq 9's "six-tuple" is garbled; :func:`position_features` documents ours.
+* eqs 11-12 speak of *words*: BERT's WordPiece vectors are mean-pooled per
+  word before they reach :class:`TextualEmbedding` (see ``cccl_lite.text``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+__all__ = [
+    "masked_softmax",
+    "CPCDetails",
+    "ContextPerceivedCell",
+    "position_features",
+    "VisualEmbedding",
+    "BiGRUWordEncoder",
+    "TextualEmbedding",
+]
+
+
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor | None, dim: int = -1):
+    """Softmax over ``dim`` where ``mask`` is True; masked entries get exactly 0.
+
+    A slice with no valid entry returns all zeros instead of NaN, so padded
+    queries never poison a batch. ``mask`` must broadcast to ``logits``.
+    """
+    if mask is None:
+        return torch.softmax(logits, dim=dim)
+    mask = mask.expand_as(logits)
+    logits = logits.masked_fill(~mask, float("-inf"))
+    # An all-masked slice would give softmax(-inf, ..., -inf) = NaN.
+    any_valid = mask.any(dim=dim, keepdim=True)
+    logits = torch.where(any_valid, logits, torch.zeros_like(logits))
+    return torch.softmax(logits, dim=dim) * mask
+
+
+class CPCDetails(NamedTuple):
+    """Every intermediate of the context-perceived cell, for the book's figures."""
+
+    q: torch.Tensor  # (B, L, d), eq 1
+    k: torch.Tensor  # (B, L, d), eq 1
+    v: torch.Tensor  # (B, L, d), eq 1
+    gate_q: torch.Tensor  # (B, L, d), eq 4
+    gate_k: torch.Tensor  # (B, L, d), eq 4
+    attention: torch.Tensor  # (B, L, L), the softmax of eq 6 (rows: queries)
+    output: torch.Tensor  # (B, L, d), eq 7
+
+
+class ContextPerceivedCell(nn.Module):
+    """Gated self-attention with a residual connection, CPC(Y) (eqs 1-7).
+
+    Q, K, V = Y W_Q, Y W_K, Y W_V (eq 1, bias-free as printed);
+    U = Q ∘ K (eq 3); G_Q = σ(U W_Q^G + b_Q^G), G_K = σ(U W_K^G + b_K^G) (eq 4);
+    Q̂ = Q ∘ G_Q, K̂ = K ∘ G_K (eq 5, reading the printed G_V as G_K);
+    Â = softmax(Q̂ K̂ᵀ / √d) V (eq 6, d_K = d_V = d); CPC(Y) = Â + Y (eq 7).
+
+    ``forward(y, mask)``: y (B, L, d); mask (B, L) bool, True = valid. Padded
+    keys never receive attention and padded rows of the output are zero, so
+    padding cannot leak into any later step.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.w_q = nn.Linear(dim, dim, bias=False)
+        self.w_k = nn.Linear(dim, dim, bias=False)
+        self.w_v = nn.Linear(dim, dim, bias=False)
+        self.gate_q = nn.Linear(dim, dim)
+        self.gate_k = nn.Linear(dim, dim)
+
+    def details(self, y: torch.Tensor, mask: torch.Tensor | None = None) -> CPCDetails:
+        """Run eqs 1-7 and return every intermediate (see :class:`CPCDetails`)."""
+        q, k, v = self.w_q(y), self.w_k(y), self.w_v(y)
+        u = q * k
+        g_q = torch.sigmoid(self.gate_q(u))
+        g_k = torch.sigmoid(self.gate_k(u))
+        logits = (q * g_q) @ (k * g_k).transpose(-1, -2) / math.sqrt(self.dim)
+        key_mask = None if mask is None else mask[:, None, :]
+        attention = masked_softmax(logits, key_mask, dim=-1)
+        out = attention @ v + y
+        if mask is not None:
+            out = out * mask[..., None]
+        return CPCDetails(q, k, v, g_q, g_k, attention, out)
+
+    def forward(self, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.details(y, mask).output
+
+
+def position_features(boxes: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
+    """Absolute position six-tuple s̃_i of each region, the input of eq 9.
+
+    boxes (..., 4): pixel x1, y1, x2, y2; image_size (..., 2): width W,
+    height H (broadcast against boxes' leading dims). Returns (..., 6) in
+    [0, 1]: x1/W, y1/H, x2/W, y2/H, wh/(WH) (the five readable quantities of
+    the garbled eq 9) and, sixth, the shape w/(w+h) (0 = a vertical line,
+    0.5 = square, 1 = a horizontal line; 0.5 for an empty box). The sixth is
+    our choice: CAMERA's aspect ratio w/h is unbounded, and w/(w+h) carries
+    the same information in [0, 1]. Boxes are clipped to the image first.
+    """
+    boxes = torch.as_tensor(boxes, dtype=torch.float32)
+    image_size = torch.as_tensor(image_size, dtype=torch.float32, device=boxes.device)
+    if boxes.shape[-1] != 4 or image_size.shape[-1] != 2:
+        raise ValueError(
+            "position_features: expected boxes (..., 4) and image_size (..., 2), "
+            f"got {tuple(boxes.shape)} and {tuple(image_size.shape)}"
+        )
+    if not bool((image_size > 0).all()):
+        raise ValueError("position_features: image_size must be positive (width, height)")
+    if image_size.dim() < boxes.dim():
+        image_size = image_size.unsqueeze(-2)  # one size per image, many boxes
+    rel = (boxes / torch.cat([image_size, image_size], dim=-1)).clamp(0.0, 1.0)
+    w = (rel[..., 2] - rel[..., 0]).clamp(min=0.0)
+    h = (rel[..., 3] - rel[..., 1]).clamp(min=0.0)
+    area = w * h
+    shape = torch.where(w + h > 0, w / (w + h).clamp(min=1e-12), torch.full_like(w, 0.5))
+    return torch.cat([rel, area[..., None], shape[..., None]], dim=-1)
+
+
+class VisualEmbedding(nn.Module):
+    """Regions to context-perceived visual embeddings V (eqs 8-10).
+
+    Q̂ = Q W_Q + b_Q (eq 8, d_F → d); Ŝ = σ(S̃ W_S + b_S) (eq 9, 6 → d);
+    V = CPC(Q̂ ∘ Ŝ) (eq 10). Ablations: ``use_position=False`` ("w/o POS")
+    gives V = CPC(Q̂); ``use_cpc=False`` ("w/o V-CPC") drops the cell.
+
+    ``forward(regions, positions, mask)``: regions (B, n, d_F), positions
+    (B, n, 6) from :func:`position_features` (ignored, may be None, without
+    position), mask (B, n) bool. Returns V (B, n, d), zero at padded regions.
+    """
+
+    def __init__(self, region_dim: int, dim: int, use_position: bool = True,
+                 use_cpc: bool = True):
+        super().__init__()
+        self.project = nn.Linear(region_dim, dim)
+        self.position = nn.Linear(6, dim) if use_position else None
+        self.cpc = ContextPerceivedCell(dim) if use_cpc else None
+
+    def forward(self, regions, positions=None, mask=None):
+        x = self.project(regions)
+        if self.position is not None:
+            if positions is None:
+                raise ValueError("VisualEmbedding: positions are required (or use 'w/o POS')")
+            x = x * torch.sigmoid(self.position(positions))
+        if self.cpc is not None:
+            return self.cpc(x, mask)
+        return x if mask is None else x * mask[..., None]
+
+
+class BiGRUWordEncoder(nn.Module):
+    """Word vectors from a Bi-GRU over learned embeddings, the "w/o BERT" ablation.
+
+    ``forward(tokens, mask)``: tokens (B, m) int64 word ids (0 = padding),
+    mask (B, m) bool. Returns (B, m, out_dim), the two directions'
+    states concatenated, zero at padding (packed sequences, so the backward
+    direction never reads padding).
+    """
+
+    def __init__(self, vocab_size: int, out_dim: int, embed_dim: int = 300):
+        super().__init__()
+        if out_dim % 2:
+            raise ValueError("BiGRUWordEncoder: out_dim must be even (two directions)")
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        self.gru = nn.GRU(embed_dim, out_dim // 2, batch_first=True, bidirectional=True)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        lengths = mask.sum(1).clamp(min=1).cpu()
+        packed = pack_padded_sequence(self.embed(tokens), lengths, batch_first=True,
+                                      enforce_sorted=False)
+        out, _ = self.gru(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])
+        return out * mask[..., None]
+
+
+class TextualEmbedding(nn.Module):
+    """Word vectors to context-perceived textual embeddings T (eqs 11-12).
+
+    Ê = E W_E + b_E (eq 11, d_E → d); T = CPC(Ê) (eq 12). E holds one row per
+    *word* (WordPieces mean-pooled, NOTES.md). Ablations: ``use_cpc=False``
+    ("w/o T-CPC"); ``vocab_size`` set ("w/o BERT") makes E come from a
+    :class:`BiGRUWordEncoder` over word ids instead of pretrained vectors.
+
+    ``forward(words, mask)``: words (B, m, d_E) float, or (B, m) int64 ids
+    for "w/o BERT"; mask (B, m) bool. Returns T (B, m, d), zero at padding.
+    """
+
+    def __init__(self, word_dim: int, dim: int, use_cpc: bool = True,
+                 vocab_size: int | None = None):
+        super().__init__()
+        self.words = BiGRUWordEncoder(vocab_size, word_dim) if vocab_size else None
+        self.project = nn.Linear(word_dim, dim)
+        self.cpc = ContextPerceivedCell(dim) if use_cpc else None
+
+    def forward(self, words, mask=None):
+        if self.words is not None:
+            if words.is_floating_point():
+                raise ValueError("TextualEmbedding: 'w/o BERT' expects word ids (B, m) int64")
+            if mask is None:
+                mask = words != 0
+            words = self.words(words, mask)
+        elif not words.is_floating_point():
+            raise ValueError("TextualEmbedding: expected word vectors (B, m, d_E) float")
+        x = self.project(words)
+        if self.cpc is not None:
+            return self.cpc(x, mask)
+        return x if mask is None else x * mask[..., None]
