@@ -1,0 +1,173 @@
+"""Reading a split for CCCL: padded batches with masks, positions and graphs.
+
+:class:`SplitReader` reads images and captions of one split of a schema file
+(``cccl_lite.data.schema``) on demand: region features stay on disk and are
+read per batch (HDF5 reads only the rows asked for), so COCO's 31 GiB of
+features never have to fit in memory. :class:`CaptionDataset` and
+:func:`collate` turn it into PyTorch batches ready for ``CCCL.forward``;
+evaluators call :meth:`SplitReader.images` and :meth:`SplitReader.captions`
+directly to encode every item once. Taught in chapter 1 ("The task").
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from ..perceive import position_features
+from ..text import heads_to_adjacency
+from .schema import SchemaError, check_file
+
+__all__ = ["build_vocab", "SplitReader", "CaptionDataset", "collate", "model_inputs"]
+
+PAD, UNK = 0, 1
+
+
+def build_vocab(path, min_count: int = 1) -> dict[str, int]:
+    """Word → id over the train split's tokens, for the "w/o BERT" Bi-GRU.
+
+    Ids 0 and 1 are padding and unknown; words sorted so the ids are stable.
+    """
+    with check_file(path, "train") as f:
+        counts = Counter(w for t in f["train/captions/tokens"].asstr()[:] for w in t.split(" "))
+    words = sorted(w for w, c in counts.items() if c >= min_count)
+    return {"<pad>": PAD, "<unk>": UNK, **{w: i + 2 for i, w in enumerate(words)}}
+
+
+def _read_rows(dataset: h5py.Dataset, idx: np.ndarray) -> np.ndarray:
+    """dataset[idx] for any index order (h5py wants increasing, unique indices)."""
+    uniq, inverse = np.unique(idx, return_inverse=True)
+    return dataset[uniq][inverse]
+
+
+class SplitReader:
+    """Lazy access to one split: images and captions by index.
+
+    ``words``: "vectors" reads the cached word vectors (``encode_words.py``
+    must have run), "ids" maps tokens through ``vocab`` ("w/o BERT").
+    ``syntax``: read the dependency heads (False only for "w/o S-NLP", where
+    the text graph is fully connected by design). Positions come from the
+    boxes; a file without boxes gives ``positions=None`` and a warning: the
+    model must then run "w/o POS" (boxes are never invented).
+    """
+
+    def __init__(self, path, split: str, words: str = "vectors", vocab: dict | None = None,
+                 syntax: bool = True):
+        self.path, self.split = Path(path), split
+        if words not in ("vectors", "ids"):
+            raise ValueError(f"words must be 'vectors' or 'ids', got {words!r}")
+        if words == "ids" and vocab is None:
+            raise ValueError("words='ids' needs a vocab (see build_vocab)")
+        self.words, self.vocab, self.syntax = words, vocab, syntax
+        with check_file(self.path, split) as f:
+            g = f[split]
+            self.has_boxes = bool(f.attrs["has_boxes"])
+            self.n_images, self.num_regions, self.region_dim = g["images/features"].shape
+            self.caption_image = g["captions/image"][:]
+            self.tokens = [t.split(" ") for t in g["captions/tokens"].asstr()[:]]
+            # Small per-image arrays live in memory; features stay on disk.
+            self.region_mask = g["images/region_mask"][:]
+            self.size = g["images/size"][:]
+            self.boxes = g["images/boxes"][:] if self.has_boxes else None
+            if syntax and "heads" not in g["captions"]:
+                raise SchemaError(f"{self.path}:/{split}/captions/heads: missing; run "
+                                  f"`python data_scripts/parse_captions.py {self.path}` first")
+            self.heads = list(g["captions/heads"][:]) if syntax else None
+            if words == "vectors":
+                if "word_vectors" not in g["captions"]:
+                    raise SchemaError(
+                        f"{self.path}:/{split}/captions/word_vectors: missing; run "
+                        f"`python data_scripts/encode_words.py {self.path}` first")
+                self.offsets = g["captions/word_offsets"][:]
+                self.word_dim = g["captions/word_vectors"].shape[1]
+                self.encoder = str(g["captions/word_vectors"].attrs.get("encoder", ""))
+        if not self.has_boxes:
+            warnings.warn(f"{self.path} has no boxes: run the model 'w/o POS'", stacklevel=2)
+        self._file = None
+
+    @property
+    def n_captions(self) -> int:
+        return len(self.caption_image)
+
+    def _h5(self) -> h5py.Group:
+        # Opened lazily, so each DataLoader worker process gets its own handle.
+        if self._file is None:
+            self._file = h5py.File(self.path, "r")
+        return self._file[self.split]
+
+    def images(self, idx) -> dict:
+        """regions (B, n, d_F) float32, positions (B, n, 6) or None, region_mask (B, n)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        regions = torch.from_numpy(_read_rows(self._h5()["images/features"], idx).astype(np.float32))
+        positions = None
+        if self.has_boxes:
+            positions = position_features(torch.from_numpy(self.boxes[idx]),
+                                          torch.from_numpy(self.size[idx]))
+        return dict(regions=regions, positions=positions,
+                    region_mask=torch.from_numpy(self.region_mask[idx]))
+
+    def _word_rows(self, k: int) -> np.ndarray:
+        if self.words == "ids":
+            return np.array([self.vocab.get(w, UNK) for w in self.tokens[k]], dtype=np.int64)
+        start, stop = self.offsets[k], self.offsets[k + 1]
+        return self._h5()["captions/word_vectors"][start:stop].astype(np.float32)
+
+    def captions(self, idx) -> dict:
+        """words (B, m, d_E) float32 or (B, m) int64 ids, word_mask (B, m), word_adjacency
+        (B, m, m) bool (None without syntax); m = the longest caption of the batch."""
+        idx = np.asarray(idx, dtype=np.int64)
+        rows = [self._word_rows(k) for k in idx]
+        m = max(len(r) for r in rows)
+        mask = torch.zeros(len(idx), m, dtype=torch.bool)
+        if self.words == "ids":
+            words = torch.zeros(len(idx), m, dtype=torch.int64)
+        else:
+            words = torch.zeros(len(idx), m, self.word_dim)
+        adjacency = torch.zeros(len(idx), m, m, dtype=torch.bool) if self.syntax else None
+        for b, (k, r) in enumerate(zip(idx, rows)):
+            if len(r) != len(self.tokens[k]):
+                raise SchemaError(f"{self.path}:/{self.split}/captions/word_offsets[{k}]: "
+                                  f"{len(r)} vectors for {len(self.tokens[k])} words")
+            words[b, :len(r)] = torch.from_numpy(r)
+            mask[b, :len(r)] = True
+            if adjacency is not None:
+                adjacency[b] = torch.from_numpy(heads_to_adjacency(self.heads[k], size=m))
+        return dict(words=words, word_mask=mask, word_adjacency=adjacency)
+
+
+class CaptionDataset(torch.utils.data.Dataset):
+    """One item per caption, with its image's index: the training set of eq 33."""
+
+    def __init__(self, reader: SplitReader):
+        self.reader = reader
+
+    def __len__(self) -> int:
+        return self.reader.n_captions
+
+    def __getitem__(self, k: int) -> tuple[int, int]:
+        return int(self.reader.caption_image[k]), int(k)
+
+
+def collate(reader: SplitReader, items) -> dict:
+    """Batch of (image, caption) pairs → inputs of ``CCCL.forward`` plus
+    ``positive_mask`` (B, B): True where two pairs share an image, so a second
+    caption of the same image is never used as a negative (eq 33, NOTES.md)."""
+    image_idx = torch.tensor([i for i, _ in items])
+    caption_idx = torch.tensor([k for _, k in items])
+    batch = {**reader.images(image_idx.numpy()), **reader.captions(caption_idx.numpy())}
+    batch["positive_mask"] = image_idx[:, None] == image_idx[None, :]
+    batch["image_index"], batch["caption_index"] = image_idx, caption_idx
+    return batch
+
+
+_INPUTS = ("regions", "positions", "region_mask", "words", "word_mask", "word_adjacency")
+
+
+def model_inputs(batch: dict, device=None) -> dict:
+    """The six keyword arguments of ``CCCL.forward``, moved to ``device``."""
+    return {k: None if batch[k] is None else batch[k].to(device) for k in _INPUTS}
