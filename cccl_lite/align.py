@@ -61,7 +61,7 @@ def masked_pool(x: torch.Tensor, mask: torch.Tensor, use_max: bool = True,
     if use_max:
         out = out + x.masked_fill(~m, float("-inf")).amax(dim=1).nan_to_num(0.0, 0.0, 0.0)
     if use_avg:
-        out = out + (x * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
+        out = out + x.masked_fill(~m, 0.0).sum(dim=1) / m.sum(dim=1).clamp(min=1)
     return out
 
 
@@ -75,6 +75,9 @@ def cross_attention(query, query_mask, context, context_mask, temperature: float
     context_mask (B_c, L_c). Returns (u, ω): u (B_q, B_c, L_q, d) and
     ω (B_q, B_c, L_q, L_c), every query item against every context item.
     """
+    # masked_fill, not a product: padding may hold anything, even inf or NaN.
+    query = query.masked_fill(~query_mask[..., None], 0.0)
+    context = context.masked_fill(~context_mask[..., None], 0.0)
     qn, cn = F.normalize(query, dim=-1), F.normalize(context, dim=-1)
     m = torch.einsum("aid,bjd->abij", qn, cn)
     valid_q = query_mask[:, None, :, None]

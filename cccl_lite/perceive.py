@@ -91,6 +91,8 @@ class ContextPerceivedCell(nn.Module):
         logits = (q * g_q) @ (k * g_k).transpose(-1, -2) / math.sqrt(self.dim)
         key_mask = None if mask is None else mask[:, None, :]
         attention = masked_softmax(logits, key_mask, dim=-1)
+        if mask is not None:
+            attention = attention * mask[:, :, None]  # padded queries attend to nothing
         out = attention @ v + y
         if mask is not None:
             out = out * mask[..., None]
@@ -111,8 +113,10 @@ def position_features(boxes: torch.Tensor, image_size: torch.Tensor) -> torch.Te
     our choice: CAMERA's aspect ratio w/h is unbounded, and w/(w+h) carries
     the same information in [0, 1]. Boxes are clipped to the image first.
     """
-    boxes = torch.as_tensor(boxes, dtype=torch.float32)
-    image_size = torch.as_tensor(image_size, dtype=torch.float32, device=boxes.device)
+    boxes = torch.as_tensor(boxes)
+    if not boxes.is_floating_point():
+        boxes = boxes.float()
+    image_size = torch.as_tensor(image_size, dtype=boxes.dtype, device=boxes.device)
     if boxes.shape[-1] != 4 or image_size.shape[-1] != 2:
         raise ValueError(
             "position_features: expected boxes (..., 4) and image_size (..., 2), "
@@ -120,8 +124,11 @@ def position_features(boxes: torch.Tensor, image_size: torch.Tensor) -> torch.Te
         )
     if not bool((image_size > 0).all()):
         raise ValueError("position_features: image_size must be positive (width, height)")
-    if image_size.dim() < boxes.dim():
-        image_size = image_size.unsqueeze(-2)  # one size per image, many boxes
+    # One size per image, many boxes: align the size's leading dims with the
+    # boxes' leading dims, then broadcast over the remaining box dims.
+    extra = boxes.dim() - image_size.dim()
+    if extra > 0:
+        image_size = image_size.reshape(*image_size.shape[:-1], *([1] * extra), 2)
     rel = (boxes / torch.cat([image_size, image_size], dim=-1)).clamp(0.0, 1.0)
     w = (rel[..., 2] - rel[..., 0]).clamp(min=0.0)
     h = (rel[..., 3] - rel[..., 1]).clamp(min=0.0)
@@ -164,9 +171,9 @@ class BiGRUWordEncoder(nn.Module):
     """Word vectors from a Bi-GRU over learned embeddings, the "w/o BERT" ablation.
 
     ``forward(tokens, mask)``: tokens (B, m) int64 word ids (0 = padding),
-    mask (B, m) bool. Returns (B, m, out_dim), the two directions'
-    states concatenated, zero at padding (packed sequences, so the backward
-    direction never reads padding).
+    mask (B, m) bool with the valid words first (padding at the end only).
+    Returns (B, m, out_dim), the two directions' states concatenated, zero at
+    padding (packed sequences, so the backward direction never reads padding).
     """
 
     def __init__(self, vocab_size: int, out_dim: int, embed_dim: int = 300):
@@ -177,7 +184,10 @@ class BiGRUWordEncoder(nn.Module):
         self.gru = nn.GRU(embed_dim, out_dim // 2, batch_first=True, bidirectional=True)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        lengths = mask.sum(1).clamp(min=1).cpu()
+        lengths = mask.sum(1)
+        if not torch.equal(mask, torch.arange(mask.shape[1], device=mask.device) < lengths[:, None]):
+            raise ValueError("BiGRUWordEncoder: the mask must put valid words first")
+        lengths = lengths.clamp(min=1).cpu()
         packed = pack_padded_sequence(self.embed(tokens), lengths, batch_first=True,
                                       enforce_sorted=False)
         out, _ = self.gru(packed)
