@@ -7,6 +7,10 @@ One file per dataset; one group per split (``train``, ``val``, ``test``)::
                                                         (absent when the file
                                                         has no boxes, see below)
     /<split>/images/size          (N, 2)      float32   width, height in pixels
+                                                        (a (1, 1) placeholder,
+                                                        attr ``placeholder``, when
+                                                        the file has no boxes)
+    /<split>/images/id            (N,) int64 or UTF-8   optional: source image ids
     /<split>/images/region_mask   (N, n)      bool      True = a real region
     /<split>/images/pixels        (N, H, W, 3) uint8    optional: rendered images
     /<split>/captions/text        (M,)  UTF-8           the caption as written
