@@ -42,6 +42,9 @@ def main(argv=None) -> int:
     for name in ("bag_of_words", "structure_probe"):
         print(f"{name:<28}" + "".join(f"{r[name][k]:>{w}.1f}" for k, w in
                                       (("binding", 9), ("relation", 10), ("random", 8))))
+    rec = r["bag_of_words_recall"]
+    print(f"bag of words on all of {args.split}: R@sum {rec['rsum']:.1f} "
+          f"(i2t R@1 {rec['i2t_r1']:.1f}, t2i R@1 {rec['t2i_r1']:.1f})")
     print(f"({time.time() - t:.0f} s)")
     print(json.dumps(r))
     return 0

@@ -107,7 +107,7 @@ def test_cli_reports_and_fails_cleanly(tiny, tmp_path):
                           str(tiny), "--bow-epochs", "1"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert set(json.loads(run.stdout.strip().splitlines()[-1])) == {
-        "pairs", "bag_of_words", "structure_probe"}
+        "pairs", "bag_of_words", "structure_probe", "bag_of_words_recall"}
     bad = subprocess.run([sys.executable, str(ROOT / "data_scripts/difficulty.py"), "--data",
                           str(tmp_path / "nope.h5")], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "nope.h5" in bad.stderr

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..loss import alignment_term
+from ..metrics import recall_at_k
 from .dataset import CaptionDataset, SplitReader, build_vocab, collate
 from .synthetic import COLOURS, OBJECT_SIZES, SHAPES
 
@@ -294,7 +295,9 @@ def pairwise_accuracy(own: np.ndarray, negative: np.ndarray) -> float:
 
 
 def difficulty_report(path, split: str = "test", seed: int = 0, bow_epochs: int = 10) -> dict:
-    """{scorer: {"binding", "relation", "random": accuracy in %}} and the pair counts."""
+    """{scorer: {"binding", "relation", "random": accuracy in %}}, the pair counts,
+    and the bag of words' R@K on the whole split (the baseline a trained CCCL
+    must beat)."""
     pairs = hard_negative_pairs(path, split, seed)
     bow, vocab = train_bag_of_words(path, epochs=bow_epochs, seed=seed)
     probe = StructureProbe(path, seed=seed)
@@ -315,7 +318,7 @@ def difficulty_report(path, split: str = "test", seed: int = 0, bow_epochs: int 
         return probe.score(structures[k], lps[i], boxes[i], mask[i])
 
     report = {"pairs": {kind: len(p) for kind, p in pairs.items()}, "bag_of_words": {},
-              "structure_probe": {}}
+              "structure_probe": {}, "bag_of_words_recall": recall_at_k(bow_sims)}
     for kind, p in pairs.items():
         k, j = np.array(p).T
         own = reader.caption_image[k]
