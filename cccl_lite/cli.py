@@ -1,0 +1,56 @@
+"""Command line: ``python -m cccl_lite {train,evaluate,retrieve} ...`` (see ``__main__``).
+
+Each subcommand lives with the code it drives (``cccl_lite.train``,
+``cccl_lite.evaluate``): the module exposes ``add_<name>_arguments(parser)``
+and ``run_<name>(args) -> int``. Expected failures (a missing file, a wrong
+schema, an unknown config or ablation, a checkpoint from another config)
+raise :class:`CLIError` or one of the errors below and print one line, with
+a non-zero exit status and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .data.schema import SchemaError
+
+
+class CLIError(Exception):
+    """An expected failure of a command: its message is all the user sees."""
+
+
+# What a user can cause by a wrong argument or file; anything else is a bug
+# and keeps its traceback.
+_EXPECTED = (CLIError, SchemaError, FileNotFoundError, ValueError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import evaluate, train
+
+    parser = argparse.ArgumentParser(prog="python -m cccl_lite", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = {
+        "train": (train.add_train_arguments, train.run_train, "train CCCL on an HDF5 dataset"),
+        "evaluate": (evaluate.add_evaluate_arguments, evaluate.run_evaluate,
+                     "R@K of a checkpoint on a split"),
+        "retrieve": (evaluate.add_retrieve_arguments, evaluate.run_retrieve,
+                     "top-k texts for an image, or images for a caption"),
+    }
+    for name, (add, run, help_) in commands.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        add(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except _EXPECTED as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
