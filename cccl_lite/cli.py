@@ -54,3 +54,30 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+# ---- helpers shared by the scripts in data_scripts/ ---------------------------
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def run_script(prog: str, work, interrupted: str = "interrupted; nothing was written"):
+    """Run a data script's ``work()``: expected failures print one line
+    ``PROG: error: ...`` (exit 1), Ctrl-C prints ``interrupted`` (exit 130).
+
+    Returns ``(exit_code, result)``; result is None unless the code is 0.
+    """
+    try:
+        return 0, work()
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return 130, None
+    except (OSError, ValueError, RuntimeError) as e:  # SchemaError is a ValueError
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1, None

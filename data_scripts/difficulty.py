@@ -18,25 +18,24 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cccl_lite.data.difficulty import difficulty_report
+from cccl_lite.cli import positive_int, run_script  # noqa: E402
+from cccl_lite.data.difficulty import difficulty_report  # noqa: E402
+
+PROG = "difficulty.py"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="a synthetic-scenes HDF5 file")
     ap.add_argument("--split", default="test", choices=("train", "val", "test"))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--bow-epochs", type=int, default=10)
+    ap.add_argument("--bow-epochs", type=positive_int, default=10)
     args = ap.parse_args(argv)
-    if not Path(args.data).exists():
-        print(f"error: {args.data}: no such file", file=sys.stderr)
-        return 1
     t = time.time()
-    try:
-        r = difficulty_report(args.data, args.split, args.seed, args.bow_epochs)
-    except (KeyError, ValueError) as e:
-        print(f"error: {args.data}: {e}", file=sys.stderr)
-        return 1
+    code, r = run_script(PROG, lambda: difficulty_report(args.data, args.split, args.seed,
+                                                          args.bow_epochs))
+    if code:
+        return code
     print(f"pairs (caption, negative image) in {args.split}: {r['pairs']}")
     print(f"{'% own image scores higher':<28}{'binding':>9}{'relation':>10}{'random':>8}")
     for name in ("bag_of_words", "structure_probe"):

@@ -21,16 +21,10 @@ try:
 except ImportError:  # a checkout without `pip install -e .`: use the repo next to this script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cccl_lite.cli import positive_int, run_script  # noqa: E402
 from cccl_lite.text import cache_word_vectors  # noqa: E402
 
 PROG = "encode_words.py"
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,15 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="recompute caches that already exist")
     args = parser.parse_args(argv)
-    try:
-        done = cache_word_vectors(args.file, encoder=args.encoder, batch_size=args.batch_size,
-                                  device=args.device, overwrite=args.overwrite)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; no partial cache was kept", file=sys.stderr)
-        return 130
-    except (OSError, ValueError, RuntimeError) as e:  # SchemaError is a ValueError
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
+    code, done = run_script(PROG, lambda: cache_word_vectors(
+        args.file, encoder=args.encoder, batch_size=args.batch_size, device=args.device,
+        overwrite=args.overwrite), "interrupted; no partial cache was kept")
+    if code:
+        return code
     for split, written in done.items():
         print(f"{args.file}:/{split}: " + ("word vectors written" if written else
                                            "word vectors already cached (--overwrite to redo)"))

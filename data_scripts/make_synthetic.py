@@ -21,6 +21,7 @@ try:
 except ImportError:  # a checkout without `pip install -e .`: use the repo next to this script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cccl_lite.cli import run_script  # noqa: E402
 from cccl_lite.data.schema import split_sizes  # noqa: E402
 from cccl_lite.data.synthetic import SIZES, make_synthetic  # noqa: E402
 
@@ -35,14 +36,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="dataset size (default small)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    try:
-        path = make_synthetic(args.out, seed=args.seed, size=args.size)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    except (OSError, ValueError, RuntimeError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
+    code, path = run_script(PROG, lambda: make_synthetic(args.out, seed=args.seed, size=args.size))
+    if code:
+        return code
     seconds = time.perf_counter() - start
     print(path)
     for split, (n_img, n_cap) in split_sizes(path).items():

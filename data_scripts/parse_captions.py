@@ -20,16 +20,10 @@ try:
 except ImportError:  # a checkout without `pip install -e .`: use the repo next to this script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cccl_lite.text import load_parser, parse_captions  # noqa: E402
+from cccl_lite.cli import positive_int, run_script  # noqa: E402
+from cccl_lite.text import parse_captions  # noqa: E402
 
 PROG = "parse_captions.py"
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,16 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu", action="store_true", help="run stanza on the GPU (default: CPU)")
     parser.add_argument("--overwrite", action="store_true", help="re-parse splits with heads")
     args = parser.parse_args(argv)
-    try:
-        # The parser is loaded only if some split needs parsing.
-        done = parse_captions(args.file, batch_size=args.batch_size, overwrite=args.overwrite,
-                              use_gpu=args.gpu)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; no partial heads were kept", file=sys.stderr)
-        return 130
-    except (OSError, ValueError, RuntimeError) as e:  # SchemaError is a ValueError
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
+    # The parser is loaded only if some split needs parsing.
+    code, done = run_script(PROG, lambda: parse_captions(
+        args.file, batch_size=args.batch_size, overwrite=args.overwrite, use_gpu=args.gpu),
+        "interrupted; no partial heads were kept")
+    if code:
+        return code
     for split, written in done.items():
         print(f"{args.file}:/{split}: " + ("heads written" if written else
                                            "heads already present (--overwrite to re-parse)"))

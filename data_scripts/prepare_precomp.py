@@ -19,14 +19,20 @@ import sys
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+try:
+    import cccl_lite  # noqa: F401
+except ImportError:  # a checkout without `pip install -e .`: use the repo next to this script
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cccl_lite.cli import run_script  # noqa: E402
 from cccl_lite.data.precomp import BOX_SOURCES, convert_precomp  # noqa: E402
 from cccl_lite.data.schema import SPLITS  # noqa: E402
 
+PROG = "prepare_precomp.py"
+
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--src", required=True, help="folder with SCAN's {split}_* files")
     p.add_argument("--split", required=True, help="SCAN split: train, dev, test, testall")
     p.add_argument("--boxes", required=True, choices=BOX_SOURCES,
@@ -39,15 +45,11 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace the split if it exists")
     args = p.parse_args(argv)
     warnings.formatwarning = lambda msg, *a, **k: f"warning: {msg}\n"
-    try:
-        info = convert_precomp(args.src, args.split, args.boxes, args.out, name=args.name,
-                               as_split=args.as_split, overwrite=args.overwrite)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"interrupted: {args.out} unchanged", file=sys.stderr)
-        return 130
+    code, info = run_script(PROG, lambda: convert_precomp(
+        args.src, args.split, args.boxes, args.out, name=args.name, as_split=args.as_split,
+        overwrite=args.overwrite), f"interrupted: {args.out} unchanged")
+    if code:
+        return code
     print(f"{args.out}: wrote split {info['split']!r}: {info['images']} images, "
           f"{info['captions']} captions (features one row per {info['layout']})")
     return 0

@@ -428,7 +428,7 @@ def test_cli_prepare_precomp(tmp_path):
     bad = run_script("prepare_precomp.py", "--src", tmp_path / "src", "--split", "testall",
                      "--boxes", "camera", "--out", tmp_path / "p.h5")
     assert bad.returncode == 1
-    assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ")
+    assert bad.stderr.count("\n") == 1 and ": error: " in bad.stderr
     assert "testall_boxes.npy: no such file" in bad.stderr
     assert not (tmp_path / "p.h5").exists()
 

@@ -36,6 +36,7 @@ from torch import nn
 from ..loss import alignment_term
 from ..metrics import recall_at_k
 from .dataset import CaptionDataset, SplitReader, build_vocab, collate
+from .schema import check_file
 from .synthetic import COLOURS, OBJECT_SIZES, SHAPES
 
 __all__ = ["Phrase", "Structure", "caption_structure", "structure_holds", "hard_negative_pairs",
@@ -298,6 +299,7 @@ def difficulty_report(path, split: str = "test", seed: int = 0, bow_epochs: int 
     """{scorer: {"binding", "relation", "random": accuracy in %}}, the pair counts,
     and the bag of words' R@K on the whole split (the baseline a trained CCCL
     must beat)."""
+    check_file(path, split).close()  # one clear error for a missing or foreign file
     pairs = hard_negative_pairs(path, split, seed)
     bow, vocab = train_bag_of_words(path, epochs=bow_epochs, seed=seed)
     probe = StructureProbe(path, seed=seed)
