@@ -1,0 +1,65 @@
+"""What every chapter's setup cell needs: where data lives, smoke mode, device, seed.
+
+Chapters call :func:`setup` once, then :func:`default_data` for the
+synthetic scenes with word vectors (made on first use, then reused).
+Smoke mode (``CCCL_SMOKE=1``, used by CI and quick builds) switches to the
+``tiny`` scenes so every chapter runs in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["IN_COLAB", "smoke", "data_dir", "default_data", "setup"]
+
+IN_COLAB = "google.colab" in sys.modules
+
+
+def smoke() -> bool:
+    """True when ``CCCL_SMOKE`` is set to anything but "" or "0"."""
+    return os.environ.get("CCCL_SMOKE", "") not in ("", "0")
+
+
+def data_dir() -> Path:
+    """``$CCCL_DATA``, else ``data/`` of this checkout, else ``~/.cache/cccl_lite``."""
+    if os.environ.get("CCCL_DATA"):
+        return Path(os.environ["CCCL_DATA"])
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").exists():
+        return checkout / "data"
+    return Path.home() / ".cache" / "cccl_lite"
+
+
+def default_data(size: str | None = None, seed: int = 0, words: bool = True) -> Path:
+    """The synthetic scenes file (``small``, or ``tiny`` in smoke mode), with
+    MiniLM word vectors cached when ``words``; made on first use."""
+    from .data.synthetic import make_synthetic
+    from .text import cache_word_vectors
+
+    size = size or ("tiny" if smoke() else "small")
+    path = data_dir() / f"scenes-{size}-seed{seed}.h5"
+    if not path.exists():
+        print(f"making {path} (once)...")
+        make_synthetic(path, seed=seed, size=size)
+    if words:
+        # Skips splits that are already cached; offline, the MiniLM is local.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        cache_word_vectors(path)
+    return path
+
+
+def setup(seed: int = 0) -> torch.device:
+    """Seed Python, NumPy and PyTorch; return (and print) the device in use."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    mode = " (smoke mode: tiny data)" if smoke() else ""
+    print(f"cccl_lite on {device}{mode}, torch {torch.__version__}")
+    return device
