@@ -128,6 +128,14 @@ def test_missing_pieces_say_which_step_to_run(tmp_path):
         SplitReader(tmp_path / "missing.h5", "train")
 
 
+def test_images_and_heads_without_words(tmp_path):
+    reader = SplitReader(write_file(tmp_path / "d.h5", vectors=False), "train", words=None)
+    assert reader.images([2])["regions"].shape == (1, 4, 6)
+    assert list(reader.heads[4]) == HEADS[4] and reader.tokens[1][3] == "left"
+    with pytest.raises(ValueError, match="words=None"):
+        reader.captions([0])
+
+
 def test_without_boxes_positions_are_none_with_a_warning(tmp_path):
     path = write_file(tmp_path / "d.h5", boxes=False)
     with pytest.warns(UserWarning, match="w/o POS"):

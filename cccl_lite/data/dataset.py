@@ -49,7 +49,8 @@ class SplitReader:
     """Lazy access to one split: images and captions by index.
 
     ``words``: "vectors" reads the cached word vectors (``encode_words.py``
-    must have run), "ids" maps tokens through ``vocab`` ("w/o BERT").
+    must have run), "ids" maps tokens through ``vocab`` ("w/o BERT"), None
+    reads no words (images, boxes, tokens and heads only: for figures).
     ``syntax``: read the dependency heads (False only for "w/o S-NLP", where
     the text graph is fully connected by design). Positions come from the
     boxes; a file without boxes gives ``positions=None`` and a warning: the
@@ -59,8 +60,8 @@ class SplitReader:
     def __init__(self, path, split: str, words: str = "vectors", vocab: dict | None = None,
                  syntax: bool = True):
         self.path, self.split = Path(path), split
-        if words not in ("vectors", "ids"):
-            raise ValueError(f"words must be 'vectors' or 'ids', got {words!r}")
+        if words not in ("vectors", "ids", None):
+            raise ValueError(f"words must be 'vectors', 'ids' or None, got {words!r}")
         if words == "ids" and vocab is None:
             raise ValueError("words='ids' needs a vocab (see build_vocab)")
         self.words, self.vocab, self.syntax = words, vocab, syntax
@@ -120,7 +121,12 @@ class SplitReader:
     def captions(self, idx) -> dict:
         """words (B, m, d_E) float32 or (B, m) int64 ids, word_mask (B, m), word_adjacency
         (B, m, m) bool (None without syntax); m = the longest caption of the batch."""
-        idx = np.asarray(idx, dtype=np.int64)
+        if self.words is None:
+            raise ValueError(f"{self.path}: this reader was opened with words=None")
+        return self._captions(idx)
+
+    def _captions(self, idx) -> dict:
+                idx = np.asarray(idx, dtype=np.int64)
         rows = [self._word_rows(k) for k in idx]
         m = max(len(r) for r in rows)
         mask = torch.zeros(len(idx), m, dtype=torch.bool)
