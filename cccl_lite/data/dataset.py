@@ -126,7 +126,7 @@ class SplitReader:
         return self._captions(idx)
 
     def _captions(self, idx) -> dict:
-                idx = np.asarray(idx, dtype=np.int64)
+        idx = np.asarray(idx, dtype=np.int64)
         rows = [self._word_rows(k) for k in idx]
         m = max(len(r) for r in rows)
         mask = torch.zeros(len(idx), m, dtype=torch.bool)
