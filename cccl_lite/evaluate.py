@@ -1,29 +1,109 @@
 """Evaluation: encode every item once, score all pairs in chunks, R@K (eqs 35-36).
 
 Taught in chapter 6 ("Training and evaluation").
+
+Scoring is split as :class:`~cccl_lite.model.CCCL` splits it: everything that
+depends on one item only (the encoders, v^S and t^S, the graphs V̂ and T̂, the
+GRUs' node projections and cross states of eq 26) is computed once per image
+and once per caption by :func:`encode_all_images` / :func:`encode_all_texts`;
+:func:`score_matrix` then runs only the per-pair work (Branch 2's attention,
+eq 26's recurrence, the VSFs and the shared MLP) on blocks of
+``image_chunk x text_chunk`` pairs, so memory stays bounded whatever the
+split's size. Blocks group items of similar length (regions, words) and are
+trimmed to their longest item: padding never changes a score, so this only
+skips work. On CUDA the work runs under bf16 autocast (``amp``); on the CPU in
+the model's own dtype.
+
+Protocols (:data:`PROTOCOLS`, NOTES.md "Training and evaluation"): ``f30k``
+is the Flickr30K 1K test (1,000 images x 5,000 captions), ``coco1k`` the
+mean over 5 folds of 1,000 COCO images, ``coco5k`` all 5,000 COCO images.
+
+The command-line side (``python -m cccl_lite evaluate | retrieve``) is at
+the end of the module (:func:`run_evaluate`, :func:`run_retrieve`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import pickle
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import h5py
 import numpy as np
 import torch
 
 from .data.dataset import SplitReader
-from .metrics import recall_at_k
+from .metrics import KEYS, coco_1k_recall, format_recalls, recall_at_k
 from .model import CCCL, ImageEncoding, TextEncoding
 
-__all__ = ["encode_all_images", "encode_all_texts", "score_matrix", "evaluate_split"]
+__all__ = [
+    "PROTOCOLS",
+    "Hit",
+    "encode_all_images",
+    "encode_all_texts",
+    "score_matrix",
+    "caption_layout",
+    "check_protocol",
+    "protocol_recalls",
+    "save_sims_npy",
+    "evaluate_split",
+    "retrieve",
+    "add_evaluate_arguments",
+    "run_evaluate",
+    "add_retrieve_arguments",
+    "run_retrieve",
+]
+
+PROTOCOLS = ("f30k", "coco1k", "coco5k")
+COCO_FOLDS = 5
+
+# Fields of an encoding with a sequence axis (B, L, ...): padded, trimmed, sorted by L.
+_SEQUENCE_FIELDS = frozenset({"v", "t", "mask", "graph", "gru_input"})
+
+# Default blocks: (elements of the largest per-pair tensor, pairs x L x d; most
+# captions per block). CPU: 8 MiB fp32 tensors, as blocks of 1-4K lite pairs ran
+# fastest there (cache); GPU: 1 GiB, fewer and larger blocks keep it busy.
+# Short text blocks group captions of similar length (less padding to step over).
+_BLOCKS = {"cpu": (2**21, 128), "cuda": (2**28, 1024)}
+
+
+def _autocast(device, amp: bool | None):
+    """bf16 autocast on CUDA by default; ``amp=True`` forces it on any device,
+    ``amp=False`` keeps the model's dtype (always the default on the CPU)."""
+    kind = torch.device(device).type
+    enabled = (kind == "cuda") if amp is None else bool(amp)
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _to(batch: dict, model: torch.nn.Module, device) -> tuple:
+    """A reader's batch as model inputs on ``device``; float inputs in the model's
+    dtype (a float64 model reads the float32 files too), ids and masks as they are."""
+    dtype = next(model.parameters()).dtype
+    return tuple(None if v is None else v.to(device, dtype if v.is_floating_point() else None)
+                 for v in batch.values())
+
+
+def _lean(enc, keep_graph: bool):
+    """Drop V̂ / T̂ once their GRU parts are kept: scoring reads only those."""
+    if keep_graph or enc.graph is None or (enc.gru_input is None and enc.relation is None):
+        return enc
+    return enc._replace(graph=None)
 
 
 def _cat(parts, pad_to=None):
-    """Concatenate per-chunk encodings along the batch axis (None stays None);
+    """Concatenate per-batch encodings along the batch axis (None stays None);
     with ``pad_to``, sequence fields (B, L, ...) are zero-padded to L = pad_to."""
     fields = []
     for name, *values in zip(parts[0]._fields, *parts):
         if values[0] is None:
             fields.append(None)
             continue
-        if pad_to is not None and name != "global_vec":
+        if pad_to is not None and name in _SEQUENCE_FIELDS:
             values = [torch.cat([v, v.new_zeros(v.shape[0], pad_to - v.shape[1], *v.shape[2:])], 1)
                       for v in values]
         fields.append(torch.cat(values))
@@ -31,50 +111,477 @@ def _cat(parts, pad_to=None):
 
 
 @torch.no_grad()
-def encode_all_images(model: CCCL, reader: SplitReader, batch_size: int = 256,
-                      device="cpu") -> ImageEncoding:
-    """Every image of the split encoded once (eqs 8-14, 21-25)."""
+def encode_all_images(model: CCCL, reader: SplitReader, batch_size: int = 256, device="cpu",
+                      amp: bool | None = None, keep_graph: bool = False,
+                      indices=None) -> ImageEncoding:
+    """Every image of the split (or those of ``indices``) encoded once: eqs 8-14, 21-25
+    and eq 26's per-image GRU parts. Fields (N_img, n, ...) on ``device``; V̂ is
+    dropped (None) unless ``keep_graph``, as scoring needs only its GRU parts."""
+    idx = np.arange(reader.n_images) if indices is None else np.asarray(indices)
     parts = []
-    for s in range(0, reader.n_images, batch_size):
-        b = reader.images(np.arange(s, min(s + batch_size, reader.n_images)))
-        parts.append(model.encode_images(*(None if v is None else v.to(device)
-                                           for v in b.values())))
+    with _autocast(device, amp):
+        for s in range(0, len(idx), batch_size):
+            enc = model.encode_images(*_to(reader.images(idx[s:s + batch_size]), model, device))
+            parts.append(_lean(enc, keep_graph))
     return ImageEncoding(*_cat(parts))
 
 
 @torch.no_grad()
-def encode_all_texts(model: CCCL, reader: SplitReader, batch_size: int = 256,
-                     device="cpu") -> TextEncoding:
-    """Every caption of the split encoded once (eqs 11-14, 22-25), padded to the
-    longest caption (padding never changes a score)."""
+def encode_all_texts(model: CCCL, reader: SplitReader, batch_size: int = 256, device="cpu",
+                     amp: bool | None = None, keep_graph: bool = False,
+                     indices=None) -> TextEncoding:
+    """Every caption of the split (or those of ``indices``) encoded once: eqs 11-14, 22-25
+    and eq 26's per-text GRU parts. Fields (N_txt, m, ...) on ``device``, padded to the
+    longest caption (padding never changes a score); T̂ dropped unless ``keep_graph``."""
+    idx = np.arange(reader.n_captions) if indices is None else np.asarray(indices)
     parts = []
-    for s in range(0, reader.n_captions, batch_size):
-        b = reader.captions(np.arange(s, min(s + batch_size, reader.n_captions)))
-        parts.append(model.encode_texts(*(None if v is None else v.to(device)
-                                          for v in b.values())))
+    with _autocast(device, amp):
+        for s in range(0, len(idx), batch_size):
+            enc = model.encode_texts(*_to(reader.captions(idx[s:s + batch_size]), model, device))
+            parts.append(_lean(enc, keep_graph))
     m = max(p.t.shape[1] for p in parts)
     return TextEncoding(*_cat(parts, pad_to=m))
 
 
+def _lengths(mask: torch.Tensor) -> torch.Tensor:
+    """1 + the last valid position of each item (its length for prefix masks): (B,) on CPU."""
+    pos = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return (mask * pos).amax(1).cpu()
+
+
+def _take(enc, idx: torch.Tensor, length: int):
+    """Items ``idx`` of an encoding, sequence fields trimmed to ``length`` steps."""
+    fields = []
+    for name, x in zip(enc._fields, enc):
+        if x is not None and name in _SEQUENCE_FIELDS:
+            x = x[:, :length]
+        fields.append(None if x is None else x[idx])
+    return type(enc)(*fields)
+
+
+def _default_chunks(images, texts, device) -> tuple[int, int]:
+    """(image_chunk, text_chunk) whose block holds about _BLOCKS' elements in
+    its largest per-pair tensor (Branch 2's attended vectors, pairs x L x d)."""
+    length = max(images.mask.shape[1], texts.mask.shape[1], 1)
+    dim = max(images.v.shape[-1], 1)
+    budget, most_texts = _BLOCKS.get(torch.device(device).type, _BLOCKS["cuda"])
+    pairs = max(1, budget // (length * dim))
+    text_chunk = max(1, min(texts.t.shape[0], most_texts, pairs))
+    return max(1, pairs // text_chunk), text_chunk
+
+
 @torch.no_grad()
 def score_matrix(model: CCCL, images: ImageEncoding, texts: TextEncoding,
-                 image_chunk: int = 64) -> torch.Tensor:
-    """F (eq 32) for every (image, text) pair: (N_img, N_txt) float32 on the CPU."""
-    rows = []
-    for s in range(0, images.v.shape[0], image_chunk):
-        chunk = ImageEncoding(*(None if x is None else x[s:s + image_chunk] for x in images))
-        rows.append(model.score(chunk, texts)[0].float().cpu())
-    return torch.cat(rows)
+                 image_chunk: int | None = None, text_chunk: int | None = None,
+                 amp: bool | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """F (eq 32) for every (image, text) pair: (N_img, N_txt) of ``dtype`` on the CPU.
+
+    ``images``, ``texts`` from :func:`encode_all_images` / :func:`encode_all_texts`
+    (any CCCL encodings work; missing GRU parts are then recomputed per block).
+    Pairs are scored in blocks of ``image_chunk x text_chunk`` (default: sized to
+    the device, see ``_BLOCKS``), items of similar length together, each
+    block trimmed to its longest item. ``amp``: see ``_autocast``.
+    """
+    n_img, n_txt = images.v.shape[0], texts.t.shape[0]
+    device = images.v.device
+    for name, value in (("image_chunk", image_chunk), ("text_chunk", text_chunk)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    auto = _default_chunks(images, texts, device)
+    image_chunk, text_chunk = image_chunk or auto[0], text_chunk or auto[1]
+    img_len, txt_len = _lengths(images.mask), _lengths(texts.mask)
+    img_order = torch.sort(img_len, stable=True).indices
+    txt_order = torch.sort(txt_len, stable=True).indices
+    sims = torch.empty(n_img, n_txt, dtype=dtype)
+    txt_blocks = [txt_order[s:s + text_chunk] for s in range(0, n_txt, text_chunk)]
+    with _autocast(device, amp):
+        for s in range(0, n_img, image_chunk):
+            ii = img_order[s:s + image_chunk]
+            img = _take(images, ii.to(device), int(img_len[ii].max()))
+            for tt in txt_blocks:
+                txt = _take(texts, tt.to(device), int(txt_len[tt].max()))
+                sims[ii[:, None], tt[None, :]] = model.score(img, txt)[0].to("cpu", dtype)
+    return sims
 
 
-def evaluate_split(model: CCCL, reader: SplitReader, device="cpu", batch_size: int = 256):
-    """(recalls, sims) of ``model`` on one split; captions_per_image from the file."""
+# ---- protocols ------------------------------------------------------------
+
+
+def caption_layout(caption_image, n_images: int) -> tuple[int, np.ndarray | None]:
+    """(captions_per_image, column order) for the metrics, which want caption j
+    to belong to image j // captions_per_image (``cccl_lite.metrics``).
+
+    The order is None when the split is laid out that way already, else the
+    stable permutation of the captions that groups them by image. Raises
+    ValueError unless every image has the same number (>= 1) of captions.
+    """
+    caption_image = np.asarray(caption_image, dtype=np.int64)
+    counts = np.bincount(caption_image, minlength=n_images)
+    if n_images == 0:
+        raise ValueError("R@K needs at least one image; this split has none")
+    if len(counts) != n_images or counts.min() < 1 or counts.min() != counts.max():
+        raise ValueError(f"R@K needs the same number of captions for every image; this split "
+                         f"has {len(caption_image)} captions for {n_images} images "
+                         f"({int(counts.min())} to {int(counts.max())} per image)")
+    cpi = int(counts[0])
+    if np.array_equal(caption_image, np.arange(len(caption_image)) // cpi):
+        return cpi, None
+    return cpi, np.argsort(caption_image, kind="stable")
+
+
+def check_protocol(protocol: str | None, n_images: int, n_captions: int,
+                   fold_size: int = 1000) -> str | None:
+    """Check a split's size against ``protocol`` before any scoring.
+
+    f30k expects ``fold_size`` images x 5 captions each, coco5k 5 folds of
+    them; other sizes are evaluated on all images and the returned note says
+    so (None when the size is as expected). coco1k needs exactly
+    ``COCO_FOLDS * fold_size`` images: ValueError otherwise.
+    """
+    if protocol is None:
+        return None
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    if protocol == "coco1k":
+        if n_images != COCO_FOLDS * fold_size:
+            raise ValueError(f"coco1k needs {COCO_FOLDS} folds of {fold_size} images = "
+                             f"{COCO_FOLDS * fold_size} images; this split has {n_images}")
+        return None
+    want = fold_size if protocol == "f30k" else COCO_FOLDS * fold_size
+    if (n_images, n_captions) == (want, 5 * want):
+        return None
+    return (f"{protocol}: expected {want} images x {5 * want} captions, this split has "
+            f"{n_images} x {n_captions}; recalls are over all {n_images} images")
+
+
+def protocol_recalls(sims, captions_per_image: int = 5, protocol: str | None = None,
+                     fold_size: int = 1000) -> tuple[dict[str, float], str | None]:
+    """(recalls, note) of a grouped score matrix (N_img, N_img * captions_per_image)
+    under ``protocol`` (eqs 35-36): coco1k averages :func:`coco_1k_recall` over 5
+    folds of ``fold_size`` images, the others rank against all images. ``note``
+    as :func:`check_protocol`."""
+    note = check_protocol(protocol, sims.shape[0], sims.shape[1], fold_size)
+    if protocol == "coco1k":
+        return coco_1k_recall(sims, COCO_FOLDS, captions_per_image), note
+    return recall_at_k(sims, captions_per_image), note
+
+
+def save_sims_npy(path, sims) -> Path:
+    """Write the score matrix to ``path`` as .npy (float32), atomically: a temp
+    file in the same folder renamed over ``path`` once complete."""
+    path = Path(path)
+    arr = (sims.detach().cpu().float().numpy() if isinstance(sims, torch.Tensor)
+           else np.asarray(sims, dtype=np.float32))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, arr)  # a file object: np.save would append ".npy" to a name
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _check_writable(path) -> None:
+    """Fail before minutes of scoring, not after, if ``path`` cannot be written."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{path}: folder {folder} is not writable")
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
     was_training = model.training
     model.eval()
     try:
-        sims = score_matrix(model, encode_all_images(model, reader, batch_size, device),
-                            encode_all_texts(model, reader, batch_size, device))
+        yield
     finally:
         model.train(was_training)
-    cpi = reader.n_captions // reader.n_images
-    return recall_at_k(sims, cpi), sims
+
+
+def evaluate_split(model: CCCL, reader: SplitReader, device="cpu", batch_size: int = 256, *,
+                   protocol: str | None = None, save_sims=None, amp: bool | None = None,
+                   image_chunk: int | None = None, text_chunk: int | None = None,
+                   fold_size: int = 1000, log: Callable[[str], None] | None = None):
+    """(recalls, sims) of ``model`` (already on ``device``) on one split (eqs 35-36).
+
+    sims: F (eq 32) for every image x caption of the split, (N_img, N_txt)
+    float32 on the CPU, in the file's order; recalls: the dict of
+    :func:`~cccl_lite.metrics.recall_at_k` under ``protocol`` (None: all
+    images; see :func:`check_protocol`, checked before scoring). Captions are
+    grouped per image from ``captions/image``. ``save_sims``: also write sims
+    there (.npy, atomic). ``batch_size``: items per encoding batch;
+    ``image_chunk``, ``text_chunk``, ``amp``: see :func:`score_matrix`.
+    ``log``: where a protocol note goes (default: a warning).
+    """
+    cpi, order = caption_layout(reader.caption_image, reader.n_images)
+    note = check_protocol(protocol, reader.n_images, reader.n_captions, fold_size)
+    if save_sims is not None:
+        _check_writable(save_sims)
+    with _eval_mode(model):
+        images = encode_all_images(model, reader, batch_size, device, amp)
+        texts = encode_all_texts(model, reader, batch_size, device, amp)
+        sims = score_matrix(model, images, texts, image_chunk, text_chunk, amp)
+    del images, texts
+    if save_sims is not None:
+        save_sims_npy(save_sims, sims)
+    recalls, _ = protocol_recalls(sims if order is None else sims[:, order], cpi, protocol,
+                                  fold_size)
+    if note:
+        (log or (lambda s: warnings.warn(s, stacklevel=3)))(note)
+    return recalls, sims
+
+
+# ---- retrieval ------------------------------------------------------------
+
+
+class Hit(NamedTuple):
+    """One retrieved item, best first.
+
+    ``index``: a caption (image query) or an image (caption query) of the
+    split; ``score``: F (eq 32); ``text``: that caption, or for an image one
+    of its captions (not the query itself when it has another); ``match``:
+    True for the ground truth (a caption of the query image, the query
+    caption's image).
+    """
+
+    index: int
+    score: float
+    text: str
+    match: bool
+
+
+def _check_index(value, n: int, what: str, split: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{what} index must be an int, got {value!r}")
+    if not 0 <= value < n:
+        raise ValueError(f"{what} index {value} out of range: split {split!r} has {n} "
+                         f"{what}s (0..{n - 1})")
+    return int(value)
+
+
+def _caption_texts(reader: SplitReader) -> np.ndarray:
+    with h5py.File(reader.path, "r") as f:
+        return f[reader.split]["captions/text"].asstr()[:]
+
+
+@torch.no_grad()
+def retrieve(model: CCCL, reader: SplitReader, image: int | None = None,
+             caption: int | None = None, k: int = 5, device="cpu", batch_size: int = 256,
+             amp: bool | None = None) -> list[Hit]:
+    """The top-``k`` captions for ``image``, or images for ``caption`` (exactly one).
+
+    An image query encodes that image once and scores it against every caption
+    of the split; a caption query scores that caption against every image.
+    Ranked by F (eq 32), ties in index order; ``k`` is capped at the number of
+    candidates. Raises ValueError on a bad index or k.
+    """
+    if (image is None) == (caption is None):
+        raise ValueError("retrieve needs exactly one of image= and caption=")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    owner = np.asarray(reader.caption_image)
+    with _eval_mode(model):
+        if image is not None:
+            image = _check_index(image, reader.n_images, "image", reader.split)
+            scores = score_matrix(model,
+                                  encode_all_images(model, reader, 1, device, amp,
+                                                    indices=[image]),
+                                  encode_all_texts(model, reader, batch_size, device, amp),
+                                  amp=amp)[0]
+        else:
+            caption = _check_index(caption, reader.n_captions, "caption", reader.split)
+            scores = score_matrix(model,
+                                  encode_all_images(model, reader, batch_size, device, amp),
+                                  encode_all_texts(model, reader, 1, device, amp,
+                                                   indices=[caption]),
+                                  amp=amp)[:, 0]
+    top = torch.sort(scores, descending=True, stable=True).indices[:k].tolist()
+    texts = _caption_texts(reader)
+    if image is not None:
+        return [Hit(j, float(scores[j]), str(texts[j]), bool(owner[j] == image)) for j in top]
+    hits = []
+    for i in top:
+        own = [j for j in np.flatnonzero(owner == i) if j != caption] or \
+              list(np.flatnonzero(owner == i))
+        hits.append(Hit(i, float(scores[i]), str(texts[own[0]]) if own else "",
+                        bool(owner[caption] == i)))
+    return hits
+
+
+# ---- command line (cccl_lite.cli) -------------------------------------------
+
+
+def _common_arguments(p) -> None:
+    from .cli import positive_int
+
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by train (best.pt)")
+    p.add_argument("--data", required=True, help="the dataset's HDF5 file")
+    p.add_argument("--split", default="test", help="train, val or test (default: test)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--batch-size", type=positive_int, default=256,
+                   help="items per encoding batch (default: 256)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", default=None,
+                   help="no bf16 autocast on CUDA (the CPU always runs fp32)")
+
+
+def add_evaluate_arguments(p) -> None:
+    """Arguments of ``python -m cccl_lite evaluate``."""
+    from .cli import positive_int
+
+    _common_arguments(p)
+    p.add_argument("--protocol", choices=PROTOCOLS, default=None,
+                   help="f30k: 1K test; coco1k: mean of 5 folds of 1K; coco5k: all 5K images "
+                        "(default: all images of the split)")
+    p.add_argument("--save-sims", metavar="FILE.npy", default=None,
+                   help="also write the (N_img, N_txt) score matrix there")
+    p.add_argument("--fold-size", type=positive_int, default=1000,
+                   help="images per 1K fold of the protocols (default: 1000)")
+    p.add_argument("--image-chunk", type=positive_int, default=None,
+                   help="images per scoring block (default: sized to the device)")
+    p.add_argument("--text-chunk", type=positive_int, default=None,
+                   help="captions per scoring block (default: sized to the device)")
+
+
+def add_retrieve_arguments(p) -> None:
+    """Arguments of ``python -m cccl_lite retrieve``."""
+    from .cli import positive_int
+
+    _common_arguments(p)
+    p.add_argument("--image", type=int, default=None, help="query: this image's index")
+    p.add_argument("--caption", type=int, default=None, help="query: this caption's index")
+    p.add_argument("--k", type=positive_int, default=5, help="results to show (default: 5)")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _device(name: str) -> torch.device:
+    from .cli import CLIError
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise CLIError(f"--device {name}: {_one_line(e)}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise CLIError(f"--device {name}: expected cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def _load(args):
+    """(model, config, reader) for a command, after checking that they fit."""
+    from .cli import CLIError
+
+    ckpt, data = Path(args.checkpoint), Path(args.data)
+    if not ckpt.is_file():
+        raise CLIError(f"{ckpt}: no such checkpoint file")
+    if not data.is_file():
+        raise CLIError(f"{data}: no such data file")
+    device = _device(args.device)
+    try:
+        from .train import load_model
+    except ImportError as e:
+        raise CLIError(f"cannot read checkpoints: cccl_lite.train is unavailable ({e})") from None
+    try:
+        model, config, vocab = load_model(ckpt, device=device)
+    except (CLIError, ValueError, FileNotFoundError):
+        raise
+    except (OSError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as e:
+        raise CLIError(f"{ckpt}: not a readable CCCL checkpoint ({_one_line(e)})") from None
+    if not config.use_bert and vocab is None:
+        raise CLIError(f"{ckpt}: a 'w/o BERT' checkpoint without its vocabulary")
+    reader = SplitReader(data, args.split, words="vectors" if config.use_bert else "ids",
+                         vocab=vocab, syntax=config.use_syntax)
+    where = f"{data}:/{args.split}"
+    if reader.region_dim != config.region_dim:
+        raise CLIError(f"checkpoint and data do not fit: the checkpoint's region_dim is "
+                       f"{config.region_dim}, {where} has {reader.region_dim}-d region features")
+    if config.use_bert and reader.word_dim != config.word_dim:
+        raise CLIError(f"checkpoint and data do not fit: the checkpoint's word_dim is "
+                       f"{config.word_dim}, {where} has {reader.word_dim}-d word vectors "
+                       f"({reader.encoder or 'unknown encoder'})")
+    if config.use_position and not reader.has_boxes:
+        raise CLIError(f"{data} has no boxes: this checkpoint needs them (only 'w/o POS' can "
+                       f"run without)")
+    return model, config, reader, device
+
+
+def run_evaluate(args) -> int:
+    """``evaluate``: the recall table (eqs 35-36), then one JSON line of its numbers."""
+    model, config, reader, device = _load(args)
+    # evaluate_split checks these too; here they also come before any output.
+    caption_layout(reader.caption_image, reader.n_images)
+    check_protocol(args.protocol, reader.n_images, reader.n_captions, args.fold_size)
+    if args.save_sims:
+        _check_writable(args.save_sims)
+    print(f"evaluate {args.checkpoint} on {args.data}:/{args.split} ({reader.n_images} images, "
+          f"{reader.n_captions} captions), protocol {args.protocol or 'all images'}, "
+          f"{config.ablation or 'full model'}, {device}")
+    start = time.perf_counter()
+    recalls, sims = evaluate_split(model, reader, device, args.batch_size,
+                                   protocol=args.protocol, save_sims=args.save_sims, amp=args.amp,
+                                   image_chunk=args.image_chunk, text_chunk=args.text_chunk,
+                                   fold_size=args.fold_size, log=lambda s: print(f"note: {s}"))
+    seconds = time.perf_counter() - start
+    print(f"scored {sims.numel():,} pairs in {seconds:.1f} s "
+          f"({sims.numel() / max(seconds, 1e-9):,.0f} pairs/s)")
+    if args.save_sims:
+        print(f"score matrix {tuple(sims.shape)} written to {args.save_sims}")
+    print(format_recalls(recalls))
+    print(json.dumps({key: recalls[key] for key in KEYS}))
+    return 0
+
+
+def _image_label(reader: SplitReader) -> Callable[[Hit], str]:
+    """How a retrieved image is shown: one of its captions for synthetic scenes
+    (they describe the scene), else its source id when the file has one."""
+    with h5py.File(reader.path, "r") as f:
+        synthetic = f.attrs.get("dataset") == "synthetic-scenes"
+        ids = f[reader.split]["images/id"][:] if "images/id" in f[reader.split] else None
+    if synthetic:
+        return lambda hit: f'e.g. "{hit.text}"'
+    if ids is not None:
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+        return lambda hit: f"id {ids[hit.index]}"
+    return lambda hit: ""
+
+
+def run_retrieve(args) -> int:
+    """``retrieve``: the top-k captions of an image, or images of a caption, with scores."""
+    from .cli import CLIError
+
+    if (args.image is None) == (args.caption is None):
+        raise CLIError("retrieve needs exactly one of --image I and --caption J")
+    model, _, reader, device = _load(args)
+    n, what = ((reader.n_images, "image") if args.image is not None
+               else (reader.n_captions, "caption"))
+    index = args.image if args.image is not None else args.caption
+    if not 0 <= index < n:
+        raise CLIError(f"--{what} {index} out of range: {args.data}:/{args.split} has {n} "
+                       f"{what}s (0..{n - 1})")
+    hits = retrieve(model, reader, image=args.image, caption=args.caption, k=args.k,
+                    device=device, batch_size=args.batch_size, amp=args.amp)
+    if args.image is not None:
+        print(f"image {args.image} of {args.split}: top {len(hits)} of {reader.n_captions} "
+              f"captions (* = a caption of this image)")
+        for r, h in enumerate(hits, 1):
+            mark = "*" if h.match else " "
+            print(f"{r:>3}. caption {h.index:>6}  {h.score:+.4f} {mark} {h.text}")
+    else:
+        text = _caption_texts(reader)[args.caption]
+        print(f'caption {args.caption} of {args.split}: "{text}" (image '
+              f"{int(reader.caption_image[args.caption])}): top {len(hits)} of "
+              f"{reader.n_images} images (* = its image)")
+        label = _image_label(reader)
+        for r, h in enumerate(hits, 1):
+            print(f"{r:>3}. image {h.index:>6}  {h.score:+.4f} {'*' if h.match else ' '} "
+                  f"{label(h)}".rstrip())
+    return 0

@@ -105,9 +105,10 @@ class CCCLConfig:
     @classmethod
     def lite(cls, **overrides) -> "CCCLConfig":
         """Sized for 2 CPU cores: the synthetic scenes' 256-d region features,
-        12 regions, MiniLM's 384-d words, d = P = 64, B = 32."""
+        12 regions, MiniLM's 384-d words, d = P = 64, B = 32; lr 5e-4 for 6
+        epochs, then 5e-5 for 2 (7-9 min on 2 cores; see cccl_lite.train)."""
         base = dict(region_dim=256, num_regions=12, word_dim=384, embed_dim=64,
-                    sim_dim=64, batch_size=32, lr=5e-4, epochs=12, lr_decay_epoch=8)
+                    sim_dim=64, batch_size=32, lr=5e-4, epochs=8, lr_decay_epoch=6)
         return cls(**{**base, **overrides})
 
     def with_ablation(self, name: str) -> "CCCLConfig":
@@ -130,22 +131,39 @@ class CCCLConfig:
 
 class ImageEncoding(NamedTuple):
     """What CCCL computes once per image: V (B, n, d), mask (B, n),
-    v^S (B, d) (eqs 13-14) and V̂ (B, n, d) (eq 25; None without Branch 3)."""
+    v^S (B, d) (eqs 13-14) and V̂ (B, n, d) (eq 25; None without Branch 3).
+
+    Eq 26's per-image parts (None when not applicable; :meth:`CCCL.score`
+    recomputes a missing one): ``gru_input`` W_ih v̂_i + b_ih (B, n, 3d) of the
+    visual GRU; ``cross_state`` (B, d), the text GRU's state after reading v^S;
+    under "w/o C-GRU", ``relation`` v^R (B, d) itself.
+    """
 
     v: torch.Tensor
     mask: torch.Tensor
     global_vec: torch.Tensor
     graph: torch.Tensor | None
+    gru_input: torch.Tensor | None = None
+    cross_state: torch.Tensor | None = None
+    relation: torch.Tensor | None = None
 
 
 class TextEncoding(NamedTuple):
     """What CCCL computes once per text: T (B, m, d), mask (B, m),
-    t^S (B, d) (eqs 13-14) and T̂ (B, m, d) (eq 25; None without Branch 3)."""
+    t^S (B, d) (eqs 13-14) and T̂ (B, m, d) (eq 25; None without Branch 3).
+
+    Eq 26's per-text parts, as in :class:`ImageEncoding`: ``gru_input``
+    (B, m, 3d) of the text GRU, ``cross_state`` (B, d) of the visual GRU after
+    reading t^S, or ``relation`` t^R (B, d) under "w/o C-GRU".
+    """
 
     t: torch.Tensor
     mask: torch.Tensor
     global_vec: torch.Tensor
     graph: torch.Tensor | None
+    gru_input: torch.Tensor | None = None
+    cross_state: torch.Tensor | None = None
+    relation: torch.Tensor | None = None
 
 
 class CCCL(nn.Module):
@@ -188,12 +206,14 @@ class CCCL(nn.Module):
 
     # ---- per item -------------------------------------------------------
     def encode_images(self, regions, positions, region_mask) -> ImageEncoding:
-        """V (eqs 8-10), v^S (eqs 13-14) and V̂ (eqs 21, 24-25) for each image."""
+        """V (eqs 8-10), v^S (eqs 13-14), V̂ (eqs 21, 24-25) and eq 26's
+        per-image GRU parts for each image."""
         c = self.config
         v = self.visual(regions, positions if c.use_position else None, region_mask)
         v_s = self.global_branch.image_vector(v, region_mask)
         graph = self.visual_graph(v, region_mask) if c.use_branch3 else None
-        return ImageEncoding(v, region_mask, v_s, graph)
+        return ImageEncoding(v, region_mask, v_s, graph,
+                             *self._gru_parts(graph, region_mask, v_s, image=True))
 
     def encode_texts(self, words, word_mask, word_adjacency=None) -> TextEncoding:
         """T (eqs 11-12), t^S (eqs 13-14) and T̂ (eqs 22-25) for each text."""
@@ -205,15 +225,44 @@ class CCCL(nn.Module):
             if c.use_syntax and word_adjacency is None:
                 raise ValueError("CCCL: word_adjacency is required (or use 'w/o S-NLP')")
             graph = self.text_graph(t, word_mask, word_adjacency if c.use_syntax else None)
-        return TextEncoding(t, word_mask, t_s, graph)
+        return TextEncoding(t, word_mask, t_s, graph,
+                            *self._gru_parts(graph, word_mask, t_s, image=False))
+
+    def _gru_parts(self, graph, mask, global_vec, image: bool):
+        """(gru_input, cross_state, relation) of images' or texts' items (eq 26).
+
+        Done here, once per item, because they do not depend on the pair; the
+        pair-wise recurrence (:meth:`relation_vectors`) reuses them.
+        """
+        if graph is None:
+            return None, None, None
+        own_gru, other_gru = ((self.visual_gru, self.text_gru) if image
+                              else (self.text_gru, self.visual_gru))
+        if not self.config.use_cross_gru:
+            # Without the cross vector, the whole GRU pass is per item.
+            return None, None, own_gru(graph, mask)[:, 0]
+        return own_gru.input_projection(graph), other_gru.cross_state(global_vec), None
 
     # ---- per pair -------------------------------------------------------
     def relation_vectors(self, img: ImageEncoding, txt: TextEncoding):
         """v^R, t^R (eq 26) for every pair: each (B_i, B_t, d), or (B_i, 1, d) /
         (1, B_t, d) under "w/o C-GRU" where they no longer depend on the pair."""
-        cross = self.config.use_cross_gru
-        v_r = self.visual_gru(img.graph, img.mask, txt.global_vec if cross else None)
-        t_r = self.text_gru(txt.graph, txt.mask, img.global_vec if cross else None)
+        vg, tg = self.visual_gru, self.text_gru
+        if not self.config.use_cross_gru:
+            v_r = img.relation if img.relation is not None else vg(img.graph, img.mask)[:, 0]
+            t_r = txt.relation if txt.relation is not None else tg(txt.graph, txt.mask)[:, 0]
+            return v_r[:, None], t_r[None]
+
+        def part(value, compute):  # a precomputed per-item part, else computed now
+            return compute() if value is None else value
+
+        gi_v = part(img.gru_input, lambda: vg.input_projection(img.graph))
+        gi_t = part(txt.gru_input, lambda: tg.input_projection(txt.graph))
+        # Start states (1, B, d) broadcast over the other axis inside recur.
+        h_v = part(txt.cross_state, lambda: vg.cross_state(txt.global_vec))[None]
+        h_t = part(img.cross_state, lambda: tg.cross_state(img.global_vec))[None]
+        v_r = vg.recur(gi_v, img.mask, h_v)
+        t_r = tg.recur(gi_t, txt.mask, h_t)
         return v_r, t_r.transpose(0, 1)
 
     def similarity_vectors(self, img: ImageEncoding, txt: TextEncoding):

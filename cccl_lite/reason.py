@@ -116,6 +116,9 @@ class CrossGRU(nn.Module):
     needs its own recurrence: this is the model's dominant cost. What does
     not depend on the pair, the input projections W_ih x + b_ih of the nodes,
     is computed once per item; the recurrence then runs for all pairs at once.
+    An evaluator keeps :meth:`input_projection` of the nodes and
+    :meth:`cross_state` of the cross vectors per item and calls :meth:`recur`
+    per block of pairs.
 
     The gates are PyTorch's (``nn.GRUCell`` weights, order r, z, n), so the
     result equals ``nn.GRU`` run on each pair's sequence.
@@ -145,16 +148,36 @@ class CrossGRU(nn.Module):
         n = torch.tanh(i_n + r * h_n)
         return n + z * (h - n)  # = (1 - z) n + z h
 
+    def cross_state(self, cross: torch.Tensor) -> torch.Tensor:
+        """h_1 = GRU(h_0 = 0, cross): the state after eq 26's first step, (B_y, d) → (B_y, d).
+
+        It depends on the cross item only, so an evaluator computes it once per item.
+        """
+        return self.step(self.input_projection(cross), cross.new_zeros(cross.shape[0], self.dim))
+
+    def recur(self, gi_nodes: torch.Tensor, mask: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Eq 26's node steps for every pair, from precomputed node projections.
+
+        gi_nodes (B_x, L, 3d) from :meth:`input_projection`; mask (B_x, L) bool; h the
+        start states, (B_x, B_y, d) or broadcastable to it (e.g. (1, B_y, d): then the
+        first W_hh h is computed once per cross item). Returns (B_x, B_y, d): each
+        pair's last valid state. Padded steps keep h (see module notes).
+        """
+        # One host sync decides which steps need the mask at all: steps padded for
+        # every item change nothing (dropped), steps valid for every item need no where.
+        valid = mask.any(0).tolist()
+        full = mask.all(0).tolist()
+        steps = max((t + 1 for t, v in enumerate(valid) if v), default=0)
+        for t in range(steps):
+            h_new = self.step(gi_nodes[:, t, None, :], h)
+            h = h_new if full[t] else torch.where(mask[:, t, None, None], h_new, h)
+        return h.expand(gi_nodes.shape[0], -1, -1)
+
     def forward(self, nodes: torch.Tensor, mask: torch.Tensor, cross: torch.Tensor | None = None):
         gi_nodes = self.input_projection(nodes)  # (B_x, L, 3d), once per item
         if cross is None:
             h = nodes.new_zeros(nodes.shape[0], 1, self.dim)
         else:
             # The first step starts from h = 0, so it depends on the cross item only.
-            h0 = cross.new_zeros(cross.shape[0], self.dim)
-            h = self.step(self.input_projection(cross), h0)[None]  # (1, B_y, d)
-            h = h.expand(nodes.shape[0], -1, -1)
-        for t in range(nodes.shape[1]):
-            h_new = self.step(gi_nodes[:, t, None, :], h)
-            h = torch.where(mask[:, t, None, None], h_new, h)
-        return h
+            h = self.cross_state(cross)[None]  # (1, B_y, d), broadcast over B_x
+        return self.recur(gi_nodes, mask, h)

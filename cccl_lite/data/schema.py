@@ -194,8 +194,10 @@ def check_file(path: str | os.PathLike, split: str | None = None) -> h5py.File:
     except OSError as e:
         raise SchemaError(f"{path}: not a readable HDF5 file ({e})") from None
     try:
-        if f.attrs.get("schema_version") != SCHEMA_VERSION:
-            _fail(str(path), f"schema_version {f.attrs.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        version = f.attrs.get("schema_version")
+        if version != SCHEMA_VERSION:
+            found = "missing (not a cccl_lite file?)" if version is None else str(version)
+            _fail(str(path), f"schema_version {found}, expected {SCHEMA_VERSION}")
         splits = [split] if split else [s for s in SPLITS if s in f]
         for s in splits:
             if s not in SPLITS:
