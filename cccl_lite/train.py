@@ -1,0 +1,860 @@
+"""Training CCCL: Table 1's recipe, a warm-up epoch, checkpoints, resume, AMP, DDP.
+
+Taught in chapter 6 ("Training and evaluation"). The recipe (Sec. 4.2,
+Table 1): Adam at ``config.lr``, × 0.1 from epoch ``config.lr_decay_epoch``
+on (0-based: lr 2e-4 for 15 epochs, then 2e-5), gradient norm clipped to
+``config.grad_clip``, the hybrid loss L = L_t + λ L_c (eq 34) of each batch
+with margin Δ and λ from the config, and the checkpoint of the best
+validation R@sum (eq 36) kept.
+
+One addition the paper does not print: the first ``warmup_epochs`` epochs
+(default 1; None = every epoch) use :func:`alignment_term_all_negatives`,
+the hinge summed over *every* negative of the batch, instead of eq 33's
+hardest negative, as VSE∞ and HREM do. On the synthetic scenes (``small``,
+lite, B = 32), from scratch, hardest negatives collapse the model (every
+score equal, L_t stuck at exactly 2·B·Δ) and it stays at chance. Measured
+here: they collapse it again after warm-up, too (L_t back to 2·B·Δ within
+one or two epochs): after one sum-over-negatives epoch at lr 5e-4, 1.5e-4
+or 5e-5, and with λ = 0 at 5e-4 (score spread 0.15 → 0.003 at 1.5e-4; val
+R@sum 177.5 → 153-172), and after three at 5e-5 (val R@sum 227.5 → 181.4),
+while the sum over negatives keeps improving it (val R@sum 177.5, 206.3,
+227.5, 270.8, 288.0 over epochs 1-5). So the command line trains the lite
+preset with the sum over negatives throughout (``--warmup-epochs all``,
+its default for ``--config lite``) and the paper preset as VSE∞ does (one
+warm-up epoch, then eq 33). A likely cause, not measured: a synthetic
+caption such as "a red circle" is true of many images, so a batch's
+hardest "negative" is often a match, which the sum over all negatives
+tolerates.
+
+Not here: a lower learning rate for a fine-tuned text encoder (VSE∞'s 0.1×).
+The word vectors are cached in the data file (``encode_words.py``), so no
+text encoder is trained; the textual layers that are trained (eqs 11-12)
+start from scratch like their visual twins and share the base lr.
+
+Outputs, in ``out_dir`` (written by rank 0 only):
+
+* ``config.json``: {"config": CCCLConfig dict, "options": TrainOptions dict,
+  "data": path, "world_size": N};
+* ``log.jsonl``: one object per epoch: epoch (1-based), step, lr,
+  negatives ("all" or "hardest"), losses {total, alignment, coherence}
+  (means per batch), val (every key of ``recall_at_k``), best, seconds;
+* ``last.pt``: everything needed to resume (model, optimizer, scheduler,
+  AMP scaler, RNG states, epoch, step, best R@sum, config, vocab, options);
+* ``best.pt``: the model of the best validation R@sum (no optimizer).
+
+Checkpoints are written to a temp file in ``out_dir`` and renamed
+(``os.replace``): Ctrl-C or a crash never leaves a half-written ``last.pt``,
+and ``--resume`` restarts from the last completed epoch. They hold only
+tensors, numbers, strings, lists and dicts, and load with
+``torch.load(weights_only=True)``. On the CPU with a fixed seed a resumed
+run gives bit-identical weights to an uninterrupted one: the shuffle of
+epoch e depends only on (seed, e), and every RNG state is restored. (This
+needs the same thread count and math libraries: float sums in another
+order differ in the last bits. One of our runs on a busy machine differed
+from its repeats in the 4th digit of the loss, possibly MKL using fewer
+threads; the test therefore runs on one thread.)
+
+Multi-GPU: ``torchrun --nproc_per_node=N -m cccl_lite train ...`` runs the
+same code under DistributedDataParallel (detected from RANK, WORLD_SIZE,
+LOCAL_RANK; NCCL on CUDA, gloo on the CPU). ``batch_size`` is per rank:
+each rank draws its own B captions (DistributedSampler), so the global batch
+is N × B. The loss, hardest negatives included, is computed within each
+rank's local batch: a caption's negatives are the other B − 1 of its rank,
+not the N × B − 1 of the global batch, and DDP averages the ranks'
+gradients, i.e. it minimises the mean of the N per-rank losses. So N ranks
+see the same negative pool per caption as one process with batch B (not as
+one process with batch N × B). Validation runs on rank 0 while the others
+wait at a barrier; only rank 0 writes files and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cli import CLIError
+from .data.dataset import CaptionDataset, SplitReader, build_vocab, collate, model_inputs
+from .data.schema import SchemaError, check_file
+from .loss import HybridLoss, coherence_term, fuse_scores
+from .model import ABLATIONS, CCCL, CCCLConfig
+
+__all__ = [
+    "CONFIGS",
+    "AMP_MODES",
+    "TrainOptions",
+    "Trainer",
+    "train",
+    "load_model",
+    "load_checkpoint",
+    "make_reader",
+    "resolve_config",
+    "prepare_config",
+    "alignment_term_all_negatives",
+    "warmup_loss",
+    "add_train_arguments",
+    "run_train",
+]
+
+CONFIGS = {"lite": CCCLConfig.lite, "paper": CCCLConfig.paper}
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+CHECKPOINT_FORMAT = 1
+# Config fields a resumed run may change: only how long it runs.
+_RESUMABLE_CHANGES = ("epochs",)
+# Options that change what a resumed run would compute.
+_TRAJECTORY_OPTIONS = ("warmup_epochs", "seed")
+
+
+# --------------------------------------------------------------------------
+# the warm-up loss
+# --------------------------------------------------------------------------
+
+
+def alignment_term_all_negatives(scores: torch.Tensor, margin: float = 0.2,
+                                 positive_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Bidirectional hinge triplet loss summed over ALL negatives (warm-up).
+
+    L = Σ_i Σ_{j ∉ P(i)} [Δ − F_ii + F_ij]_+ + Σ_j Σ_{i ∉ P(j)} [Δ − F_jj + F_ij]_+,
+    eq 33 with the max over negatives replaced by a sum (VSE++'s "SH" loss,
+    VSE∞'s warm-up). scores (B, B): F(I_i, Z_j), positives on the diagonal;
+    positive_mask (B, B) bool, True where (i, j) match (the diagonal and,
+    e.g., a second caption of the same image): those pairs are never
+    negatives. Returns the sum (a scalar).
+    """
+    if scores.dim() != 2 or scores.shape[0] != scores.shape[1]:
+        raise ValueError(f"alignment_term_all_negatives: scores must be (B, B), "
+                         f"got {tuple(scores.shape)}")
+    eye = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
+    if positive_mask is None:
+        positive_mask = eye
+    elif positive_mask.shape != scores.shape or not bool(positive_mask[eye].all()):
+        raise ValueError("alignment_term_all_negatives: positive_mask must be (B, B) bool "
+                         "with a True diagonal")
+    diag = scores.diagonal()
+    cost_i2t = (margin - diag[:, None] + scores).clamp(min=0)  # row i: image i vs text j
+    cost_t2i = (margin - diag[None, :] + scores).clamp(min=0)  # column j: text j vs image i
+    return (cost_i2t.masked_fill(positive_mask, 0).sum()
+            + cost_t2i.masked_fill(positive_mask, 0).sum())
+
+
+def warmup_loss(s_s, s_o, s_r, margin: float = 0.2, coherence_weight: float = 0.5,
+                positive_mask: torch.Tensor | None = None) -> HybridLoss:
+    """L = L_t^all + λ L_c: eq 34 with :func:`alignment_term_all_negatives` as L_t.
+
+    Each score (B, B) or None (an ablated branch); F is their mean (eq 32).
+    """
+    f = fuse_scores((s_s, s_o, s_r))
+    l_t = alignment_term_all_negatives(f, margin, positive_mask)
+    l_c = coherence_term(s_s, s_o, s_r)
+    return HybridLoss(l_t + coherence_weight * l_c, l_t, l_c)
+
+
+# --------------------------------------------------------------------------
+# options, configs, data
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class TrainOptions:
+    """How to train, as opposed to what (the model and Table 1's
+    hyper-parameters live in :class:`CCCLConfig`).
+
+    warmup_epochs: epochs with the sum-over-negatives loss before hardest
+    negatives; None: the sum over negatives throughout, which the lite
+    preset needs (module docstring; the CLI's default for it). device:
+    "auto", "cpu", "cuda" or "cuda:K" (under torchrun, "cuda" means
+    cuda:LOCAL_RANK). amp: "auto" (bf16 on a
+    GPU that supports it, else fp16 with a GradScaler; off on the CPU),
+    "bf16", "fp16" (CUDA only) or "off". max_steps: at most this many
+    batches per epoch (smoke runs), None for all. log_every: batches between
+    progress updates (a printed line when there is no progress bar).
+    quiet: no progress bar nor per-batch lines. resume: continue from
+    ``out_dir/last.pt``; overwrite: start afresh even if it exists.
+    deterministic: on the CPU, ``torch.use_deterministic_algorithms``
+    during training.
+    """
+
+    warmup_epochs: int | None = 1
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    num_workers: int = 0
+    max_steps: int | None = None
+    log_every: int = 50
+    quiet: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    eval_batch_size: int = 256
+    deterministic: bool = True
+
+    def __post_init__(self):
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"unknown --amp {self.amp!r}; expected one of: {', '.join(AMP_MODES)}")
+        for name in ("warmup_epochs", "num_workers", "log_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _data_dims(path) -> dict:
+    """The train split's d_F, n, d_E (None without cached word vectors), has_boxes."""
+    path = Path(path)
+    if not path.exists():
+        raise CLIError(f"{path}: no such data file (make one with "
+                       f"`python data_scripts/make_synthetic.py --out {path}`)")
+    with check_file(path, "train") as f:
+        if "val" not in f:
+            raise SchemaError(f"{path}: no 'val' split to select the best epoch on")
+        g = f["train"]
+        _, n, d_f = g["images/features"].shape
+        wv = g["captions"].get("word_vectors")
+        return dict(region_dim=int(d_f), num_regions=int(n),
+                    word_dim=None if wv is None else int(wv.shape[1]),
+                    has_boxes=bool(f.attrs["has_boxes"]))
+
+
+def resolve_config(name: str, data_path, ablation: str | None = None,
+                   **overrides) -> CCCLConfig:
+    """The CLI's config: preset ``name`` ("lite" or "paper") with ``overrides``
+    and one Table 6 ``ablation``.
+
+    "lite" is sized to the data: its region_dim d_F and word_dim d_E are read
+    from the file (any synthetic size, MiniLM or BERT vectors; under "w/o
+    BERT" d_E is the Bi-GRU's width and stays the preset's). "paper" keeps
+    Table 1's d_F = 2048, d_E = 768, and :func:`prepare_config` refuses a
+    file that differs. Unknown names raise CLIError listing the valid ones.
+    """
+    if name not in CONFIGS:
+        raise CLIError(f"unknown config {name!r}; expected one of: {', '.join(CONFIGS)}")
+    if ablation is not None and ablation not in ABLATIONS:
+        raise CLIError(f"unknown ablation {ablation!r}; expected one of: "
+                       + ", ".join(repr(a) for a in ABLATIONS))
+    if name == "lite":
+        dims = _data_dims(data_path)
+        derived = {"region_dim": dims["region_dim"]}
+        if dims["word_dim"] is not None and ablation != "w/o BERT":
+            derived["word_dim"] = dims["word_dim"]
+        overrides = {**derived, **overrides}
+    config = CONFIGS[name](**overrides)
+    return config.with_ablation(ablation) if ablation else config
+
+
+def prepare_config(config: CCCLConfig, data_path) -> tuple[CCCLConfig, dict | None]:
+    """Check ``config`` against the data file; return (config, vocab).
+
+    num_regions n is taken from the file; d_F and d_E must match it (a clear
+    CLIError otherwise). Under "w/o BERT" the vocabulary is built from the
+    train split (:func:`build_vocab`) and sets ``vocab_size``; d_E is then
+    the Bi-GRU's width, not the file's. A file without boxes trains only
+    "w/o POS". vocab is None when word vectors are used.
+    """
+    path = Path(data_path)
+    dims = _data_dims(path)
+    if not dims["has_boxes"] and config.use_position:
+        raise CLIError(f"{path} has no boxes, so no position features (eq 9): train it "
+                       f"with --ablation 'w/o POS'")
+    if config.region_dim != dims["region_dim"]:
+        raise CLIError(f"{path}: region features are {dims['region_dim']}-d but the config "
+                       f"has region_dim {config.region_dim} (Table 1 needs 2048-d bottom-up "
+                       f"features; use --config lite for other data)")
+    vocab = None
+    if config.use_bert:
+        if dims["word_dim"] is None:
+            raise SchemaError(f"{path}:/train/captions/word_vectors: missing; run "
+                              f"`python data_scripts/encode_words.py {path}` first")
+        if config.word_dim != dims["word_dim"]:
+            raise CLIError(f"{path}: word vectors are {dims['word_dim']}-d but the config has "
+                           f"word_dim {config.word_dim} (Table 1 needs 768-d BERT-base "
+                           f"vectors; use --config lite for other encoders)")
+    else:
+        vocab = build_vocab(path)
+        config = dataclasses.replace(config, vocab_size=len(vocab))
+    config = dataclasses.replace(config, num_regions=dims["num_regions"])
+    return config, vocab
+
+
+def make_reader(path, split: str, config: CCCLConfig, vocab: dict | None = None) -> SplitReader:
+    """The :class:`SplitReader` a model of ``config`` needs: word ids and
+    ``vocab`` under "w/o BERT", no dependency heads when the text graph does
+    not read them ("w/o S-NLP", "w/o B-3")."""
+    with warnings.catch_warnings():
+        if not config.use_position:  # "has no boxes" is expected under "w/o POS"
+            warnings.simplefilter("ignore")
+        return SplitReader(path, split, words="vectors" if config.use_bert else "ids",
+                           vocab=vocab, syntax=config.use_syntax and config.use_branch3)
+
+
+# --------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------
+
+
+def _atomic_save(obj, path: Path) -> None:
+    """torch.save through a temp file in the same directory, then os.replace:
+    ``path`` is either the old file or the complete new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path, device="cpu") -> dict:
+    """A checkpoint of :class:`Trainer` as a dict, loaded with weights_only=True."""
+    path = Path(path)
+    if not path.exists():
+        raise CLIError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # a truncated file or another program's pickle
+        raise CLIError(f"{path}: not a readable cccl_lite checkpoint "
+                       f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
+        raise CLIError(f"{path}: not a cccl_lite checkpoint (no config and model)")
+    if ckpt.get("format", 0) > CHECKPOINT_FORMAT:
+        raise CLIError(f"{path}: checkpoint format {ckpt['format']} is newer than this "
+                       f"cccl_lite ({CHECKPOINT_FORMAT}); upgrade cccl_lite")
+    return ckpt
+
+
+def _config_of(ckpt: dict, path) -> CCCLConfig:
+    try:
+        return CCCLConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"{path}: the checkpoint's config does not fit this cccl_lite ({e}); "
+                       f"was it written by another version?") from None
+
+
+def load_model(checkpoint_path, device="cpu") -> tuple[CCCL, CCCLConfig, dict | None]:
+    """(model in eval mode on ``device``, its config, its vocab or None) from
+    ``best.pt`` or ``last.pt``. Unknown config fields raise CLIError."""
+    ckpt = load_checkpoint(checkpoint_path, device)
+    config = _config_of(ckpt, checkpoint_path)
+    model = CCCL(config)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CLIError(f"{checkpoint_path}: weights do not fit the config "
+                       f"({str(e).splitlines()[0]})") from None
+    return model.to(device).eval(), config, ckpt.get("vocab")
+
+
+def _python_rng_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _numpy_rng_state() -> list:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)]
+
+
+def _rng_states(loader_gen: torch.Generator) -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": _numpy_rng_state(),
+        "python": _python_rng_state(),
+        "loader": loader_gen.get_state(),
+    }
+
+
+def _restore_rng(states: dict, loader_gen: torch.Generator) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    loader_gen.set_state(states["loader"])
+
+
+# --------------------------------------------------------------------------
+# the trainer
+# --------------------------------------------------------------------------
+
+
+def _seed_worker(worker_id: int) -> None:
+    # DataLoader seeds each worker's torch RNG from its generator; numpy's
+    # and Python's follow, so any randomness in a worker is reproducible.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "_Dist":
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            return cls()
+        return cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                   int(os.environ.get("LOCAL_RANK", 0)))
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def _resolve_device(name: str, dist: _Dist) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {name}: CUDA is not available here "
+                           f"(torch {torch.__version__}); use --device cpu")
+        if name == "cuda":
+            name = f"cuda:{dist.local_rank}"
+    elif name != "cpu":
+        raise CLIError(f"unknown --device {name!r}; expected cpu, cuda, cuda:K or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise CLIError(f"--device {name}: {e}") from None
+
+
+def _resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    if device.type == "cpu":
+        if mode == "fp16":
+            raise CLIError("--amp fp16 needs CUDA; on the CPU use bf16 or off")
+        return torch.bfloat16 if mode == "bf16" else None
+    if mode == "off":
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+def _config_diff(old: dict, new: dict) -> list[str]:
+    keys = sorted((set(old) | set(new)) - set(_RESUMABLE_CHANGES))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+class Trainer:
+    """Trains a CCCL of ``config`` on ``data_path``'s train split, selects on val.
+
+    ``Trainer(config, data_path, out_dir, options).fit()`` returns the path
+    of ``best.pt``; afterwards ``trainer.model`` is the trained model (not
+    the best one: load that with :func:`load_model`) and ``trainer.history``
+    the log records. The config is checked against the data by
+    :func:`prepare_config` at construction (no model is built before fit).
+    """
+
+    def __init__(self, config: CCCLConfig, data_path, out_dir, options: TrainOptions | None = None):
+        self.options = options or TrainOptions()
+        self.data_path, self.out_dir = Path(data_path), Path(out_dir)
+        if config.epochs < 1 or config.batch_size < 1 or not config.lr > 0:
+            raise ValueError(f"epochs, batch_size and lr must be positive, got {config.epochs}, "
+                             f"{config.batch_size}, {config.lr}")
+        self.dist = _Dist.from_env()
+        self.device = _resolve_device(self.options.device, self.dist)
+        self.amp_dtype = _resolve_amp(self.options.amp, self.device)
+        self.config, self.vocab = prepare_config(config, self.data_path)
+        self.model: CCCL | None = None
+        self.history: list[dict] = []
+        self.last_path, self.best_path = self.out_dir / "last.pt", self.out_dir / "best.pt"
+        self.log_path = self.out_dir / "log.jsonl"
+        if self.options.resume and not self.last_path.exists():
+            raise CLIError(f"--resume: {self.last_path} does not exist; nothing to resume")
+        if not (self.options.resume or self.options.overwrite) and self.last_path.exists():
+            raise CLIError(f"{self.out_dir} already holds a run (last.pt); pass --resume to "
+                           f"continue it, --overwrite to start again, or another --out")
+        self._resume_ckpt = None
+        if self.options.resume:
+            self._resume_ckpt = self._check_resumable(load_checkpoint(self.last_path))
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.rank == 0
+
+    def _check_resumable(self, ckpt: dict) -> dict:
+        diff = _config_diff(ckpt["config"], self.config.to_dict())
+        old_opts = ckpt.get("options", {})
+        diff += [f"{k}: {old_opts.get(k)!r} -> {getattr(self.options, k)!r}"
+                 for k in _TRAJECTORY_OPTIONS if old_opts.get(k) != getattr(self.options, k)]
+        if ckpt.get("world_size", 1) != self.dist.world_size:
+            diff.append(f"world_size: {ckpt.get('world_size', 1)} -> {self.dist.world_size}")
+        if diff:
+            raise CLIError(f"--resume: {self.last_path} was trained with another config "
+                           f"({'; '.join(diff)}); rerun with the same settings or use "
+                           f"another --out")
+        return ckpt
+
+    def _print(self, *args) -> None:
+        if self.is_main:
+            print(*args, flush=True)
+
+    # ---- setup ------------------------------------------------------------
+    def _setup(self) -> None:
+        o, c = self.options, self.config
+        random.seed(o.seed)
+        np.random.seed(o.seed)
+        torch.manual_seed(o.seed)
+        self.model = CCCL(c).to(self.device)  # initialised from the seeded torch RNG
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr)
+        decay = c.lr_decay_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda epoch: 0.1 if epoch >= decay else 1.0)
+        # GradScaler only for fp16: bf16 has fp32's range and needs no scaling.
+        self.scaler = None
+        if self.amp_dtype == torch.float16:
+            # torch.amp.GradScaler from torch 2.3; torch.cuda.amp's before.
+            self.scaler = (torch.amp.GradScaler("cuda") if hasattr(torch.amp, "GradScaler")
+                           else torch.cuda.amp.GradScaler())
+        self.loader_gen = torch.Generator().manual_seed(o.seed)
+        self.epoch, self.step, self.best_rsum, self.best_epoch = 0, 0, -math.inf, 0
+        if self._resume_ckpt is not None:
+            ck = self._resume_ckpt
+            self.model.load_state_dict(ck["model"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+            self.scheduler.load_state_dict(ck["scheduler"])
+            if self.scaler is not None and ck.get("scaler"):
+                self.scaler.load_state_dict(ck["scaler"])
+            _restore_rng(ck["rng"], self.loader_gen)
+            self.epoch, self.step = ck["epoch"], ck["step"]
+            self.best_rsum, self.best_epoch = ck["best_rsum"], ck["best_epoch"]
+            self._resume_ckpt = None
+        self.ddp = None
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # Every parameter gets a gradient under every ablation (the model
+            # builds no module it does not use), so no unused-parameter search.
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+        self.train_reader = make_reader(self.data_path, "train", c, self.vocab)
+        self.val_reader = make_reader(self.data_path, "val", c, self.vocab) if self.is_main \
+            else None
+        dataset = CaptionDataset(self.train_reader)
+        # The shuffle of epoch e depends on (seed, e) only (set_epoch), with
+        # one process as with N: what makes resume exact.
+        self.sampler = torch.utils.data.DistributedSampler(
+            dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True,
+            seed=o.seed)
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_size=c.batch_size, sampler=self.sampler,
+            collate_fn=_Collate(self.train_reader), num_workers=o.num_workers,
+            worker_init_fn=_seed_worker, generator=self.loader_gen,
+            pin_memory=self.device.type == "cuda")
+
+    def _init_process_group(self) -> bool:
+        if not self.dist.enabled:
+            return False
+        import torch.distributed as tdist
+        if tdist.is_initialized():
+            return False
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        tdist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
+                                 rank=self.dist.rank, world_size=self.dist.world_size)
+        return True
+
+    def _barrier(self) -> None:
+        if self.dist.enabled:
+            import torch.distributed as tdist
+            if self.device.type == "cuda":
+                tdist.barrier(device_ids=[self.device.index])
+            else:
+                tdist.barrier()
+
+    # ---- files ------------------------------------------------------------
+    def _write_config_json(self) -> None:
+        info = {"config": self.config.to_dict(), "options": self.options.to_dict(),
+                "data": str(self.data_path), "world_size": self.dist.world_size}
+        _atomic_write_text(json.dumps(info, indent=2) + "\n", self.out_dir / "config.json")
+
+    def _trim_log(self) -> None:
+        # An interrupt between a log line and its last.pt leaves a line for
+        # an epoch that resume redoes: keep only the epochs last.pt holds.
+        if not self.log_path.exists():
+            return
+        lines = self.log_path.read_text().splitlines()
+        keep = []
+        for ln in lines:
+            try:
+                if json.loads(ln)["epoch"] <= self.epoch:
+                    keep.append(ln)
+            except (ValueError, KeyError, TypeError):  # a line cut by Ctrl-C
+                pass
+        self.history = [json.loads(ln) for ln in keep]
+        if keep != lines:
+            _atomic_write_text("".join(ln + "\n" for ln in keep), self.log_path)
+
+    def _checkpoint(self, recalls: dict, best: bool) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "kind": "best" if best else "last",
+            "config": self.config.to_dict(),
+            "options": self.options.to_dict(),
+            "vocab": self.vocab,
+            "world_size": self.dist.world_size,
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_rsum": self.best_rsum,
+            "best_epoch": self.best_epoch,
+            "val": recalls,
+            "model": self.model.state_dict(),
+        }
+
+    def _save(self, recalls: dict, improved: bool) -> None:
+        if improved:
+            _atomic_save(self._checkpoint(recalls, best=True), self.best_path)
+        ckpt = self._checkpoint(recalls, best=False)
+        ckpt.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                    scaler=self.scaler.state_dict() if self.scaler else None,
+                    rng=_rng_states(self.loader_gen))
+        _atomic_save(ckpt, self.last_path)
+
+    # ---- the loop -----------------------------------------------------------
+    def _train_epoch(self) -> dict:
+        o, c = self.options, self.config
+        net = self.ddp or self.model
+        net.train()
+        self.sampler.set_epoch(self.epoch)
+        all_negatives = o.warmup_epochs is None or self.epoch < o.warmup_epochs
+        n_steps = len(self.loader) if o.max_steps is None else min(o.max_steps, len(self.loader))
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        bar = None
+        if self.is_main and not o.quiet and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+            bar = tqdm(total=n_steps, desc=f"epoch {self.epoch + 1}/{c.epochs}", leave=False,
+                       dynamic_ncols=True)
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype)
+                    if self.amp_dtype is not None else nullcontext())
+        t0 = time.perf_counter()
+        try:
+            for i, batch in enumerate(self.loader):
+                if i >= n_steps:
+                    break
+                positive = batch["positive_mask"].to(self.device, non_blocking=True)
+                with autocast:
+                    _, scores = net(**model_inputs(batch, self.device))
+                # The loss in fp32: sums over B² pairs lose precision in bf16.
+                scores = tuple(None if s is None else s.float() for s in scores)
+                if all_negatives:
+                    loss = warmup_loss(*scores, margin=c.margin,
+                                       coherence_weight=c.coherence_weight,
+                                       positive_mask=positive)
+                else:
+                    loss = self.model.loss(scores, positive)
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.scaler is not None:
+                    self.scaler.scale(loss.total).backward()
+                    self.scaler.unscale_(self.optimizer)  # clip the true gradients
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    loss.total.backward()
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+                    self.optimizer.step()
+                self.step += 1
+                sums += torch.stack([loss.total.detach(), loss.alignment.detach(),
+                                     loss.coherence.detach(), torch.ones((), device=self.device)
+                                     ]).double()
+                if o.log_every and (i + 1) % o.log_every == 0 or i + 1 == n_steps:
+                    mean = (sums[:3] / sums[3]).tolist()
+                    if bar is not None:
+                        bar.update(i + 1 - bar.n)
+                        bar.set_postfix(loss=f"{mean[0]:.3g}", align=f"{mean[1]:.3g}")
+                    elif self.is_main and not o.quiet and o.log_every:
+                        # rank 0's batches only; the epoch line averages all ranks'
+                        rate = (i + 1) / (time.perf_counter() - t0)
+                        print(f"  epoch {self.epoch + 1} batch {i + 1}/{n_steps}: loss "
+                              f"{mean[0]:.4g} (alignment {mean[1]:.4g}, coherence "
+                              f"{mean[2]:.4g}), {rate:.1f} batch/s", flush=True)
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.dist.enabled:
+            import torch.distributed as tdist
+            tdist.all_reduce(sums)  # the losses of every rank's batches
+        total, alignment, coherence = (sums[:3] / sums[3].clamp(min=1)).tolist()
+        return {"total": total, "alignment": alignment, "coherence": coherence,
+                "negatives": "all" if all_negatives else "hardest"}
+
+    def _validate(self) -> dict:
+        from .evaluate import evaluate_split
+        recalls, _ = evaluate_split(self.model, self.val_reader, device=self.device,
+                                    batch_size=self.options.eval_batch_size)
+        return {k: float(v) for k, v in recalls.items()}
+
+    def fit(self) -> Path:
+        """Train from epoch ``self.epoch`` to ``config.epochs``; return best.pt's path."""
+        created_group = self._init_process_group()
+        deterministic = self.device.type == "cpu" and self.options.deterministic
+        previous = (torch.are_deterministic_algorithms_enabled(),
+                    torch.is_deterministic_algorithms_warn_only_enabled())
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            self._setup()
+            if self.is_main:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                self._write_config_json()
+                self._trim_log()
+            c = self.config
+            if self.epoch >= c.epochs:
+                self._print(f"{self.last_path}: already trained for {self.epoch} epochs")
+            while self.epoch < c.epochs:
+                t0 = time.perf_counter()
+                lr = self.optimizer.param_groups[0]["lr"]
+                losses = self._train_epoch()
+                self.scheduler.step()
+                self.epoch += 1
+                if self.is_main:
+                    recalls = self._validate()
+                    improved = recalls["rsum"] > self.best_rsum
+                    if improved:
+                        self.best_rsum, self.best_epoch = recalls["rsum"], self.epoch
+                    record = {"epoch": self.epoch, "step": self.step, "lr": lr,
+                              "negatives": losses.pop("negatives"), "losses": losses,
+                              "val": recalls, "best": improved,
+                              "seconds": round(time.perf_counter() - t0, 3)}
+                    # The log line first, then last.pt: resume trims lines
+                    # past last.pt's epoch (see _trim_log).
+                    with open(self.log_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    self._save(recalls, improved)
+                    self.history.append(record)
+                    self._print(
+                        f"epoch {self.epoch}/{c.epochs}: loss {losses['total']:.4g} "
+                        f"(alignment {losses['alignment']:.4g}, coherence "
+                        f"{losses['coherence']:.4g}, {record['negatives']} negatives), "
+                        f"lr {lr:.3g}, val R@sum {recalls['rsum']:.1f} (i2t R@1 "
+                        f"{recalls['i2t_r1']:.1f}, t2i R@1 {recalls['t2i_r1']:.1f})"
+                        f"{' best' if improved else ''}, {record['seconds']:.0f} s")
+                self._barrier()
+            return self.best_path
+        finally:
+            if deterministic:
+                torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+            if created_group:
+                import torch.distributed as tdist
+                tdist.destroy_process_group()
+
+
+class _Collate:
+    """collate bound to a reader; a class (not a lambda) so that DataLoader
+    workers started with spawn can pickle it."""
+
+    def __init__(self, reader: SplitReader):
+        self.reader = reader
+
+    def __call__(self, items):
+        return collate(self.reader, items)
+
+
+def train(config: CCCLConfig, data_path, out_dir, options: TrainOptions | None = None) -> Path:
+    """Train CCCL (see :class:`Trainer`); return the path of ``out_dir/best.pt``."""
+    return Trainer(config, data_path, out_dir, options).fit()
+
+
+# --------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------
+
+
+# The command line's warm-up per preset (measured: see the module docstring).
+_DEFAULT_WARMUP = {"lite": "all", "paper": 1}
+
+
+def _warmup_arg(text: str):
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of epochs or 'all', got {text!r}")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """``python -m cccl_lite train``'s arguments (see :func:`run_train`)."""
+    p = parser
+    p.add_argument("--config", default="lite",
+                   help=f"preset: {' or '.join(CONFIGS)} (default lite: sized to the data)")
+    p.add_argument("--data", required=True, help="HDF5 file (cccl_lite.data.schema)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--ablation", default=None, help="one Table 6 ablation, e.g. 'w/o POS'")
+    p.add_argument("--epochs", type=int, default=None, help="default: the config's")
+    p.add_argument("--batch-size", type=int, default=None, help="per rank; default: config's")
+    p.add_argument("--lr", type=float, default=None, help="default: the config's")
+    p.add_argument("--lr-decay-epoch", type=int, default=None,
+                   help="lr × 0.1 from this 0-based epoch on; default: the config's")
+    d = TrainOptions()
+    p.add_argument("--warmup-epochs", type=_warmup_arg, default=None,
+                   help="epochs with the sum over all negatives before hardest negatives, "
+                        "or 'all' (default: all for lite, 1 for paper; see cccl_lite.train)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:K")
+    p.add_argument("--amp", default=d.amp, help=f"{', '.join(AMP_MODES)} (default auto: "
+                                                f"bf16 or fp16 on CUDA, off on the CPU)")
+    p.add_argument("--num-workers", type=int, default=d.num_workers)
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="at most this many batches per epoch (smoke runs)")
+    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    p.add_argument("--log-every", type=int, default=d.log_every,
+                   help="batches between progress lines when there is no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar nor batch lines")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    g.add_argument("--overwrite", action="store_true", help="start afresh in an existing OUT")
+
+
+def run_train(args) -> int:
+    """Train as ``args`` say; print where best.pt is. Expected failures raise CLIError."""
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
+                                   ("lr", args.lr), ("lr_decay_epoch", args.lr_decay_epoch))
+                 if v is not None}
+    config = resolve_config(args.config, args.data, args.ablation, **overrides)
+    warmup = args.warmup_epochs if args.warmup_epochs is not None else _DEFAULT_WARMUP.get(
+        args.config, 1)
+    options = TrainOptions(warmup_epochs=None if warmup == "all" else warmup, seed=args.seed,
+                           device=args.device, amp=args.amp, num_workers=args.num_workers,
+                           max_steps=args.max_steps, log_every=args.log_every, quiet=args.quiet,
+                           resume=args.resume, overwrite=args.overwrite,
+                           eval_batch_size=args.eval_batch_size)
+    trainer = Trainer(config, args.data, args.out, options)
+    best = trainer.fit()
+    if trainer.is_main:
+        print(f"best: {best} (epoch {trainer.best_epoch}, val R@sum {trainer.best_rsum:.1f})")
+    return 0

@@ -1,0 +1,348 @@
+"""Training: the warm-up loss, outputs, lr schedule, exact resume, atomic
+checkpoints, DDP on gloo, and the command line's expected failures."""
+
+import dataclasses
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from cccl_lite.data.dataset import CaptionDataset, SplitReader, collate, model_inputs
+from cccl_lite.data.synthetic import make_synthetic
+from cccl_lite.evaluate import evaluate_split
+from cccl_lite.metrics import KEYS
+from cccl_lite.model import CCCL, CCCLConfig
+from cccl_lite.train import (TrainOptions, Trainer, _restore_rng, _rng_states,
+                             alignment_term_all_negatives, load_checkpoint, load_model, train)
+
+D_E = 16  # random word vectors written into the tiny file (no MiniLM, offline)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_h5(tmp_path_factory):
+    """The tiny synthetic scenes plus random D_E-d word vectors in the schema's layout."""
+    path = make_synthetic(tmp_path_factory.mktemp("data") / "tiny.h5", seed=0, size="tiny")
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "a") as f:
+        for split in ("train", "val", "test"):
+            g = f[split]["captions"]
+            counts = [len(t.split(" ")) for t in g["tokens"].asstr()[:]]
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            g.create_dataset("word_vectors",
+                             data=rng.normal(size=(offsets[-1], D_E)).astype(np.float16))
+            g.create_dataset("word_offsets", data=offsets)
+            g["word_vectors"].attrs["encoder"] = "random"
+    return path
+
+
+def small_config(**kw):
+    base = dict(region_dim=256, word_dim=D_E, embed_dim=16, sim_dim=16, batch_size=8,
+                epochs=2, lr=1e-3, lr_decay_epoch=1)
+    return CCCLConfig.lite(**{**base, **kw})
+
+
+def quick(**kw):
+    return TrainOptions(**{**dict(max_steps=3, quiet=True, device="cpu"), **kw})
+
+
+@pytest.fixture
+def one_thread():
+    # Bit-exact comparisons need one reduction order: MKL may use fewer
+    # threads than asked when the machine is busy, so use exactly one.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---- the warm-up loss ------------------------------------------------------
+
+def test_all_negatives_term_equals_double_loop():
+    g = torch.Generator().manual_seed(0)
+    b, margin = 7, 0.2
+    scores = torch.rand(b, b, generator=g, dtype=torch.float64)
+    image = [0, 0, 1, 2, 2, 2, 3]  # pairs sharing an image are positives
+    pos = torch.tensor([[image[i] == image[j] for j in range(b)] for i in range(b)])
+    expected = 0.0
+    for i in range(b):
+        for j in range(b):
+            if image[i] == image[j]:
+                continue
+            expected += max(0.0, margin - scores[i, i].item() + scores[i, j].item())  # i2t
+            expected += max(0.0, margin - scores[j, j].item() + scores[i, j].item())  # t2i
+    got = alignment_term_all_negatives(scores, margin, pos)
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+    # Without a mask only the diagonal is positive.
+    plain = sum(max(0.0, margin - scores[i, i].item() + scores[i, j].item())
+                + max(0.0, margin - scores[j, j].item() + scores[i, j].item())
+                for i in range(b) for j in range(b) if i != j)
+    assert alignment_term_all_negatives(scores, margin).item() == pytest.approx(plain, rel=1e-12)
+    with pytest.raises(ValueError):
+        alignment_term_all_negatives(scores, margin, ~pos)
+
+
+# ---- a tiny run end to end -------------------------------------------------
+
+def test_tiny_run_writes_its_outputs(tiny_h5, tmp_path):
+    cfg = small_config()
+    best = train(cfg, tiny_h5, tmp_path / "run", quick())
+    out = tmp_path / "run"
+    assert best == out / "best.pt"
+    assert {p.name for p in out.iterdir()} == {"last.pt", "best.pt", "log.jsonl", "config.json"}
+
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert [r["step"] for r in records] == [3, 6]
+    assert [r["negatives"] for r in records] == ["all", "hardest"]  # one warm-up epoch
+    for r in records:
+        assert set(r) >= {"epoch", "losses", "lr", "val", "seconds"}
+        assert set(r["losses"]) == {"total", "alignment", "coherence"}
+        assert r["losses"]["total"] == pytest.approx(
+            r["losses"]["alignment"] + cfg.coherence_weight * r["losses"]["coherence"])
+        assert set(r["val"]) == set(KEYS)
+
+    info = json.loads((out / "config.json").read_text())
+    assert info["config"] == dataclasses.replace(cfg, num_regions=12).to_dict()
+    assert info["options"]["max_steps"] == 3 and info["options"]["warmup_epochs"] == 1
+
+    ckpt = torch.load(best, weights_only=True)  # no unpickling of code
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert {"model", "config", "vocab", "epoch", "best_rsum"} <= set(ckpt)
+    assert {"optimizer", "scheduler", "rng", "step", "options"} <= set(last)
+    assert set(last["rng"]) == {"torch", "cuda", "numpy", "python", "loader"}
+    assert last["epoch"] == 2 and last["step"] == 6
+    # best.pt holds the epoch whose val R@sum is the largest, and its model
+    # scores that R@sum again when evaluated independently.
+    best_record = max(records, key=lambda r: r["val"]["rsum"])
+    assert ckpt["epoch"] == best_record["epoch"]
+    model, config, vocab = load_model(best)
+    assert config == dataclasses.replace(cfg, num_regions=12) and vocab is None
+    recalls, _ = evaluate_split(model, SplitReader(tiny_h5, "val"))
+    assert recalls["rsum"] == pytest.approx(best_record["val"]["rsum"])
+
+
+def test_lr_is_cut_tenfold_at_the_decay_epoch(tiny_h5, tmp_path, monkeypatch):
+    lrs = []
+    original = Trainer._train_epoch
+
+    def record(self):
+        (group,) = self.optimizer.param_groups
+        lrs.append(group["lr"])  # what Adam uses this epoch
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", record)
+    cfg = small_config(epochs=4, lr_decay_epoch=2, lr=3e-3)
+    trainer = Trainer(cfg, tiny_h5, tmp_path / "run", quick(max_steps=1))
+    trainer.fit()
+    assert lrs == pytest.approx([3e-3, 3e-3, 3e-4, 3e-4])
+    assert [r["lr"] for r in trainer.history] == pytest.approx([3e-3, 3e-3, 3e-4, 3e-4])
+
+
+# ---- resume ----------------------------------------------------------------
+
+def test_resume_gives_identical_weights(tiny_h5, tmp_path, one_thread):
+    straight = Trainer(small_config(epochs=2), tiny_h5, tmp_path / "a", quick())
+    straight.fit()
+    train(small_config(epochs=1), tiny_h5, tmp_path / "b", quick())
+    resumed = Trainer(small_config(epochs=2), tiny_h5, tmp_path / "b", quick(resume=True))
+    resumed.fit()
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # ... and they did train: the weights moved from their initialisation.
+    torch.manual_seed(0)
+    init = CCCL(small_config()).state_dict()
+    assert not all(torch.equal(a[k], init[k]) for k in a)
+    logs = [(tmp_path / d / "log.jsonl").read_text().splitlines() for d in "ab"]
+    assert [json.loads(x)["losses"] for x in logs[0]] == [json.loads(x)["losses"] for x in logs[1]]
+
+
+def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
+    loader = torch.Generator()
+    random.seed(1), np.random.seed(2), torch.manual_seed(3), loader.manual_seed(4)
+    np.random.normal()  # numpy's state then holds a cached Gaussian too
+
+    def draws():
+        return (random.random(), np.random.normal(), torch.rand(3).tolist(),
+                torch.rand(3, generator=loader).tolist())
+
+    torch.save(_rng_states(loader), tmp_path / "rng.pt")
+    expected = draws()
+    random.seed(9), np.random.seed(9), torch.manual_seed(9), loader.manual_seed(9)
+    _restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True), loader)
+    assert draws() == expected
+
+
+def test_interrupted_save_keeps_the_previous_last_pt(tiny_h5, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(small_config(epochs=1), tiny_h5, out, quick())
+    before = {name: (out / name).read_bytes() for name in ("last.pt", "best.pt")}
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")  # the temp file is open and partly written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(small_config(epochs=2), tiny_h5, out, quick(resume=True)).fit()
+    monkeypatch.undo()
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "last.pt",
+                                                      "log.jsonl"]  # no temp file left
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    # The log line of the unsaved epoch 2 is dropped when the run resumes.
+    Trainer(small_config(epochs=2), tiny_h5, out, quick(resume=True)).fit()
+    epochs = [json.loads(x)["epoch"] for x in (out / "log.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+
+
+def test_load_model_refuses_unknown_config_fields(tiny_h5, tmp_path):
+    from cccl_lite.cli import CLIError
+    best = train(small_config(epochs=1), tiny_h5, tmp_path / "run", quick(max_steps=1))
+    ckpt = torch.load(best, weights_only=True)
+    ckpt["config"]["use_quantum_pooling"] = True
+    torch.save(ckpt, tmp_path / "future.pt")
+    with pytest.raises(CLIError, match="use_quantum_pooling"):
+        load_model(tmp_path / "future.pt")
+
+
+# ---- DistributedDataParallel on gloo -----------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+DDP_STEPS = 3
+
+
+def _ddp_worker(rank, world_size, port, data, out, config):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    trainer = Trainer(config, data, out, quick(max_steps=DDP_STEPS, warmup_epochs=0))
+    trainer.fit()
+    torch.save(trainer.model.state_dict(), Path(out).parent / f"rank{rank}.pt")
+
+
+def test_ddp_on_gloo_matches_one_process_on_the_mean_of_the_half_batch_losses(
+        tiny_h5, tmp_path, one_thread):
+    """Two gloo ranks, B = 8 captions each, 3 steps of hardest negatives.
+
+    What holds: (1) both ranks end with identical parameters (DDP all-reduces
+    the gradients, and each rank's Adam applies the same step); (2) they
+    equal, within float tolerance, one process that, at each step, takes the
+    same two local batches (DistributedSampler, rank 0 and 1, same seed and
+    epoch), computes the loss of each on its own and minimises their MEAN:
+    DDP averages the ranks' gradients, and the gradient of the mean is the
+    mean of the gradients. Not the same thing: one process on the global
+    batch of 16. Its hardest negative for a caption is searched among 15
+    others, a rank's among its own 7, so that run would take other steps.
+    """
+    config = small_config(epochs=1)
+    out = tmp_path / "ddp" / "run"
+    out.parent.mkdir()
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(tiny_h5), str(out),
+                                                   config), nprocs=2, join=True)
+    ranks = [torch.load(out.parent / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    assert (out / "last.pt").exists() and load_checkpoint(out / "last.pt")["world_size"] == 2
+
+    # The single-process reference, written from the paper's recipe directly.
+    torch.manual_seed(0)  # TrainOptions' default seed: the same initial weights
+    model = CCCL(config)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    reader = SplitReader(tiny_h5, "train")
+    dataset = CaptionDataset(reader)
+    orders = []
+    for r in (0, 1):
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=2, rank=r,
+                                                      shuffle=True, seed=0)
+        sampler.set_epoch(0)
+        orders.append(list(sampler))
+    b = config.batch_size
+    for step in range(DDP_STEPS):
+        losses = []
+        for order in orders:
+            batch = collate(reader, [dataset[k] for k in order[step * b:(step + 1) * b]])
+            _, scores = model(**model_inputs(batch))
+            losses.append(model.loss(scores, batch["positive_mask"]).total)
+        optimizer.zero_grad()
+        (sum(losses) / len(losses)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+    reference = model.state_dict()
+    for k in reference:
+        torch.testing.assert_close(ranks[0][k], reference[k], rtol=1e-4, atol=1e-5, msg=k)
+    # The comparison has teeth: the steps moved the weights well past the tolerance.
+    assert max((reference[k] - initial[k]).abs().max().item() for k in reference) > 1e-3
+
+
+# ---- command line: expected failures -------------------------------------------
+
+def _no_boxes_copy(src, dst):
+    dst.write_bytes(Path(src).read_bytes())
+    with h5py.File(dst, "a") as f:
+        f.attrs["has_boxes"] = False
+        for split in ("train", "val", "test"):
+            del f[split]["images/boxes"]
+    return dst
+
+
+def test_cli_errors_exit_1_with_one_line(tiny_h5, tmp_path):
+    resumable = tmp_path / "resumable"
+    train(small_config(epochs=1), tiny_h5, resumable, quick(max_steps=1))
+    no_boxes = _no_boxes_copy(tiny_h5, tmp_path / "no_boxes.h5")
+    base = ["--out", str(tmp_path / "out"), "--max-steps", "1", "--quiet"]
+    cases = {
+        "missing file": (["--data", str(tmp_path / "nope.h5")], "nope.h5"),
+        "unknown config": (["--config", "huge", "--data", str(tiny_h5)], "lite, paper"),
+        "unknown ablation": (["--ablation", "w/o FOO", "--data", str(tiny_h5)], "'w/o POS'"),
+        "resume, other config": (["--data", str(tiny_h5), "--resume", "--out", str(resumable)],
+                                 "another config"),
+        "paper dims": (["--config", "paper", "--data", str(tiny_h5)], "2048"),
+        "no boxes": (["--data", str(no_boxes)], "w/o POS"),
+        "nothing to resume": (["--data", str(tiny_h5), "--resume"], "nothing to resume"),
+    }
+    if not torch.cuda.is_available():
+        cases["cuda without CUDA"] = (["--data", str(tiny_h5), "--device", "cuda"], "CUDA")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = {name: subprocess.Popen(
+        [sys.executable, "-m", "cccl_lite", "train", *base, *args], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, (args, _) in cases.items()}
+    # Two runs that must succeed: the lite preset's default warm-up is every
+    # epoch (measured, see cccl_lite.train); --warmup-epochs 1 switches to eq 33.
+    runs = {warmup: tmp_path / f"cli_{warmup}" for warmup in ("default", "1")}
+    ok = {warmup: subprocess.Popen(
+        [sys.executable, "-m", "cccl_lite", "train", "--data", str(tiny_h5), "--out", str(out),
+         "--epochs", "2", "--max-steps", "2", "--batch-size", "8", "--quiet"]
+        + ([] if warmup == "default" else ["--warmup-epochs", warmup]),
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for warmup, out in runs.items()}
+    for warmup, proc in ok.items():
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        log = [json.loads(x) for x in (runs[warmup] / "log.jsonl").read_text().splitlines()]
+        assert [r["negatives"] for r in log] == (
+            ["all", "all"] if warmup == "default" else ["all", "hardest"])
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 1, (name, stderr)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, stderr)
+        assert "Traceback" not in stderr
+        assert cases[name][1] in lines[0], (name, lines[0])
+    # The no-boxes file does train under "w/o POS" (here: the checks pass).
+    Trainer(small_config().with_ablation("w/o POS"), no_boxes, tmp_path / "pos", quick())
