@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["IN_COLAB", "smoke", "data_dir", "default_data", "setup"]
+__all__ = ["IN_COLAB", "smoke", "data_dir", "default_data", "setup", "trained_model"]
 
 IN_COLAB = "google.colab" in sys.modules
 
@@ -63,3 +63,28 @@ def setup(seed: int = 0) -> torch.device:
     mode = " (smoke mode: tiny data)" if smoke() else ""
     print(f"cccl_lite on {device}{mode}, torch {torch.__version__}")
     return device
+
+
+def trained_model(epochs: int = 3, max_steps: int | None = None, seed: int = 0,
+                  device: str | torch.device = "cpu", **config_overrides):
+    """A lite CCCL trained briefly on :func:`default_data` (sum over negatives,
+    the lite recipe), cached under ``data_dir()/runs`` so that chapters that
+    only *inspect* a trained model share one run; returns ``(model, config,
+    best.pt path)``. Smoke mode: one epoch of at most 5 batches."""
+    from .train import TrainOptions, load_model, resolve_config, train
+
+    if smoke():
+        epochs, max_steps = 1, 5
+    data = default_data()
+    config = resolve_config("lite", data, epochs=epochs, **config_overrides)
+    extra = "".join(f"-{k}{v}" for k, v in sorted(config_overrides.items()))
+    name = f"{data.stem}-lite-e{epochs}" + (f"-s{max_steps}" if max_steps else "") + extra
+    out = data_dir() / "runs" / name
+    best = out / "best.pt"
+    if not best.exists():
+        print(f"training a lite CCCL for {epochs} epoch(s) into {out} (once)...")
+        train(config, data, out, TrainOptions(warmup_epochs=None, seed=seed, device="cpu",
+                                              max_steps=max_steps, quiet=True, overwrite=True))
+    model, config, _ = load_model(best, device=device)
+    model.eval()
+    return model, config, best
