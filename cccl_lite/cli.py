@@ -1,4 +1,4 @@
-"""Command line: ``python -m cccl_lite {train,evaluate,retrieve} ...`` (see ``__main__``).
+"""Command line: ``python -m cccl_lite {train,evaluate,retrieve,ablate} ...`` (see ``__main__``).
 
 Each subcommand lives with the code it drives (``cccl_lite.train``,
 ``cccl_lite.evaluate``): the module exposes ``add_<name>_arguments(parser)``
@@ -26,7 +26,7 @@ _EXPECTED = (CLIError, SchemaError, FileNotFoundError, ValueError)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import evaluate, train
+    from . import ablate, evaluate, train
 
     parser = argparse.ArgumentParser(prog="python -m cccl_lite", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "R@K of a checkpoint on a split"),
         "retrieve": (evaluate.add_retrieve_arguments, evaluate.run_retrieve,
                      "top-k texts for an image, or images for a caption"),
+        "ablate": (ablate.add_ablate_arguments, ablate.run_ablate,
+                   "train and test every Table 6 ablation (chapter 7's table)"),
     }
     for name, (add, run, help_) in commands.items():
         p = sub.add_parser(name, help=help_, description=help_)

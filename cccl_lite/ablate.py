@@ -1,0 +1,196 @@
+"""Table 6 on the synthetic scenes: train the full model and every ablation, record R@K.
+
+Taught in chapter 7 ("Ablations"). ``python -m cccl_lite ablate --data FILE``
+trains the lite CCCL and each row of the paper's Table 6
+(:data:`cccl_lite.model.ABLATIONS`) with one recipe (lite preset sized to the
+data, the sum over negatives throughout, the same seed and epochs), keeps each
+run's best validation checkpoint, evaluates it on the test split (eqs 35-36)
+and writes one JSON file with the rows and their provenance: commit, date,
+machine, torch, threads, seconds per row and in all.
+
+The results file is rewritten (atomically) after every row, and a rerun with
+the same settings skips the rows it already holds, so an interrupted run loses
+at most the row in progress. A second seed of the full model
+(``--noise-seeds``) shows how far two runs that differ only in their seed lie
+apart: differences between rows smaller than that are noise.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from .model import ABLATIONS
+from .train import TrainOptions, _atomic_write_text, load_model, make_reader, resolve_config, train
+
+__all__ = ["PAPER_TABLE6", "GROUPS", "row_names", "provenance", "run_ablations",
+           "add_ablate_arguments", "run_ablate"]
+
+FULL = "CCCL"
+
+# The paper's Table 6 (Flickr30K 1K test), in percent: i2t R@1, R@5, R@10, t2i R@1, R@5, R@10.
+PAPER_TABLE6 = {
+    "w/o V-CPC": (74.1, 92.8, 95.4, 62.8, 87.6, 91.0),
+    "w/o T-CPC": (75.3, 94.4, 96.8, 63.5, 89.9, 91.7),
+    "w/o CPC": (72.7, 91.6, 94.8, 61.5, 85.9, 90.1),
+    "w/o POS": (76.9, 94.2, 97.2, 64.0, 90.0, 92.3),
+    "w/o BERT": (76.4, 93.9, 96.8, 63.7, 89.1, 91.6),
+    "w/o B-1": (77.0, 94.7, 97.1, 64.2, 90.2, 91.8),
+    "w/o B-2": (70.4, 88.1, 93.8, 59.6, 86.3, 91.0),
+    "w/o B-3": (71.3, 87.9, 94.9, 61.0, 88.7, 91.7),
+    "w/o VSF": (75.5, 93.8, 96.7, 63.6, 89.9, 92.3),
+    "w/o A-Pool": (75.9, 93.9, 96.8, 63.3, 88.8, 92.4),
+    "w/o M-Pool": (76.8, 94.7, 97.2, 63.9, 89.6, 92.4),
+    "w/o S-NLP": (74.7, 94.3, 96.7, 62.9, 86.8, 90.7),
+    "w/o C-GRU": (76.8, 94.8, 97.3, 63.5, 88.9, 92.1),
+    "w/o SC-loss": (75.7, 93.6, 97.3, 63.0, 87.9, 92.0),
+    "w/o MLP": (76.6, 94.1, 97.6, 62.6, 88.7, 91.1),
+    FULL: (77.2, 95.0, 97.6, 64.4, 90.2, 92.6),
+}
+assert set(PAPER_TABLE6) == set(ABLATIONS) | {FULL}
+
+# Table 6's groups, in its order.
+GROUPS = {
+    "Context-perceived cell": ("w/o V-CPC", "w/o T-CPC", "w/o CPC", "w/o POS", "w/o BERT"),
+    "Three-branch network": ("w/o B-1", "w/o B-2", "w/o B-3", "w/o VSF"),
+    "Branch 1": ("w/o A-Pool", "w/o M-Pool"),
+    "Branch 3": ("w/o S-NLP", "w/o C-GRU"),
+    "Hybrid loss": ("w/o SC-loss", "w/o MLP"),
+}
+assert sum(GROUPS.values(), ()) == ABLATIONS
+
+RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
+
+
+def row_names(noise_seeds: int = 1) -> list[tuple[str, str | None, int]]:
+    """(row name, ablation or None, seed) for the full model, the extra seeds
+    of the full model, then every Table 6 ablation (seed 0)."""
+    rows = [(FULL, None, 0)]
+    rows += [(f"{FULL} (seed {s})", None, s) for s in range(1, noise_seeds + 1)]
+    rows += [(name, name, 0) for name in ABLATIONS]
+    return rows
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance() -> dict:
+    """Where and when a result was produced: commit (and whether the tree had
+    uncommitted changes), UTC date, machine, CPU count, torch and its threads."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": _git("rev-parse", "HEAD"),
+        "dirty": None if status is None else bool(status),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _settings(data, epochs: int, max_steps: int | None, noise_seeds: int) -> dict:
+    data = Path(data)
+    return {"data": data.name, "data_bytes": data.stat().st_size, "config": "lite",
+            "epochs": epochs, "max_steps": max_steps, "negatives": "all (every epoch)",
+            "noise_seeds": noise_seeds, "protocol": "all test images"}
+
+
+def run_ablations(data, out_dir, results_path, epochs: int = 3, max_steps: int | None = None,
+                  noise_seeds: int = 1, only: list[str] | None = None, log=print) -> dict:
+    """Train and test every row (see :func:`row_names`); return the results dict
+    also written to ``results_path``: {"settings", "provenance", "rows": [{name,
+    ablation, seed, val_rsum, best_epoch, test: {recalls}, seconds}], "seconds"}.
+
+    Rows already in ``results_path`` under the same settings are kept, not
+    rerun. ``only``: train just these row names (the others stay as they are).
+    """
+    results_path = Path(results_path)
+    settings = _settings(data, epochs, max_steps, noise_seeds)
+    done = {}
+    if results_path.exists():
+        old = json.loads(results_path.read_text())
+        if old.get("settings") == settings:
+            done = {r["name"]: r for r in old["rows"]}
+        else:
+            log(f"{results_path}: other settings; starting afresh")
+    rows = row_names(noise_seeds)
+    names = [r[0] for r in rows]
+    unknown = set(only or ()) - set(names)
+    if unknown:
+        raise ValueError(f"unknown row(s) {sorted(unknown)}; expected some of: {names}")
+    t_all = time.perf_counter()
+    for name, ablation, seed in rows:
+        if (only and name not in only) or (not only and name in done):
+            continue
+        t0 = time.perf_counter()
+        config = resolve_config("lite", data, ablation, epochs=epochs)
+        run_dir = Path(out_dir) / _slug(name)
+        best = train(config, data, run_dir, TrainOptions(
+            warmup_epochs=None, seed=seed, device="cpu", max_steps=max_steps, quiet=True,
+            overwrite=True))
+        model, config, vocab = load_model(best)
+        history = [json.loads(ln) for ln in (run_dir / "log.jsonl").read_text().splitlines()]
+        best_rec = max(history, key=lambda r: r["val"]["rsum"])
+        from .evaluate import evaluate_split
+        recalls, _ = evaluate_split(model, make_reader(data, "test", config, vocab))
+        done[name] = {
+            "name": name, "ablation": ablation, "seed": seed,
+            "val_rsum": round(best_rec["val"]["rsum"], 2), "best_epoch": best_rec["epoch"],
+            "last_epoch": history[-1]["epoch"],
+            "test": {k: round(float(recalls[k]), 2) for k in RECALL_KEYS},
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        log(f"{name}: test R@sum {recalls['rsum']:.1f} ({done[name]['seconds']:.0f} s)")
+        _write(results_path, settings, done, names)
+    result = _write(results_path, settings, done, names)
+    log(f"{len(done)} rows in {results_path} ({time.perf_counter() - t_all:.0f} s this run)")
+    return result
+
+
+def _write(path: Path, settings: dict, done: dict, names: list[str]) -> dict:
+    rows = [done[n] for n in names if n in done]
+    result = {"settings": settings, "provenance": provenance(), "rows": rows,
+              "seconds": round(sum(r["seconds"] for r in rows), 1)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(json.dumps(result, indent=1) + "\n", path)
+    return result
+
+
+def add_ablate_arguments(p) -> None:
+    """``python -m cccl_lite ablate``'s arguments."""
+    p.add_argument("--data", required=True, help="HDF5 file with word vectors (the default "
+                                                 "synthetic scenes: data/scenes-small-seed0.h5)")
+    p.add_argument("--out", default="runs/ablations", help="training runs go here")
+    p.add_argument("--results", default="book/results/ablations.json",
+                   help="the table chapter 7 shows (rewritten after every row)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--max-steps", type=int, default=None, help="batches per epoch (smoke)")
+    p.add_argument("--noise-seeds", type=int, default=1,
+                   help="extra seeds of the full model, to size the noise (default 1)")
+    p.add_argument("--only", nargs="+", default=None, help="row names to (re)train")
+
+
+def run_ablate(args) -> int:
+    run_ablations(args.data, args.out, args.results, epochs=args.epochs,
+                  max_steps=args.max_steps, noise_seeds=args.noise_seeds, only=args.only)
+    return 0

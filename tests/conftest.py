@@ -1,0 +1,26 @@
+"""Fixtures shared by several test files."""
+
+import h5py
+import numpy as np
+import pytest
+
+from cccl_lite.data.synthetic import make_synthetic
+
+WORD_DIM = 24  # random word vectors: the tests need their shape, not their meaning
+
+
+@pytest.fixture(scope="session")
+def tiny_words_h5(tmp_path_factory):
+    """The tiny synthetic scenes plus random WORD_DIM-d word vectors in the schema's layout."""
+    path = make_synthetic(tmp_path_factory.mktemp("data") / "tiny.h5", seed=0, size="tiny")
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "a") as f:
+        for split in ("train", "val", "test"):
+            g = f[split]["captions"]
+            counts = [len(t.split(" ")) for t in g["tokens"].asstr()[:]]
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            g.create_dataset("word_vectors",
+                             data=rng.normal(size=(offsets[-1], WORD_DIM)).astype(np.float16))
+            g.create_dataset("word_offsets", data=offsets)
+            g["word_vectors"].attrs["encoder"] = "random"
+    return path
