@@ -115,7 +115,7 @@ def _settings(data, epochs: int, max_steps: int | None, noise_seeds: int) -> dic
             "noise_seeds": noise_seeds, "protocol": "all test images"}
 
 
-def run_ablations(data, out_dir, results_path, epochs: int = 3, max_steps: int | None = None,
+def run_ablations(data, out_dir, results_path, epochs: int = 2, max_steps: int | None = None,
                   noise_seeds: int = 1, only: list[str] | None = None, log=print) -> dict:
     """Train and test every row (see :func:`row_names`); return the results dict
     also written to ``results_path``: {"settings", "provenance", "rows": [{name,
@@ -183,7 +183,7 @@ def add_ablate_arguments(p) -> None:
     p.add_argument("--out", default="runs/ablations", help="training runs go here")
     p.add_argument("--results", default="book/results/ablations.json",
                    help="the table chapter 7 shows (rewritten after every row)")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--max-steps", type=int, default=None, help="batches per epoch (smoke)")
     p.add_argument("--noise-seeds", type=int, default=1,
                    help="extra seeds of the full model, to size the noise (default 1)")
