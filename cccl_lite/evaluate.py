@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import pickle
 import time
@@ -47,6 +48,11 @@ __all__ = [
     "encode_all_images",
     "encode_all_texts",
     "score_matrix",
+    "per_caption_scores",
+    "cheap_scores",
+    "score_pairs",
+    "TwoStageScores",
+    "two_stage_scores",
     "caption_layout",
     "check_protocol",
     "protocol_recalls",
@@ -66,10 +72,13 @@ COCO_FOLDS = 5
 _SEQUENCE_FIELDS = frozenset({"v", "t", "mask", "graph", "gru_input"})
 
 # Default blocks: (elements of the largest per-pair tensor, pairs x L x d; most
-# captions per block). CPU: 8 MiB fp32 tensors, as blocks of 1-4K lite pairs ran
-# fastest there (cache); GPU: 1 GiB, fewer and larger blocks keep it busy.
-# Short text blocks group captions of similar length (less padding to step over).
-_BLOCKS = {"cpu": (2**21, 128), "cuda": (2**28, 1024)}
+# captions per block). CPU: 3 MiB fp32 tensors, about 1K lite pairs, where the
+# fast Branch 2 and GRUs ran fastest per pair in our measurements (larger
+# blocks were slower: their gates no longer stay in cache; smaller ones pay
+# the per-operation cost more often); GPU: 1 GiB, fewer and larger blocks keep
+# it busy. Short text blocks group captions of similar length (less padding to
+# step over).
+_BLOCKS = {"cpu": (3 * 2**18, 128), "cuda": (2**28, 1024)}
 
 
 def _autocast(device, amp: bool | None):
@@ -159,6 +168,13 @@ def _take(enc, idx: torch.Tensor, length: int):
     return type(enc)(*fields)
 
 
+def _slice(enc, start: int, size: int, length: int):
+    """Items start..start+size of an encoding as views, sequence fields cut to ``length``."""
+    return type(enc)(*(None if x is None else
+                       x[start:start + size, :length] if name in _SEQUENCE_FIELDS else
+                       x[start:start + size] for name, x in zip(enc._fields, enc)))
+
+
 def _default_chunks(images, texts, device) -> tuple[int, int]:
     """(image_chunk, text_chunk) whose block holds about _BLOCKS' elements in
     its largest per-pair tensor (Branch 2's attended vectors, pairs x L x d)."""
@@ -194,14 +210,196 @@ def score_matrix(model: CCCL, images: ImageEncoding, texts: TextEncoding,
     txt_order = torch.sort(txt_len, stable=True).indices
     sims = torch.empty(n_img, n_txt, dtype=dtype)
     txt_blocks = [txt_order[s:s + text_chunk] for s in range(0, n_txt, text_chunk)]
+    # On the CPU, text blocks are gathered once, not once per image block (the
+    # copies cost as much as a few passes over a block's gates); on a GPU the
+    # gathers are cheap and a second copy of every text would cost memory.
+    txt_taken = None
+    if torch.device(device).type == "cpu" and len(txt_blocks) > 1 and n_img > image_chunk:
+        txt_taken = [_take(texts, tt, int(txt_len[tt].max())) for tt in txt_blocks]
     with _autocast(device, amp):
         for s in range(0, n_img, image_chunk):
             ii = img_order[s:s + image_chunk]
             img = _take(images, ii.to(device), int(img_len[ii].max()))
-            for tt in txt_blocks:
-                txt = _take(texts, tt.to(device), int(txt_len[tt].max()))
+            for k, tt in enumerate(txt_blocks):
+                txt = txt_taken[k] if txt_taken is not None else \
+                    _take(texts, tt.to(device), int(txt_len[tt].max()))
                 sims[ii[:, None], tt[None, :]] = model.score(img, txt)[0].to("cpu", dtype)
     return sims
+
+
+@torch.no_grad()
+def per_caption_scores(model: CCCL, images: ImageEncoding, texts: TextEncoding, captions=None,
+                       shard: int = 100, *, fast: bool = False, amp: bool | None = None,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """F (eq 32) of every image against each caption of ``captions``, the naive way:
+    (N_img, len(captions)) of ``dtype`` on the CPU.
+
+    SGRAF's evaluation loop, the baseline of chapter 10 and benchmarks/: one
+    caption at a time (trimmed to its length), against the images in shards
+    of ``shard``. ``fast=False`` runs the equations as printed; with encodings
+    that lack eq 26's per-item parts (gru_input, cross_state None) the GRUs
+    then read their inputs on every call, as a per-pair implementation would.
+    ``captions``: indices (default: all).
+    """
+    if not isinstance(shard, int) or shard < 1:
+        raise ValueError(f"shard must be a positive int, got {shard!r}")
+    n_img = images.v.shape[0]
+    captions = list(range(texts.t.shape[0]) if captions is None else captions)
+    device = images.v.device
+    txt_len, img_len = _lengths(texts.mask), _lengths(images.mask)
+    out = torch.empty(n_img, len(captions), dtype=dtype)
+    with _autocast(device, amp):
+        for k, j in enumerate(captions):
+            txt = _take(texts, torch.tensor([j], device=device), int(txt_len[j]))
+            for s in range(0, n_img, shard):
+                img = _slice(images, s, shard, int(img_len[s:s + shard].max()))
+                out[s:s + shard, k] = model.score(img, txt, fast=fast)[0][:, 0].to("cpu", dtype)
+    return out
+
+
+# ---- two-stage retrieval --------------------------------------------------
+
+
+@torch.no_grad()
+def cheap_scores(model: CCCL, images: ImageEncoding, texts: TextEncoding,
+                 amp: bool | None = None) -> torch.Tensor:
+    """The first stage's score for every pair: (N_img, N_txt) float32 on the CPU.
+
+    Branch 1's score S^S = MLP(VSF(v^S, t^S)) (eqs 16, 28), which needs only
+    the per-item vectors v^S, t^S: per pair d·P + P² multiply-adds, against
+    thousands of times more for Branch 3's recurrences at the paper's size.
+    Under "w/o B-1" (no S^S) the cosine of v^S and t^S, one matrix product.
+    Computed in blocks of images (the (block, N_txt, P) tensor is bounded).
+    """
+    n_img, n_txt = images.global_vec.shape[0], texts.global_vec.shape[0]
+    device = images.global_vec.device
+    out = torch.empty(n_img, n_txt, dtype=torch.float32)
+    if not model.config.use_branch1:
+        a = torch.nn.functional.normalize(images.global_vec.float(), dim=-1)
+        b = torch.nn.functional.normalize(texts.global_vec.float(), dim=-1)
+        for s in range(0, n_img, 1024):
+            out[s:s + 1024] = (a[s:s + 1024] @ b.t()).cpu()
+        return out
+    budget = _BLOCKS.get(device.type, _BLOCKS["cuda"])[0]
+    width = max(images.global_vec.shape[-1], model.config.sim_dim)
+    rows = max(1, budget // (n_txt * width))
+    with _autocast(device, amp):
+        for s in range(0, n_img, rows):
+            sim = model.global_branch(images.global_vec[s:s + rows], texts.global_vec)
+            out[s:s + rows] = model.mlp(sim).to("cpu", torch.float32)
+    return out
+
+
+@torch.no_grad()
+def score_pairs(model: CCCL, images: ImageEncoding, texts: TextEncoding, image_index,
+                text_index, chunk: int | None = None, amp: bool | None = None,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """F (eq 32) of the listed pairs (image_index[p], text_index[p]) only: (P,) on the CPU.
+
+    Pairs are sorted by length (regions, words), gathered into chunks of at
+    most ``chunk`` (default: sized to the device as :func:`score_matrix`'s
+    blocks) and scored by :meth:`CCCL.score_pairs`, each chunk trimmed to
+    its longest item.
+    """
+    ii = torch.as_tensor(image_index, dtype=torch.long).cpu()
+    tt = torch.as_tensor(text_index, dtype=torch.long).cpu()
+    if ii.shape != tt.shape or ii.dim() != 1:
+        raise ValueError(f"score_pairs: image_index and text_index must be 1-D of one length, "
+                         f"got {tuple(ii.shape)} and {tuple(tt.shape)}")
+    if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"chunk must be a positive int or None, got {chunk!r}")
+    device = images.v.device
+    if chunk is None:
+        length = max(images.mask.shape[1], texts.mask.shape[1], 1)
+        budget = _BLOCKS.get(device.type, _BLOCKS["cuda"])[0]
+        chunk = max(1, budget // (length * images.v.shape[-1]))
+    img_len, txt_len = _lengths(images.mask), _lengths(texts.mask)
+    # Sort by (image length, text length): chunks of similar lengths pad little.
+    key = img_len[ii] * (int(txt_len.max()) + 1) + txt_len[tt] if len(ii) else ii
+    order = torch.sort(key, stable=True).indices
+    out = torch.empty(len(ii), dtype=dtype)
+    with _autocast(device, amp):
+        for s in range(0, len(order), chunk):
+            sel = order[s:s + chunk]
+            a, b = ii[sel], tt[sel]
+            img = _take(images, a.to(device), int(img_len[a].max()))
+            txt = _take(texts, b.to(device), int(txt_len[b].max()))
+            out[sel] = model.score_pairs(img, txt)[0].to("cpu", dtype)
+    return out
+
+
+class TwoStageScores(NamedTuple):
+    """Scores of two-stage retrieval (:func:`two_stage_scores`), all (N_img, N_txt).
+
+    ``sims``: F (eq 32) for every pair some shortlist kept, elsewhere
+    ``below``; ``below``: the cheap score shifted under every F (F lies in
+    [0, 1]: pairs outside a shortlist rank after it, in the cheap order);
+    ``i2t``, ``t2i``: bool, each image's shortlisted captions (rows) and each
+    caption's shortlisted images (columns); ``reranked``: pairs scored by the
+    full model.
+    """
+
+    sims: torch.Tensor
+    below: torch.Tensor
+    i2t: torch.Tensor
+    t2i: torch.Tensor
+    reranked: int
+
+    def direction(self, which: str) -> torch.Tensor:
+        """The matrix one direction ranks by: F on that direction's shortlist only."""
+        if which not in ("i2t", "t2i"):
+            raise ValueError(f"direction must be 'i2t' or 't2i', got {which!r}")
+        return torch.where(self.i2t if which == "i2t" else self.t2i, self.sims, self.below)
+
+
+_NO_COCO1K_SHORTLIST = ("shortlist is not available with --protocol coco1k (its folds rank "
+                        "within 1K images); use f30k, coco5k or no shortlist")
+
+
+def _check_shortlist(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"shortlist must be a positive int (candidates re-ranked per "
+                         f"query), got {k!r}")
+    return int(k)
+
+
+@torch.no_grad()
+def two_stage_scores(model: CCCL, images: ImageEncoding, texts: TextEncoding, shortlist: int,
+                     amp: bool | None = None, chunk: int | None = None) -> TwoStageScores:
+    """Shortlist with :func:`cheap_scores`, re-rank the shortlist with the full CCCL.
+
+    Each image keeps its top-``shortlist`` captions and each caption its
+    top-``shortlist`` images by the cheap score (capped at the candidates
+    there are); every pair either kept is scored once by
+    :func:`score_pairs`. With ``shortlist`` >= N_img and N_txt every pair is
+    re-ranked: the full ranking.
+    """
+    k = _check_shortlist(shortlist)
+    cheap = cheap_scores(model, images, texts, amp)
+    n_img, n_txt = cheap.shape
+    i2t = torch.zeros(n_img, n_txt, dtype=torch.bool)
+    t2i = torch.zeros(n_img, n_txt, dtype=torch.bool)
+    i2t.scatter_(1, cheap.topk(min(k, n_txt), dim=1).indices, True)
+    t2i.scatter_(0, cheap.topk(min(k, n_img), dim=0).indices, True)
+    ii, tt = (i2t | t2i).nonzero(as_tuple=True)
+    below = cheap - cheap.max() - 1.0  # every value <= -1 < 0 <= F
+    sims = below.clone()
+    sims[ii, tt] = score_pairs(model, images, texts, ii, tt, chunk, amp)
+    return TwoStageScores(sims, below, i2t, t2i, len(ii))
+
+
+def _two_stage_recalls(scores: TwoStageScores, order, cpi: int, protocol, fold_size: int):
+    """Recalls (eqs 35-36) with each direction ranked by its own shortlist."""
+    if protocol == "coco1k":
+        raise ValueError(_NO_COCO1K_SHORTLIST)
+    parts = {}
+    for which in ("i2t", "t2i"):
+        m = scores.direction(which)
+        parts[which], _ = protocol_recalls(m if order is None else m[:, order], cpi, protocol,
+                                           fold_size)
+    out = {key: parts[key[:3]][key] for key in KEYS[:-1]}
+    out["rsum"] = float(sum(out[key] for key in KEYS[:-1]))  # eq 36, as metrics sums it
+    return out
 
 
 # ---- protocols ------------------------------------------------------------
@@ -307,7 +505,8 @@ def _eval_mode(model: torch.nn.Module):
 def evaluate_split(model: CCCL, reader: SplitReader, device="cpu", batch_size: int = 256, *,
                    protocol: str | None = None, save_sims=None, amp: bool | None = None,
                    image_chunk: int | None = None, text_chunk: int | None = None,
-                   fold_size: int = 1000, log: Callable[[str], None] | None = None):
+                   fold_size: int = 1000, log: Callable[[str], None] | None = None,
+                   shortlist: int | None = None):
     """(recalls, sims) of ``model`` (already on ``device``) on one split (eqs 35-36).
 
     sims: F (eq 32) for every image x caption of the split, (N_img, N_txt)
@@ -318,20 +517,37 @@ def evaluate_split(model: CCCL, reader: SplitReader, device="cpu", batch_size: i
     there (.npy, atomic). ``batch_size``: items per encoding batch;
     ``image_chunk``, ``text_chunk``, ``amp``: see :func:`score_matrix`.
     ``log``: where a protocol note goes (default: a warning).
+
+    ``shortlist=k``: two-stage retrieval (:func:`two_stage_scores`): each
+    image re-ranks only its top-k captions by Branch 1's cheap score, each
+    caption its top-k images; sims then hold F for the re-ranked pairs and
+    the shifted cheap score elsewhere (see :class:`TwoStageScores`). Not
+    with ``protocol="coco1k"``.
     """
     cpi, order = caption_layout(reader.caption_image, reader.n_images)
     note = check_protocol(protocol, reader.n_images, reader.n_captions, fold_size)
+    if shortlist is not None:
+        _check_shortlist(shortlist)
+        if protocol == "coco1k":  # before any scoring
+            raise ValueError(_NO_COCO1K_SHORTLIST)
     if save_sims is not None:
         _check_writable(save_sims)
     with _eval_mode(model):
         images = encode_all_images(model, reader, batch_size, device, amp)
         texts = encode_all_texts(model, reader, batch_size, device, amp)
-        sims = score_matrix(model, images, texts, image_chunk, text_chunk, amp)
+        if shortlist is None:
+            sims = score_matrix(model, images, texts, image_chunk, text_chunk, amp)
+        else:
+            two = two_stage_scores(model, images, texts, shortlist, amp)
+            sims = two.sims
     del images, texts
     if save_sims is not None:
         save_sims_npy(save_sims, sims)
-    recalls, _ = protocol_recalls(sims if order is None else sims[:, order], cpi, protocol,
-                                  fold_size)
+    if shortlist is None:
+        recalls, _ = protocol_recalls(sims if order is None else sims[:, order], cpi, protocol,
+                                      fold_size)
+    else:
+        recalls = _two_stage_recalls(two, order, cpi, protocol, fold_size)
     if note:
         (log or (lambda s: warnings.warn(s, stacklevel=3)))(note)
     return recalls, sims
@@ -373,34 +589,45 @@ def _caption_texts(reader: SplitReader) -> np.ndarray:
 @torch.no_grad()
 def retrieve(model: CCCL, reader: SplitReader, image: int | None = None,
              caption: int | None = None, k: int = 5, device="cpu", batch_size: int = 256,
-             amp: bool | None = None) -> list[Hit]:
+             amp: bool | None = None, shortlist: int | None = None) -> list[Hit]:
     """The top-``k`` captions for ``image``, or images for ``caption`` (exactly one).
 
     An image query encodes that image once and scores it against every caption
     of the split; a caption query scores that caption against every image.
     Ranked by F (eq 32), ties in index order; ``k`` is capped at the number of
-    candidates. Raises ValueError on a bad index or k.
+    candidates. ``shortlist=s`` (>= k): two-stage, only the top-s candidates
+    by Branch 1's cheap score (:func:`cheap_scores`) are scored by the full
+    model and ranked. Raises ValueError on a bad index, k or shortlist.
     """
     if (image is None) == (caption is None):
         raise ValueError("retrieve needs exactly one of image= and caption=")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
+    if shortlist is not None and _check_shortlist(shortlist) < k:
+        raise ValueError(f"shortlist ({shortlist}) must be >= k ({k}): only shortlisted "
+                         f"candidates are ranked")
     owner = np.asarray(reader.caption_image)
     with _eval_mode(model):
         if image is not None:
             image = _check_index(image, reader.n_images, "image", reader.split)
-            scores = score_matrix(model,
-                                  encode_all_images(model, reader, 1, device, amp,
-                                                    indices=[image]),
-                                  encode_all_texts(model, reader, batch_size, device, amp),
-                                  amp=amp)[0]
+            images = encode_all_images(model, reader, 1, device, amp, indices=[image])
+            texts = encode_all_texts(model, reader, batch_size, device, amp)
         else:
             caption = _check_index(caption, reader.n_captions, "caption", reader.split)
-            scores = score_matrix(model,
-                                  encode_all_images(model, reader, batch_size, device, amp),
-                                  encode_all_texts(model, reader, 1, device, amp,
-                                                   indices=[caption]),
-                                  amp=amp)[:, 0]
+            images = encode_all_images(model, reader, batch_size, device, amp)
+            texts = encode_all_texts(model, reader, 1, device, amp, indices=[caption])
+        if shortlist is None:
+            scores = score_matrix(model, images, texts, amp=amp)
+            scores = scores[0] if image is not None else scores[:, 0]
+        else:
+            cheap = cheap_scores(model, images, texts, amp)
+            cheap = cheap[0] if image is not None else cheap[:, 0]
+            keep = torch.sort(cheap, descending=True, stable=True).indices[:shortlist]
+            zeros = torch.zeros_like(keep)
+            pairs = (zeros, keep) if image is not None else (keep, zeros)
+            scores = torch.full_like(cheap, -math.inf)
+            scores[keep] = score_pairs(model, images, texts, *pairs, amp=amp)
+            k = min(k, len(keep))
     top = torch.sort(scores, descending=True, stable=True).indices[:k].tolist()
     texts = _caption_texts(reader)
     if image is not None:
@@ -446,6 +673,9 @@ def add_evaluate_arguments(p) -> None:
                    help="images per scoring block (default: sized to the device)")
     p.add_argument("--text-chunk", type=positive_int, default=None,
                    help="captions per scoring block (default: sized to the device)")
+    p.add_argument("--shortlist", type=positive_int, default=None, metavar="K",
+                   help="two-stage: re-rank only each query's top K candidates by Branch 1's "
+                        "cheap score with the full model (default: score every pair)")
 
 
 def add_retrieve_arguments(p) -> None:
@@ -456,6 +686,9 @@ def add_retrieve_arguments(p) -> None:
     p.add_argument("--image", type=int, default=None, help="query: this image's index")
     p.add_argument("--caption", type=int, default=None, help="query: this caption's index")
     p.add_argument("--k", type=positive_int, default=5, help="results to show (default: 5)")
+    p.add_argument("--shortlist", type=positive_int, default=None, metavar="S",
+                   help="two-stage: score only the top S (>= k) candidates by Branch 1's "
+                        "cheap score with the full model (default: every candidate)")
 
 
 def _one_line(e: BaseException) -> str:
@@ -516,23 +749,33 @@ def _load(args):
 
 def run_evaluate(args) -> int:
     """``evaluate``: the recall table (eqs 35-36), then one JSON line of its numbers."""
+    from .cli import CLIError
+
     model, config, reader, device = _load(args)
     # evaluate_split checks these too; here they also come before any output.
     caption_layout(reader.caption_image, reader.n_images)
     check_protocol(args.protocol, reader.n_images, reader.n_captions, args.fold_size)
+    if args.shortlist is not None and args.protocol == "coco1k":
+        raise CLIError(f"--{_NO_COCO1K_SHORTLIST}")
     if args.save_sims:
         _check_writable(args.save_sims)
     print(f"evaluate {args.checkpoint} on {args.data}:/{args.split} ({reader.n_images} images, "
           f"{reader.n_captions} captions), protocol {args.protocol or 'all images'}, "
-          f"{config.ablation or 'full model'}, {device}")
+          f"{config.ablation or 'full model'}, {device}"
+          + (f", shortlist {args.shortlist}" if args.shortlist else ""))
     start = time.perf_counter()
     recalls, sims = evaluate_split(model, reader, device, args.batch_size,
                                    protocol=args.protocol, save_sims=args.save_sims, amp=args.amp,
                                    image_chunk=args.image_chunk, text_chunk=args.text_chunk,
-                                   fold_size=args.fold_size, log=lambda s: print(f"note: {s}"))
+                                   fold_size=args.fold_size, log=lambda s: print(f"note: {s}"),
+                                   shortlist=args.shortlist)
     seconds = time.perf_counter() - start
-    print(f"scored {sims.numel():,} pairs in {seconds:.1f} s "
-          f"({sims.numel() / max(seconds, 1e-9):,.0f} pairs/s)")
+    if args.shortlist:
+        print(f"two-stage: {sims.numel():,} pairs shortlisted by Branch 1, the top "
+              f"{args.shortlist} per query re-ranked by the full model, in {seconds:.1f} s")
+    else:
+        print(f"scored {sims.numel():,} pairs in {seconds:.1f} s "
+              f"({sims.numel() / max(seconds, 1e-9):,.0f} pairs/s)")
     if args.save_sims:
         print(f"score matrix {tuple(sims.shape)} written to {args.save_sims}")
     print(format_recalls(recalls))
@@ -567,8 +810,11 @@ def run_retrieve(args) -> int:
     if not 0 <= index < n:
         raise CLIError(f"--{what} {index} out of range: {args.data}:/{args.split} has {n} "
                        f"{what}s (0..{n - 1})")
+    if args.shortlist is not None and args.shortlist < args.k:
+        raise CLIError(f"--shortlist {args.shortlist} must be >= --k {args.k}")
     hits = retrieve(model, reader, image=args.image, caption=args.caption, k=args.k,
-                    device=device, batch_size=args.batch_size, amp=args.amp)
+                    device=device, batch_size=args.batch_size, amp=args.amp,
+                    shortlist=args.shortlist)
     if args.image is not None:
         print(f"image {args.image} of {args.split}: top {len(hits)} of {reader.n_captions} "
               f"captions (* = a caption of this image)")

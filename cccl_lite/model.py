@@ -8,6 +8,15 @@ Taught across chapters 2-5; the ablations in chapter 7.
 split into :meth:`CCCL.encode_images`, :meth:`CCCL.encode_texts` (work that
 depends on one item only) and :meth:`CCCL.score` (work per pair), so an
 evaluator can encode each item once and score in chunks.
+
+Two ways to compute the per-pair work (chapter 10): ``fast=True`` (the
+default of :meth:`CCCL.score` and ``forward``) runs
+``LocalBranch.fast_forward`` and ``CrossGRU.fast_recur``, the same equations
+regrouped for less work; ``fast=False`` runs them as printed (:meth:`CCCL.similarity_vectors`,
+the book's reference). ``pair_chunk=N`` scores at most N pairs at a time and,
+under autograd, recomputes each block's activations in the backward pass
+(``torch.utils.checkpoint``): the same loss and gradients with the memory of
+one block of pairs instead of all B_i x B_t.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .align import GlobalBranch, LocalBranch, RelationSimilarity
 from .loss import HybridLoss, SimilarityMLP, fuse_scores, hybrid_loss
@@ -166,6 +176,11 @@ class TextEncoding(NamedTuple):
     relation: torch.Tensor | None = None
 
 
+def _rows(enc, start: int, size: int):
+    """Items start..start+size of an encoding (every field is batch-first)."""
+    return type(enc)(*(None if x is None else x[start:start + size] for x in enc))
+
+
 class CCCL(nn.Module):
     """CCCL: context-perceived embeddings, three branches, shared MLP (Fig. 2).
 
@@ -177,6 +192,7 @@ class CCCL(nn.Module):
     (ignored under "w/o S-NLP"). Returns ``(F, (S_S, S_O, S_R))``, each
     (B_i, B_t): every image scored against every text; F is their mean
     (eq 32). A branch removed by an ablation gives None in its place.
+    Keywords ``fast`` and ``pair_chunk``: see :meth:`score`.
     """
 
     def __init__(self, config: CCCLConfig):
@@ -244,48 +260,127 @@ class CCCL(nn.Module):
         return own_gru.input_projection(graph), other_gru.cross_state(global_vec), None
 
     # ---- per pair -------------------------------------------------------
-    def relation_vectors(self, img: ImageEncoding, txt: TextEncoding):
+    def relation_vectors(self, img: ImageEncoding, txt: TextEncoding, fast: bool = False):
         """v^R, t^R (eq 26) for every pair: each (B_i, B_t, d), or (B_i, 1, d) /
-        (1, B_t, d) under "w/o C-GRU" where they no longer depend on the pair."""
+        (1, B_t, d) under "w/o C-GRU" where they no longer depend on the pair.
+        ``fast``: :meth:`CrossGRU.fast_recur` instead of ``recur`` (same result)."""
         vg, tg = self.visual_gru, self.text_gru
         if not self.config.use_cross_gru:
             v_r = img.relation if img.relation is not None else vg(img.graph, img.mask)[:, 0]
             t_r = txt.relation if txt.relation is not None else tg(txt.graph, txt.mask)[:, 0]
             return v_r[:, None], t_r[None]
 
-        def part(value, compute):  # a precomputed per-item part, else computed now
-            return compute() if value is None else value
-
-        gi_v = part(img.gru_input, lambda: vg.input_projection(img.graph))
-        gi_t = part(txt.gru_input, lambda: tg.input_projection(txt.graph))
+        gi_v, gi_t, h_v, h_t = self._gru_inputs(img, txt)
         # Start states (1, B, d) broadcast over the other axis inside recur.
-        h_v = part(txt.cross_state, lambda: vg.cross_state(txt.global_vec))[None]
-        h_t = part(img.cross_state, lambda: tg.cross_state(img.global_vec))[None]
-        v_r = vg.recur(gi_v, img.mask, h_v)
-        t_r = tg.recur(gi_t, txt.mask, h_t)
+        v_r = (vg.fast_recur if fast else vg.recur)(gi_v, img.mask, h_v[None])
+        t_r = (tg.fast_recur if fast else tg.recur)(gi_t, txt.mask, h_t[None])
         return v_r, t_r.transpose(0, 1)
 
-    def similarity_vectors(self, img: ImageEncoding, txt: TextEncoding):
-        """(sim^S, sim^O, sim^R), each (B_i, B_t, P) or None when ablated."""
+    def _gru_inputs(self, img: ImageEncoding, txt: TextEncoding):
+        """Eq 26's per-item parts (node projections of images and texts, start
+        states from texts and images), precomputed ones reused, else computed now."""
+        vg, tg = self.visual_gru, self.text_gru
+
+        def part(value, compute):
+            return compute() if value is None else value
+
+        return (part(img.gru_input, lambda: vg.input_projection(img.graph)),
+                part(txt.gru_input, lambda: tg.input_projection(txt.graph)),
+                part(txt.cross_state, lambda: vg.cross_state(txt.global_vec)),
+                part(img.cross_state, lambda: tg.cross_state(img.global_vec)))
+
+    def similarity_vectors(self, img: ImageEncoding, txt: TextEncoding, fast: bool = False):
+        """(sim^S, sim^O, sim^R), each (B_i, B_t, P) or None when ablated.
+        ``fast``: Branch 2's ``fast_forward`` and Branch 3's ``fast_recur`` (same
+        result up to float rounding, less work)."""
         c = self.config
-        sim_s = self.global_branch(img.global_vec, txt.global_vec) if c.use_branch1 else None
-        sim_o = self.local_branch(img.v, img.mask, txt.t, txt.mask) if c.use_branch2 else None
-        sim_r = None
+        sim_s = sim_o = sim_r = None
+        if c.use_branch1:  # no fast variant: see align.vsf_all_pairs
+            sim_s = self.global_branch(img.global_vec, txt.global_vec)
+        if c.use_branch2:
+            lb = self.local_branch
+            sim_o = (lb.fast_forward if fast else lb)(img.v, img.mask, txt.t, txt.mask)
         if c.use_branch3:
-            sim_r = self.relation(*self.relation_vectors(img, txt))
+            sim_r = self.relation(*self.relation_vectors(img, txt, fast))
             sim_r = sim_r.expand(img.v.shape[0], txt.t.shape[0], -1)
         return sim_s, sim_o, sim_r
 
-    def score(self, img: ImageEncoding, txt: TextEncoding):
-        """(F, (S^S, S^O, S^R)) for every pair of the encoded items (eqs 28, 32)."""
-        scores = tuple(None if s is None else self.mlp(s)
-                       for s in self.similarity_vectors(img, txt))
+    def score_pairs(self, img: ImageEncoding, txt: TextEncoding):
+        """(F, (S^S, S^O, S^R)) of the aligned pairs (image p, text p) only, each (B,).
+
+        ``img`` and ``txt`` hold B items each (e.g. gathered from a shortlist);
+        the same equations as :meth:`score`, without scoring the B x B grid.
+        """
+        if img.v.shape[0] != txt.t.shape[0]:
+            raise ValueError(f"CCCL.score_pairs: {img.v.shape[0]} images but "
+                             f"{txt.t.shape[0]} texts; pairs need as many of each")
+        c = self.config
+        sim_s = sim_o = sim_r = None
+        if c.use_branch1:
+            sim_s = self.global_branch.paired(img.global_vec, txt.global_vec)
+        if c.use_branch2:
+            sim_o = self.local_branch.paired(img.v, img.mask, txt.t, txt.mask)
+        if c.use_branch3:
+            if c.use_cross_gru:
+                gi_v, gi_t, h_v, h_t = self._gru_inputs(img, txt)
+                # (B, 1, d) start states: one recurrence per pair, none across pairs.
+                v_r = self.visual_gru.fast_recur(gi_v, img.mask, h_v[:, None])[:, 0]
+                t_r = self.text_gru.fast_recur(gi_t, txt.mask, h_t[:, None])[:, 0]
+            else:
+                v_r, t_r = self.relation_vectors(img, txt)
+                v_r, t_r = v_r[:, 0], t_r[0]
+            sim_r = self.relation(v_r, t_r)
+        scores = tuple(None if s is None else self.mlp(s) for s in (sim_s, sim_o, sim_r))
         return fuse_scores(scores), scores
 
-    def forward(self, regions, positions, region_mask, words, word_mask, word_adjacency=None):
+    def _branch_scores(self, img: ImageEncoding, txt: TextEncoding, fast: bool):
+        return tuple(None if s is None else self.mlp(s)
+                     for s in self.similarity_vectors(img, txt, fast))
+
+    def score(self, img: ImageEncoding, txt: TextEncoding, *, fast: bool = True,
+              pair_chunk: int | None = None):
+        """(F, (S^S, S^O, S^R)) for every pair of the encoded items (eqs 28, 32).
+
+        Each (B_i, B_t). ``fast``: see the module docstring. ``pair_chunk``: at
+        most this many pairs per block (rows of images x columns of texts);
+        with autograd on, each block is checkpointed (its activations are
+        recomputed in the backward pass instead of kept).
+        """
+        if pair_chunk is None:
+            scores = self._branch_scores(img, txt, fast)
+            return fuse_scores(scores), scores
+        if isinstance(pair_chunk, bool) or not isinstance(pair_chunk, int) or pair_chunk < 1:
+            raise ValueError(f"CCCL.score: pair_chunk must be a positive int or None, "
+                             f"got {pair_chunk!r}")
+        b_i, b_t = img.v.shape[0], txt.t.shape[0]
+        cols = min(b_t, pair_chunk)
+        rows = max(1, pair_chunk // cols)
+        grad = torch.is_grad_enabled()
+        blocks = []
+        for i in range(0, b_i, rows):
+            sub_i = _rows(img, i, rows)
+            row = []
+            for j in range(0, b_t, cols):
+                sub_t = _rows(txt, j, cols)
+                if grad:
+                    # Non-reentrant: the encodings (NamedTuples) may hold tensors
+                    # that need gradients; no RNG is used, so none is saved.
+                    row.append(checkpoint(self._branch_scores, sub_i, sub_t, fast,
+                                          use_reentrant=False, preserve_rng_state=False))
+                else:
+                    row.append(self._branch_scores(sub_i, sub_t, fast))
+            blocks.append(row)
+        scores = tuple(
+            None if blocks[0][0][k] is None
+            else torch.cat([torch.cat([blk[k] for blk in row], 1) for row in blocks], 0)
+            for k in range(3))
+        return fuse_scores(scores), scores
+
+    def forward(self, regions, positions, region_mask, words, word_mask, word_adjacency=None,
+                *, fast: bool = True, pair_chunk: int | None = None):
         img = self.encode_images(regions, positions, region_mask)
         txt = self.encode_texts(words, word_mask, word_adjacency)
-        return self.score(img, txt)
+        return self.score(img, txt, fast=fast, pair_chunk=pair_chunk)
 
     def loss(self, scores, positive_mask=None) -> HybridLoss:
         """The hybrid loss (eq 34) of ``forward``'s branch scores, with this config's Δ, λ."""

@@ -183,7 +183,12 @@ class TrainOptions:
     quiet: no progress bar nor per-batch lines. resume: continue from
     ``out_dir/last.pt``; overwrite: start afresh even if it exists.
     deterministic: on the CPU, ``torch.use_deterministic_algorithms``
-    during training.
+    during training. pair_chunk: the memory-saving mode, at most this many
+    (image, text) pairs of a batch scored at once, each block's activations
+    recomputed in the backward pass (``CCCL.score``; the same loss and
+    gradients up to float rounding, for the memory of one block instead of
+    B x B pairs, at about one more forward pass of the per-pair work); None
+    scores the whole batch at once.
     """
 
     warmup_epochs: int | None = 1
@@ -198,6 +203,7 @@ class TrainOptions:
     overwrite: bool = False
     eval_batch_size: int = 256
     deterministic: bool = True
+    pair_chunk: int | None = None
 
     def __post_init__(self):
         if self.amp not in AMP_MODES:
@@ -207,6 +213,10 @@ class TrainOptions:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.pair_chunk is not None and (isinstance(self.pair_chunk, bool)
+                                            or not isinstance(self.pair_chunk, int)
+                                            or self.pair_chunk < 1):
+            raise ValueError(f"pair_chunk must be a positive int or None, got {self.pair_chunk!r}")
         if self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         if self.resume and self.overwrite:
@@ -667,7 +677,7 @@ class Trainer:
                     break
                 positive = batch["positive_mask"].to(self.device, non_blocking=True)
                 with autocast:
-                    _, scores = net(**model_inputs(batch, self.device))
+                    _, scores = net(**model_inputs(batch, self.device), pair_chunk=o.pair_chunk)
                 # The loss in fp32: sums over B² pairs lose precision in bf16.
                 scores = tuple(None if s is None else s.float() for s in scores)
                 if all_negatives:
@@ -832,6 +842,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=None,
                    help="at most this many batches per epoch (smoke runs)")
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    p.add_argument("--pair-chunk", type=int, default=None, metavar="N",
+                   help="memory-saving mode: score at most N pairs of a batch at once and "
+                        "recompute their activations in the backward pass (default: off)")
     p.add_argument("--log-every", type=int, default=d.log_every,
                    help="batches between progress lines when there is no progress bar")
     p.add_argument("--quiet", action="store_true", help="no progress bar nor batch lines")
@@ -852,7 +865,7 @@ def run_train(args) -> int:
                            device=args.device, amp=args.amp, num_workers=args.num_workers,
                            max_steps=args.max_steps, log_every=args.log_every, quiet=args.quiet,
                            resume=args.resume, overwrite=args.overwrite,
-                           eval_batch_size=args.eval_batch_size)
+                           eval_batch_size=args.eval_batch_size, pair_chunk=args.pair_chunk)
     trainer = Trainer(config, args.data, args.out, options)
     best = trainer.fit()
     if trainer.is_main:

@@ -510,3 +510,29 @@ def test_cli_errors_are_one_line_without_traceback(synthetic, checkpoints, capsy
     # Both numbers of a mismatch are named.
     assert "256-d region features" in errors["region_dim is 32, "]
     assert f"{WORD_DIM}-d word vectors" in errors["word_dim is 24, "]
+
+
+@needs_load_model
+def test_cli_shortlist(synthetic, checkpoints, capsys):
+    """--shortlist with every candidate gives the plain recalls; errors are one line."""
+    _, data = synthetic
+    common = ["--checkpoint", checkpoints["good"], "--data", data, "--split", "test"]
+    code, out, _ = main_in_process(capsys, "evaluate", *common)
+    plain = json.loads(out.strip().splitlines()[-1])
+    code, out, _ = main_in_process(capsys, "evaluate", *common, "--shortlist", 75)
+    assert code == 0 and "two-stage" in out
+    assert json.loads(out.strip().splitlines()[-1]) == plain
+    code, out, _ = main_in_process(capsys, "evaluate", *common, "--shortlist", 2)
+    small = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and list(small) == list(KEYS)
+    code, out, _ = main_in_process(capsys, "retrieve", *common, "--image", 4, "--k", 3,
+                                   "--shortlist", 75)
+    code2, out2, _ = main_in_process(capsys, "retrieve", *common, "--image", 4, "--k", 3)
+    assert code == code2 == 0 and result_rows(out) == result_rows(out2)
+    for args, message in (
+            (("evaluate", *common, "--protocol", "coco1k", "--fold-size", 3, "--shortlist", 2),
+             "coco1k"),
+            (("retrieve", *common, "--image", 4, "--k", 3, "--shortlist", 2), "must be >= --k")):
+        code, out, err = main_in_process(capsys, *args)
+        assert code == 1 and out == ""
+        assert len(err.strip().splitlines()) == 1 and message in err, err

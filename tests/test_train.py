@@ -346,3 +346,29 @@ def test_cli_errors_exit_1_with_one_line(tiny_h5, tmp_path):
         assert cases[name][1] in lines[0], (name, lines[0])
     # The no-boxes file does train under "w/o POS" (here: the checks pass).
     Trainer(small_config().with_ablation("w/o POS"), no_boxes, tmp_path / "pos", quick())
+
+
+# ---- the memory-saving mode (pair_chunk) -------------------------------------
+
+def test_pair_chunk_trains_the_same_model(tiny_h5, tmp_path, one_thread):
+    """Checkpointed blocks of pairs change only the order of float sums."""
+    plain = Trainer(small_config(epochs=1), tiny_h5, tmp_path / "a", quick())
+    plain.fit()
+    chunked = Trainer(small_config(epochs=1), tiny_h5, tmp_path / "b", quick(pair_chunk=5))
+    chunked.fit()
+    a, b = plain.model.state_dict(), chunked.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4, msg=k)
+    losses = [t.history[0]["losses"]["total"] for t in (plain, chunked)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+def test_cli_pair_chunk_reaches_the_trainer(tiny_h5, tmp_path):
+    from cccl_lite.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["train", "--data", str(tiny_h5), "--out", str(out), "--epochs", "1",
+                 "--max-steps", "1", "--batch-size", "8", "--quiet", "--pair-chunk", "16"]) == 0
+    assert json.loads((out / "config.json").read_text())["options"]["pair_chunk"] == 16
+    assert main(["train", "--data", str(tiny_h5), "--out", str(tmp_path / "bad"),
+                 "--pair-chunk", "0"]) == 1
