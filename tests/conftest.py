@@ -6,7 +6,7 @@ import pytest
 
 from cccl_lite.data.synthetic import make_synthetic
 
-WORD_DIM = 24  # random word vectors: the tests need their shape, not their meaning
+WORD_DIM = 16  # random word vectors: the tests need their shape, not their meaning
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +24,15 @@ def tiny_words_h5(tmp_path_factory):
             g.create_dataset("word_offsets", data=offsets)
             g["word_vectors"].attrs["encoder"] = "random"
     return path
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module of tiny tensors: faster, and immune to a
+    busy machine's thread contention. Use with pytest.mark.usefixtures."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -33,12 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOL = dict(atol=1e-10, rtol=1e-9)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def build(cfg, seed=0):

@@ -16,32 +16,20 @@ import pytest
 import torch
 
 from cccl_lite.data.dataset import CaptionDataset, SplitReader, collate, model_inputs
-from cccl_lite.data.synthetic import make_synthetic
 from cccl_lite.evaluate import evaluate_split
 from cccl_lite.metrics import KEYS
 from cccl_lite.model import CCCL, CCCLConfig
 from cccl_lite.train import (TrainOptions, Trainer, _restore_rng, _rng_states,
                              alignment_term_all_negatives, load_checkpoint, load_model, train)
 
-D_E = 16  # random word vectors written into the tiny file (no MiniLM, offline)
+from conftest import WORD_DIM as D_E  # random word vectors in the tiny file (no MiniLM)
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny_h5(tmp_path_factory):
-    """The tiny synthetic scenes plus random D_E-d word vectors in the schema's layout."""
-    path = make_synthetic(tmp_path_factory.mktemp("data") / "tiny.h5", seed=0, size="tiny")
-    rng = np.random.default_rng(0)
-    with h5py.File(path, "a") as f:
-        for split in ("train", "val", "test"):
-            g = f[split]["captions"]
-            counts = [len(t.split(" ")) for t in g["tokens"].asstr()[:]]
-            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-            g.create_dataset("word_vectors",
-                             data=rng.normal(size=(offsets[-1], D_E)).astype(np.float16))
-            g.create_dataset("word_offsets", data=offsets)
-            g["word_vectors"].attrs["encoder"] = "random"
-    return path
+def tiny_h5(tiny_words_h5):
+    """The tiny scenes with random D_E-d word vectors (tests/conftest.py)."""
+    return tiny_words_h5
 
 
 def small_config(**kw):
