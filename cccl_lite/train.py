@@ -830,6 +830,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help="default: the config's")
     p.add_argument("--lr-decay-epoch", type=int, default=None,
                    help="lr × 0.1 from this 0-based epoch on; default: the config's")
+    p.add_argument("--margin", type=float, default=None,
+                   help="Δ of eq 33; default: the config's (0.2, Table 1)")
+    p.add_argument("--coherence-weight", type=float, default=None,
+                   help="λ of eq 34; default: the config's (0.5; the paper uses 0.75 for "
+                        "MS-COCO, Table 5)")
     d = TrainOptions()
     p.add_argument("--warmup-epochs", type=_warmup_arg, default=None,
                    help="epochs with the sum over all negatives before hardest negatives, "
@@ -856,7 +861,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def run_train(args) -> int:
     """Train as ``args`` say; print where best.pt is. Expected failures raise CLIError."""
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
-                                   ("lr", args.lr), ("lr_decay_epoch", args.lr_decay_epoch))
+                                   ("lr", args.lr), ("lr_decay_epoch", args.lr_decay_epoch),
+                                   ("margin", args.margin),
+                                   ("coherence_weight", args.coherence_weight))
                  if v is not None}
     config = resolve_config(args.config, args.data, args.ablation, **overrides)
     warmup = args.warmup_epochs if args.warmup_epochs is not None else _DEFAULT_WARMUP.get(

@@ -55,6 +55,7 @@ def test_paper_preset_is_table_1():
     assert (c.margin, c.coherence_weight, c.batch_size, c.lr, c.epochs) == (
         0.2, 0.5, 128, 2e-4, 30)
     assert c.attention_temperature == 9.0
+    assert c.lr_decay_epoch == 15  # Sec. 4.2: lr x 0.1 after 15 epochs (0-based epoch 15 on)
     lite = CCCLConfig.lite()
     assert lite.embed_dim < c.embed_dim and lite.batch_size < c.batch_size
 

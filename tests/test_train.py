@@ -358,5 +358,10 @@ def test_cli_pair_chunk_reaches_the_trainer(tiny_h5, tmp_path):
     assert main(["train", "--data", str(tiny_h5), "--out", str(out), "--epochs", "1",
                  "--max-steps", "1", "--batch-size", "8", "--quiet", "--pair-chunk", "16"]) == 0
     assert json.loads((out / "config.json").read_text())["options"]["pair_chunk"] == 16
+    assert main(["train", "--data", str(tiny_h5), "--out", str(out), "--epochs", "1",
+                 "--max-steps", "1", "--batch-size", "8", "--quiet", "--overwrite",
+                 "--coherence-weight", "0.75", "--margin", "0.1"]) == 0
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert (saved["coherence_weight"], saved["margin"]) == (0.75, 0.1)
     assert main(["train", "--data", str(tiny_h5), "--out", str(tmp_path / "bad"),
                  "--pair-chunk", "0"]) == 1
