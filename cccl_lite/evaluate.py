@@ -119,6 +119,17 @@ def _cat(parts, pad_to=None):
     return fields
 
 
+def _encode_parts(encode, fetch, idx, model, batch_size, device, amp, keep_graph) -> list:
+    """``encode`` (a CCCL encoder) over the items ``idx`` fetched by ``fetch`` (a
+    reader method) in batches of ``batch_size``: the lean encodings, in order."""
+    parts = []
+    with _autocast(device, amp):
+        for s in range(0, len(idx), batch_size):
+            parts.append(_lean(encode(*_to(fetch(idx[s:s + batch_size]), model, device)),
+                               keep_graph))
+    return parts
+
+
 @torch.no_grad()
 def encode_all_images(model: CCCL, reader: SplitReader, batch_size: int = 256, device="cpu",
                       amp: bool | None = None, keep_graph: bool = False,
@@ -127,11 +138,8 @@ def encode_all_images(model: CCCL, reader: SplitReader, batch_size: int = 256, d
     and eq 26's per-image GRU parts. Fields (N_img, n, ...) on ``device``; V̂ is
     dropped (None) unless ``keep_graph``, as scoring needs only its GRU parts."""
     idx = np.arange(reader.n_images) if indices is None else np.asarray(indices)
-    parts = []
-    with _autocast(device, amp):
-        for s in range(0, len(idx), batch_size):
-            enc = model.encode_images(*_to(reader.images(idx[s:s + batch_size]), model, device))
-            parts.append(_lean(enc, keep_graph))
+    parts = _encode_parts(model.encode_images, reader.images, idx, model, batch_size, device,
+                          amp, keep_graph)
     return ImageEncoding(*_cat(parts))
 
 
@@ -143,11 +151,8 @@ def encode_all_texts(model: CCCL, reader: SplitReader, batch_size: int = 256, de
     and eq 26's per-text GRU parts. Fields (N_txt, m, ...) on ``device``, padded to the
     longest caption (padding never changes a score); T̂ dropped unless ``keep_graph``."""
     idx = np.arange(reader.n_captions) if indices is None else np.asarray(indices)
-    parts = []
-    with _autocast(device, amp):
-        for s in range(0, len(idx), batch_size):
-            enc = model.encode_texts(*_to(reader.captions(idx[s:s + batch_size]), model, device))
-            parts.append(_lean(enc, keep_graph))
+    parts = _encode_parts(model.encode_texts, reader.captions, idx, model, batch_size, device,
+                          amp, keep_graph)
     m = max(p.t.shape[1] for p in parts)
     return TextEncoding(*_cat(parts, pad_to=m))
 
