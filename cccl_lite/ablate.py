@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from .evaluate import evaluate_split
 from .model import ABLATIONS
 from .train import TrainOptions, _atomic_write_text, load_model, make_reader, resolve_config, train
 
@@ -151,7 +152,6 @@ def run_ablations(data, out_dir, results_path, epochs: int = 2, max_steps: int |
         model, config, vocab = load_model(best)
         history = [json.loads(ln) for ln in (run_dir / "log.jsonl").read_text().splitlines()]
         best_rec = max(history, key=lambda r: r["val"]["rsum"])
-        from .evaluate import evaluate_split
         recalls, _ = evaluate_split(model, make_reader(data, "test", config, vocab))
         done[name] = {
             "name": name, "ablation": ablation, "seed": seed,
