@@ -138,12 +138,17 @@ def test_fast_gradients_equal_the_reference(name):
         torch.testing.assert_close(grads[1][k], grads[0][k], **TOL, msg=k)
 
 
-def test_fast_float32_at_the_lite_shape_within_1e_5():
+def lite_float32(n_img: int, n_txt: int, seed: int):
+    """A freshly seeded lite CCCL (eval mode) and a float32 batch at the lite shape."""
     cfg = CCCLConfig.lite()
     torch.manual_seed(0)
     model = CCCL(cfg).eval()
-    b = make_batch(cfg, n_img=6, n_txt=9, n=cfg.num_regions, m=12, seed=4)
-    b = {k: v.float() if v.is_floating_point() else v for k, v in b.items()}
+    b = make_batch(cfg, n_img=n_img, n_txt=n_txt, n=cfg.num_regions, m=12, seed=seed)
+    return model, {k: v.float() if v.is_floating_point() else v for k, v in b.items()}
+
+
+def test_fast_float32_at_the_lite_shape_within_1e_5():
+    model, b = lite_float32(n_img=6, n_txt=9, seed=4)
     with torch.no_grad():
         ref = model(**b, fast=False)[0]
         fast = model(**b)[0]
@@ -154,11 +159,7 @@ def test_fast_path_under_bf16_autocast_matches_and_trains():
     """The GPU path's dtypes (bf16 autocast), exercised on the CPU: the fast
     scores stay as close to float32 as the reference's, and a checkpointed
     training step runs backward."""
-    cfg = CCCLConfig.lite()
-    torch.manual_seed(0)
-    model = CCCL(cfg).eval()
-    b = make_batch(cfg, n_img=6, n_txt=6, n=cfg.num_regions, m=12, seed=9)
-    b = {k: v.float() if v.is_floating_point() else v for k, v in b.items()}
+    model, b = lite_float32(n_img=6, n_txt=6, seed=9)
     with torch.no_grad():
         exact = model(**b, fast=False)[0]
         with torch.autocast("cpu", dtype=torch.bfloat16):
