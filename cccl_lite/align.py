@@ -18,7 +18,9 @@ Readings taken where the paper is ambiguous (see NOTES.md):
 Branch 2 has a readable ``forward`` (the equations as printed, taught in
 the book) and a ``fast_forward`` with the same result up to float rounding
 (chapter 10, ``benchmarks/``): the cosines once for both directions, the
-softmax written out, the masked mean of eqs 18-19 as one product.
+softmax written out, the masked mean of eqs 18-19 as one product; on the
+CPU without autograd its per-pair part runs in a fused C++ kernel
+(:mod:`cccl_lite.fused`).
 :func:`vsf_all_pairs` computes Branch 1's VSF by matrix products instead,
 W|a − b|² = W a² + W b² − 2 W(a∘b); it does the same multiply-adds, ran
 faster at some sizes and slower at others on our CPU (benchmarks/README.md)
@@ -30,6 +32,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import fused
+
+# Pairs per tile of the fused Branch 2: its (pairs·(n + m), d) rows stay in cache
+# (64 to 256 ran about equally fast here at the lite shape).
+_FUSED_TILE = 128
 
 __all__ = [
     "vector_similarity",
@@ -225,6 +233,10 @@ class LocalBranch(nn.Module):
         weighted sum Σ_i c_i W(v_i − u_i)² with c_i = mask_i / (n‖W(v_i − u_i)²‖),
         one product. Largest tensors: (B_i·B_t, n, d) and (B_i·B_t, m, d).
         Under "w/o VSF" it is :meth:`forward`.
+
+        On the CPU without autograd (scoring), everything after the cosines runs
+        in the fused C++ kernel of :mod:`cccl_lite.fused` when it can be built:
+        the same equations pair by pair, no block-sized intermediate.
         """
         if self.w_vt is None:
             return self.forward(v, v_mask, t, t_mask)
@@ -239,6 +251,10 @@ class LocalBranch(nn.Module):
         # relu(M) of eq 17 for every pair: one GEMM, (B_i, n, B_t, m).
         cos = (vn.reshape(b_i * n, d) @ tn.reshape(b_t * m, d).t()).view(b_i, n, b_t, m)
         rel = cos.relu_() if not torch.is_grad_enabled() else cos.relu()
+        if 0 <= self.temperature <= 60 and fused.usable(rel, v, t, self.w_vt, self.w_tv):
+            # The rest in C++ (cccl_lite.fused), pair by pair in cache-sized tiles.
+            return fused.kernel().local_branch(rel, v, v_mask, t, t_mask, self.w_vt,
+                                               self.w_tv, float(self.temperature), _FUSED_TILE)
         # Padded queries keep some weights here; _vsf_mean gives them weight 0.
         # V -> T: regions attend to words (l2 over regions, softmax over words),
         # laid out (B_t, B_i, n, m) for the product with T.

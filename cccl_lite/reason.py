@@ -25,7 +25,11 @@ import math
 import torch
 from torch import nn
 
+from . import fused
 from .perceive import masked_softmax
+
+# Pairs per tile of the fused kernel: at d = 64 a (1024, 3d) GEMM output stays in L2.
+_FUSED_TILE = 1024
 
 __all__ = ["full_adjacency", "GraphEdges", "ResidualGCN", "GraphReasoning", "CrossGRU"]
 
@@ -118,7 +122,7 @@ class CrossGRU(nn.Module):
     is computed once per item; the recurrence then runs for all pairs at once.
     An evaluator keeps :meth:`input_projection` of the nodes and
     :meth:`cross_state` of the cross vectors per item and calls :meth:`recur`
-    per block of pairs.
+    (or :meth:`fast_recur`, on the CPU a fused C++ kernel) per block of pairs.
 
     The gates are PyTorch's (``nn.GRUCell`` weights, order r, z, n), so the
     result equals ``nn.GRU`` run on each pair's sequence.
@@ -187,6 +191,10 @@ class CrossGRU(nn.Module):
         one addcmul, one lerp. Without autograd the activations run in place.
         Under bf16 autocast only the GEMM runs in bf16; the state and gates stay
         float32. Equal to :meth:`recur` up to float rounding.
+
+        On the CPU without autograd (scoring), the loop runs in the fused C++
+        kernel of :mod:`cccl_lite.fused` when it can be built: the same steps,
+        tile by tile, skipping each item's padded nodes.
         """
         valid = mask.any(0).tolist()
         full = mask.all(0).tolist()
@@ -205,6 +213,10 @@ class CrossGRU(nn.Module):
         gi[..., :2 * d] += b_g[:2 * d]
         b_n = b_g[2 * d:]
         g = (h + 1) / 2
+        if self._fused_ok(gi, g, w_g):
+            # The same loop in C++ (cccl_lite.fused): tiles of pairs, no padded steps.
+            return fused.kernel().cross_gru_recur(gi, mask[:, :steps], g, w_g.contiguous(),
+                                                  b_n.contiguous(), _FUSED_TILE)
         for t in range(steps):
             gh = torch.matmul(g, w_g)  # r: a_r, z: −a_z, n: 2 W_hn h, without biases
             if t == 0:
@@ -221,6 +233,12 @@ class CrossGRU(nn.Module):
             g_new = torch.lerp(g, s, q)
             g = g_new if full[t] else torch.where(mask[:, t, None, None], g_new, g)
         return (2 * g - 1).expand(gi_nodes.shape[0], -1, -1)
+
+    @staticmethod
+    def _fused_ok(gi: torch.Tensor, g: torch.Tensor, w_g: torch.Tensor) -> bool:
+        """Whether fast_recur hands its loop to the fused CPU kernel: start states
+        (1 or B_x, B_y, d), and see :func:`fused.usable`."""
+        return g.dim() == 3 and g.shape[0] in (1, gi.shape[0]) and fused.usable(gi, g, w_g)
 
     def forward(self, nodes: torch.Tensor, mask: torch.Tensor, cross: torch.Tensor | None = None):
         gi_nodes = self.input_projection(nodes)  # (B_x, L, 3d), once per item
