@@ -17,9 +17,11 @@ read the same weights, so their scores must agree (``max_abs_diff``).
   (``CCCL.score(fast=False)``), eq 26's GRUs reading their inputs per call.
   Measured on the first ``--naive-captions`` captions (a rate, pairs/s).
 * per_caption_fast: the same loop over the batched scorer's encodings and
-  math (per-item GRU parts, ``fast=True``): what batching alone adds.
+  code (per-item GRU parts, ``fast=True``, the fused kernels on the CPU):
+  what batching alone adds.
 * batched: ``cccl_lite.evaluate.score_matrix`` on every pair, blocks sized
-  to the device (under bf16 autocast on CUDA).
+  to the device (under bf16 autocast on CUDA; on the CPU with the fused
+  kernels of ``cccl_lite.fused`` where they build, ``fused_cpu_kernels``).
 * train_step: one optimiser step (forward on a batch of B images x B
   captions, the hybrid loss of eq 34, backward, Adam), plain and with
   ``pair_chunk`` (checkpointed blocks of pairs); peak memory on CUDA only.
@@ -43,6 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cccl_lite import evaluate as ev  # noqa: E402
+from cccl_lite import fused  # noqa: E402
 from cccl_lite.model import CCCL, CCCLConfig, ImageEncoding, TextEncoding  # noqa: E402
 from cccl_lite.perceive import position_features  # noqa: E402
 
@@ -233,18 +236,21 @@ def main(argv=None) -> int:
                         "(default: B*B/8)")
     p.add_argument("--repeats", type=int, default=None,
                    help="rounds; the best is kept (default: 3 for lite, 2 for paper)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: on a shared 2-core machine two "
-                        "OpenMP threads stall whenever another process holds a core)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for both scorers (default: torch's default, one "
+                        "per core; --threads 1 measures one core)")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None,
                    help="no bf16 autocast on CUDA")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available here")
-    if args.threads < 1:
-        p.error(f"--threads must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    # Built (or found in the cache) before any timing; False: the PyTorch paths run.
+    kernels = device.type == "cpu" and fused.available()
     shape = SHAPES[args.shape]
     config = shape["config"]()
     sizes = args.sizes or [parse_size(s) for s in shape["sizes"]]
@@ -275,6 +281,7 @@ def main(argv=None) -> int:
             "images": n_img,
             "captions": n_txt,
             "dtype": "bf16 autocast" if amp_on else "float32",
+            "fused_cpu_kernels": kernels,
             **run_case(model, config, sub_i, sub_t, n_naive, device, args.amp, repeats),
             "train_batch": batch,
             "train_step_s": _round(step_s, 4),

@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from cccl_lite import evaluate as ev
+from cccl_lite import evaluate as ev, fused
 from cccl_lite.loss import hybrid_loss
 from cccl_lite.model import ABLATIONS, CCCL, CCCLConfig
 from cccl_lite.reason import CrossGRU
@@ -474,3 +474,5 @@ def test_benchmark_prints_one_json_line_per_case():
         assert r["shape"] == "lite" and r["peak_mem_gb"] is None
         assert r["max_abs_diff"] < 1e-5 and r["max_abs_diff_per_caption_fast"] < 1e-5
         assert r["naive_pairs_per_s"] > 0 and r["batched_pairs_per_s"] > 0
+        # The kernels build wherever this suite runs with a compiler (test_fused.py).
+        assert r["fused_cpu_kernels"] is fused.available()
