@@ -247,15 +247,21 @@ void local_pair_rows(const T* rel, const T* v, const T* vf, const T* t, const T*
 }
 
 // out (P) += Σ_rows y_r / (count ‖y_r‖): the mean of the unit vectors VSF (eqs 15, 18-19).
-template <typename T>
-void add_unit_mean(const T* y, int64_t rows, int64_t p, T* out) {
-  if (rows == 0) return;
-  for (int64_t r = 0; r < rows; ++r, y += p) {
+// The weights first (independent rows, so their square roots and divisions
+// overlap), then the sum; P > 0: the width known when compiling.
+template <typename T, int64_t P>
+void add_unit_mean(const T* y, int64_t rows, int64_t p_runtime, T* out, T* coef) {
+  const int64_t p = P > 0 ? P : p_runtime;
+  for (int64_t r = 0; r < rows; ++r) {
     T s = 0;
-    for (int64_t k = 0; k < p; ++k) s += y[k] * y[k];
-    const T c = T(1) / (T(rows) * std::max(std::sqrt(s), T(1e-12)));
+#pragma omp simd reduction(+ : s)
+    for (int64_t k = 0; k < p; ++k) s += y[r * p + k] * y[r * p + k];
+    coef[r] = T(1) / (T(rows) * std::max(std::sqrt(s), T(1e-12)));
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const T c = coef[r];
 #pragma omp simd
-    for (int64_t k = 0; k < p; ++k) out[k] += c * y[k];
+    for (int64_t k = 0; k < p; ++k) out[k] += c * y[r * p + k];
   }
 }
 
@@ -308,7 +314,7 @@ at::Tensor local_branch(at::Tensor rel, at::Tensor v, at::Tensor v_mask, at::Ten
       at::Tensor zv = at::empty({tile * n, d}, opts), zt = at::empty({tile * m, d}, opts);
       at::Tensor yv = at::empty({tile * n, p}, opts), yt = at::empty({tile * m, p}, opts);
       std::vector<scalar_t> r(n * m), e(n * m), vf(n), tf(m);
-      std::vector<scalar_t> inv(std::max(n, m)), total(std::max(n, m));
+      std::vector<scalar_t> inv(std::max(n, m)), total(std::max(n, m)), coef(std::max(n, m));
       std::vector<int64_t> rows_v(tile + 1), rows_t(tile + 1);
       for (int64_t job = begin; job < end; ++job) {
         const int64_t q0 = job * tile, count = std::min(tile, pairs - q0);
@@ -339,12 +345,13 @@ at::Tensor local_branch(at::Tensor rel, at::Tensor v, at::Tensor v_mask, at::Ten
           at::Tensor y = yt.narrow(0, 0, rows_t[count]);
           at::mm_out(y, zt.narrow(0, 0, rows_t[count]), wt_t);
         }
+        auto unit_mean = p == 64 ? add_unit_mean<scalar_t, 64> : add_unit_mean<scalar_t, 0>;
         const scalar_t* yv_p = yv.data_ptr<scalar_t>();
         const scalar_t* yt_p = yt.data_ptr<scalar_t>();
         for (int64_t q = 0; q < count; ++q) {
           scalar_t* o = out_p + (q0 + q) * p;
-          add_unit_mean(yv_p + rows_v[q] * p, rows_v[q + 1] - rows_v[q], p, o);
-          add_unit_mean(yt_p + rows_t[q] * p, rows_t[q + 1] - rows_t[q], p, o);
+          unit_mean(yv_p + rows_v[q] * p, rows_v[q + 1] - rows_v[q], p, o, coef.data());
+          unit_mean(yt_p + rows_t[q] * p, rows_t[q + 1] - rows_t[q], p, o, coef.data());
         }
       }
     });
