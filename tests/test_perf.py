@@ -99,28 +99,35 @@ def test_fast_local_branch_handles_padding_and_empty_items():
         assert torch.isfinite(v.grad).all() and torch.isfinite(t.grad).all()
 
 
-def test_fast_recur_equals_nn_gru_on_each_pair():
-    """v^R of eq 26 = the last valid state of nn.GRU over [cross_y, x_1, ..., x_L]."""
-    torch.manual_seed(0)
-    d = 5
-    gru = CrossGRU(d).double()
-    ref = nn.GRU(d, d, batch_first=True).double()
+def nn_gru_states(gru: CrossGRU, nodes, cross, lengths) -> torch.Tensor:
+    """(B_x, B_y, d): the last state of torch's own nn.GRU, with gru's weights, run
+    on each pair's sequence [cross_y, x_1, ..., x_{lengths[x]}] one at a time."""
+    d = gru.dim
+    ref = nn.GRU(d, d, batch_first=True).to(nodes.dtype)
+    out = torch.empty(nodes.shape[0], cross.shape[0], d, dtype=nodes.dtype)
     with torch.no_grad():
         for ours, theirs in (("weight_ih", "weight_ih_l0"), ("weight_hh", "weight_hh_l0"),
                              ("bias_ih", "bias_ih_l0"), ("bias_hh", "bias_hh_l0")):
             getattr(ref, theirs).copy_(getattr(gru.cell, ours))
+        for x in range(nodes.shape[0]):
+            for y in range(cross.shape[0]):
+                _, h = ref(torch.cat([cross[y:y + 1], nodes[x, :lengths[x]]])[None])
+                out[x, y] = h[0, 0]
+    return out
+
+
+def test_fast_recur_equals_nn_gru_on_each_pair():
+    """v^R of eq 26 = the last valid state of nn.GRU over [cross_y, x_1, ..., x_L]."""
+    torch.manual_seed(0)
+    gru = CrossGRU(5).double()
     g = torch.Generator().manual_seed(1)
-    nodes = torch.randn(3, 4, d, generator=g, dtype=torch.float64)
-    cross = torch.randn(5, d, generator=g, dtype=torch.float64)
+    nodes = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    cross = torch.randn(5, 5, generator=g, dtype=torch.float64)
     lengths = [4, 2, 1]
     mask = torch.arange(4)[None] < torch.tensor(lengths)[:, None]
     with torch.no_grad():
         got = gru.fast_recur(gru.input_projection(nodes), mask, gru.cross_state(cross)[None])
-        for x in range(3):
-            for y in range(5):
-                seq = torch.cat([cross[y:y + 1], nodes[x, :lengths[x]]])[None]
-                _, h = ref(seq)
-                torch.testing.assert_close(got[x, y], h[0, 0], **TOL)
+    torch.testing.assert_close(got, nn_gru_states(gru, nodes, cross, lengths), **TOL)
 
 
 @pytest.mark.parametrize("name", [None, "w/o B-2", "w/o C-GRU"])
