@@ -28,9 +28,11 @@ says so and scoring runs the PyTorch paths: the same scores, slower.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
+import shutil
 import warnings
 from pathlib import Path
 
@@ -62,6 +64,26 @@ def _build_name() -> str:
     return "cccl_lite_fused_cpu_" + hashlib.sha1(cpu.encode()).hexdigest()[:10]
 
 
+@contextlib.contextmanager
+def _ninja_on_path():
+    """torch's builder runs ``ninja`` from PATH; the ``ninja`` package (a
+    dependency) puts it in the environment's bin folder, which is not on PATH
+    when Python is run as ``.venv/bin/python``: add it for the build."""
+    path = os.environ.get("PATH", "")
+    try:
+        import ninja
+        missing = shutil.which("ninja") is None
+    except ImportError:
+        missing = False
+    if missing:
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
+    try:
+        yield
+    finally:
+        if missing:
+            os.environ["PATH"] = path
+
+
 def kernel():
     """The compiled extension module, or None (turned off, or it could not be built)."""
     if _disabled():
@@ -69,8 +91,9 @@ def kernel():
     if "module" not in _state:
         try:
             from torch.utils.cpp_extension import load
-            _state["module"] = load(name=_build_name(), sources=[str(_SOURCE)],
-                                    extra_cflags=_FLAGS, verbose=False)
+            with _ninja_on_path():
+                _state["module"] = load(name=_build_name(), sources=[str(_SOURCE)],
+                                        extra_cflags=_FLAGS, verbose=False)
         except Exception as e:  # no compiler, no headers, a failed build: all the same to us
             _state["module"] = None
             lines = str(e).strip().splitlines() or [type(e).__name__]

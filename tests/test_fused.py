@@ -10,6 +10,7 @@ which path ran. float64 must agree to rounding; float32 within the issue's
 
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 
@@ -222,3 +223,15 @@ def test_a_failed_build_warns_once_and_scoring_falls_back(monkeypatch):
             torch.testing.assert_close(gru.fast_recur(gi, torch.ones(2, 4, dtype=torch.bool), h),
                                        gru.recur(gi, torch.ones(2, 4, dtype=torch.bool), h),
                                        **TOL64)
+
+
+def test_the_build_finds_ninja_off_path(monkeypatch):
+    """``.venv/bin/python`` does not put the environment's bin folder on PATH,
+    where the ninja package installs the binary torch's builder runs."""
+    ninja = pytest.importorskip("ninja")
+    monkeypatch.setattr(fused.shutil, "which", lambda name: None)
+    monkeypatch.setenv("PATH", "/nowhere")
+    with fused._ninja_on_path():
+        assert os.environ["PATH"].split(os.pathsep)[0] == ninja.BIN_DIR
+        assert os.path.exists(os.path.join(ninja.BIN_DIR, "ninja"))
+    assert os.environ["PATH"] == "/nowhere"
