@@ -85,7 +85,8 @@ def _ninja_on_path():
 
 
 def kernel():
-    """The compiled extension module, or None (turned off, or it could not be built)."""
+    """The compiled extension module (built on the first call), or None: turned
+    off by ``CCCL_LITE_FUSED=0``, or it could not be built (one warning)."""
     if _disabled():
         return None
     if "module" not in _state:
@@ -100,21 +101,22 @@ def kernel():
             first = next((x.strip() for x in lines if "error" in x.lower() and ":" in x
                           and not x.startswith("Error building")), lines[0])[:300]
             warnings.warn(
-                f"cccl_lite: could not build the fused CPU kernel {_SOURCE.name} ({first}); "
-                f"scoring uses the PyTorch loop instead (same scores, slower). It needs a "
+                f"cccl_lite: could not build the fused CPU kernels of {_SOURCE.name} ({first}); "
+                f"scoring runs the PyTorch code instead (same scores, slower). They need a "
                 f"C++ compiler (g++ or clang++); set {ENV}=0 to silence this.",
                 RuntimeWarning, stacklevel=2)
     return _state["module"]
 
 
 def available() -> bool:
-    """True when the fused kernel is on and built (builds it if needed)."""
+    """True when the fused kernels are on and built (builds them if needed)."""
     return kernel() is not None
 
 
 def usable(*tensors: torch.Tensor) -> bool:
-    """Whether fast_recur may hand these tensors to the kernel: CPU, float32 or
-    float64, no autograd needed (the kernel has no backward)."""
+    """Whether a fast path may hand these tensors to a kernel: CPU, one dtype,
+    float32 or float64, no autograd needed (the kernels have no backward), and
+    the kernels on and built."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     if not all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
