@@ -215,8 +215,7 @@ class CrossGRU(nn.Module):
         g = (h + 1) / 2
         if self._fused_ok(gi, g, w_g):
             # The same loop in C++ (cccl_lite.fused): tiles of pairs, no padded steps.
-            return fused.kernel().cross_gru_recur(gi, mask[:, :steps], g, w_g.contiguous(),
-                                                  b_n.contiguous(), _FUSED_TILE)
+            return fused.kernel().cross_gru_recur(gi, mask[:, :steps], g, w_g, b_n, _FUSED_TILE)
         for t in range(steps):
             gh = torch.matmul(g, w_g)  # r: a_r, z: −a_z, n: 2 W_hn h, without biases
             if t == 0:

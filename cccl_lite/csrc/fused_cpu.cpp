@@ -101,7 +101,7 @@ at::Tensor cross_gru_recur(at::Tensor gi, at::Tensor mask, at::Tensor g0, at::Te
   // With one start state per y item, the first step's g W_g is per y item, not per pair.
   const at::Tensor gh0 = shared ? at::mm(g0[0], w).contiguous() : at::Tensor();
   at::Tensor out = at::empty({bx * by, d}, gi.options());
-  const int64_t pairs = bx * by, tiles = (pairs + tile - 1) / tile;
+  const int64_t pairs = bx * by;
   const bool* m = valid.data_ptr<bool>();
   // stop[x]: one past x's last valid node; a tile runs to its items' largest stop.
   std::vector<int64_t> stop(bx, 0);
@@ -123,7 +123,6 @@ at::Tensor cross_gru_recur(at::Tensor gi, at::Tensor mask, at::Tensor g0, at::Te
       const int64_t rows = std::min(tile, pairs - p0);
       at::Tensor g = out.narrow(0, p0, rows);
       at::Tensor gh_rows = gh.narrow(0, 0, rows);
-      scalar_t* g_p = out_p + p0 * d;
       int64_t last = 0;
       for (int64_t x = p0 / by; x <= (p0 + rows - 1) / by; ++x) last = std::max(last, stop[x]);
       at::parallel_for(p0, p0 + rows, 64, [&](int64_t begin, int64_t end) {
