@@ -1,4 +1,4 @@
-"""Command line: ``python -m cccl_lite {train,evaluate,retrieve,ablate} ...`` (see ``__main__``).
+"""Command line: ``python -m cccl_lite {train,evaluate,retrieve,ablate,diagnose} ...`` (see ``__main__``).
 
 Each subcommand lives with the code it drives (``cccl_lite.train``,
 ``cccl_lite.evaluate``): the module exposes ``add_<name>_arguments(parser)``
@@ -26,7 +26,7 @@ _EXPECTED = (CLIError, SchemaError, FileNotFoundError, ValueError)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import ablate, evaluate, train
+    from . import ablate, diagnose, evaluate, train
 
     parser = argparse.ArgumentParser(prog="python -m cccl_lite", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "top-k texts for an image, or images for a caption"),
         "ablate": (ablate.add_ablate_arguments, ablate.run_ablate,
                    "train and test every Table 6 ablation (chapter 7's table)"),
+        "diagnose": (diagnose.add_diagnose_arguments, diagnose.run_diagnose,
+                     "short runs that each change one thing (chapter 5's diagnosis)"),
     }
     for name, (add, run, help_) in commands.items():
         p = sub.add_parser(name, help=help_, description=help_)

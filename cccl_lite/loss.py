@@ -7,7 +7,14 @@ Readings taken where the paper is ambiguous (see NOTES.md):
 
 * eq 28 ends in a sigmoid (the prose says softmax, which on one output is
   the constant 1): scores lie in (0, 1).
-* eqs 29-31: D(x, y) = |x − y| summed over all B × B pairs of the batch.
+* eqs 29-31: D(x, y) = |x − y| summed over all B × B pairs of the batch
+  (``coherence_reduction="sum"``, the paper's reading and the default).
+  Since eq 33 has only 2B hinge terms, at B = 32 λ L_c outweighs L_t
+  about 15-fold; ``coherence_reduction="per_item"`` divides L_c by B_i so
+  that both terms grow like B (our option, measured in chapter 5).
+* eq 33 takes the hardest negative (``negatives="hardest"``);
+  ``negatives="all"`` sums the hinge over every negative (VSE++'s "SH"
+  loss, the warm-up of VSE∞ and of our training recipe).
 * eq 33: two captions of one image in a batch are positives, not
   negatives; ``positive_mask`` excludes them from the hardest-negative search.
 * "w/o MLP" (Table 6): one shared linear layer P → 1, then the sigmoid.
@@ -25,6 +32,8 @@ __all__ = [
     "SimilarityMLP",
     "coherence_term",
     "alignment_term",
+    "COHERENCE_REDUCTIONS",
+    "NEGATIVES",
     "fuse_scores",
     "HybridLoss",
     "hybrid_loss",
@@ -53,12 +62,21 @@ class SimilarityMLP(nn.Module):
         return torch.sigmoid(self.net(sim)).squeeze(-1)
 
 
-def coherence_term(s_s, s_o, s_r) -> torch.Tensor:
+COHERENCE_REDUCTIONS = ("sum", "per_item")
+NEGATIVES = ("hardest", "all")
+
+
+def coherence_term(s_s, s_o, s_r, reduction: str = "sum") -> torch.Tensor:
     """L_c = Σ_ij |S^S−S^O| + |S^S−S^R| + |S^O−S^R| over all pairs (eqs 29-31).
 
     Each argument (B_i, B_t); a branch removed by an ablation may be None,
-    and then only the pairs of present branches count. Returns a scalar.
+    and then only the pairs of present branches count. ``reduction``:
+    "sum" as printed, "per_item" the same sum divided by B_i (so that it
+    grows like eq 33's 2B hinges, not like B²). Returns a scalar.
     """
+    if reduction not in COHERENCE_REDUCTIONS:
+        raise ValueError(f"coherence_term: reduction must be one of {COHERENCE_REDUCTIONS}, "
+                         f"got {reduction!r}")
     present = [s for s in (s_s, s_o, s_r) if s is not None]
     if not present:
         raise ValueError("coherence_term: all three scores are None")
@@ -66,11 +84,14 @@ def coherence_term(s_s, s_o, s_r) -> torch.Tensor:
     for i in range(len(present)):
         for j in range(i + 1, len(present)):
             total = total + (present[i] - present[j]).abs().sum()
+    if reduction == "per_item":
+        total = total / present[0].shape[0]
     return total
 
 
 def alignment_term(scores: torch.Tensor, margin: float = 0.2,
-                   positive_mask: torch.Tensor | None = None) -> torch.Tensor:
+                   positive_mask: torch.Tensor | None = None,
+                   negatives: str = "hardest") -> torch.Tensor:
     """Bidirectional hinge triplet loss with the hardest negatives (eq 33).
 
     scores (B, B): F(I_i, Z_j), the positive pair of row i and of column i on
@@ -80,7 +101,14 @@ def alignment_term(scores: torch.Tensor, margin: float = 0.2,
     [Δ − F_ii + max_{j neg} F_ij]_+, and for each column j:
     [Δ − F_jj + max_{i neg} F_ij]_+ (0 when there is no negative). Returns
     the sum over the batch (a scalar).
+
+    ``negatives="all"``: the max over negatives becomes a sum,
+    Σ_i Σ_{j neg} [Δ − F_ii + F_ij]_+ + Σ_j Σ_{i neg} [Δ − F_jj + F_ij]_+
+    (VSE++'s "SH" loss; SGRAF's ``max_violation=False``).
     """
+    if negatives not in NEGATIVES:
+        raise ValueError(f"alignment_term: negatives must be one of {NEGATIVES}, "
+                         f"got {negatives!r}")
     if scores.dim() != 2 or scores.shape[0] != scores.shape[1]:
         raise ValueError(f"alignment_term: scores must be (B, B), got {tuple(scores.shape)}")
     eye = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
@@ -89,9 +117,14 @@ def alignment_term(scores: torch.Tensor, margin: float = 0.2,
     elif positive_mask.shape != scores.shape or not bool(positive_mask[eye].all()):
         raise ValueError("alignment_term: positive_mask must be (B, B) bool with a True diagonal")
     diag = scores.diagonal()
-    negatives = scores.masked_fill(positive_mask, float("-inf"))
-    hardest_text = negatives.amax(dim=1)  # per image row
-    hardest_image = negatives.amax(dim=0)  # per text column
+    if negatives == "all":
+        cost_i2t = (margin - diag[:, None] + scores).clamp(min=0)  # row i: image i vs text j
+        cost_t2i = (margin - diag[None, :] + scores).clamp(min=0)  # column j: text j vs image i
+        return (cost_i2t.masked_fill(positive_mask, 0).sum()
+                + cost_t2i.masked_fill(positive_mask, 0).sum())
+    negs = scores.masked_fill(positive_mask, float("-inf"))
+    hardest_text = negs.amax(dim=1)  # per image row
+    hardest_image = negs.amax(dim=0)  # per text column
     # (margin - pos + -inf).clamp(0) is 0: rows without negatives cost nothing.
     cost_i2t = (margin - diag + hardest_text).clamp(min=0)
     cost_t2i = (margin - diag + hardest_image).clamp(min=0)
@@ -115,14 +148,17 @@ class HybridLoss(NamedTuple):
 
 
 def hybrid_loss(s_s, s_o, s_r, margin: float = 0.2, coherence_weight: float = 0.5,
-                positive_mask: torch.Tensor | None = None) -> HybridLoss:
+                positive_mask: torch.Tensor | None = None, negatives: str = "hardest",
+                coherence_reduction: str = "sum") -> HybridLoss:
     """The hybrid loss L = L_t + λ L_c (eq 34) from the three (B, B) scores.
 
     L_t is :func:`alignment_term` of F = :func:`fuse_scores` (eqs 32-33); L_c
     is :func:`coherence_term` (eqs 29-31); λ = ``coherence_weight`` (0.5 for
     Flickr30K, 0.75 for MS-COCO; 0 is the "w/o SC-loss" ablation).
+    ``negatives`` and ``coherence_reduction``: see :func:`alignment_term`
+    and :func:`coherence_term`.
     """
     f = fuse_scores((s_s, s_o, s_r))
-    l_t = alignment_term(f, margin, positive_mask)
-    l_c = coherence_term(s_s, s_o, s_r)
+    l_t = alignment_term(f, margin, positive_mask, negatives)
+    l_c = coherence_term(s_s, s_o, s_r, coherence_reduction)
     return HybridLoss(l_t + coherence_weight * l_c, l_t, l_c)

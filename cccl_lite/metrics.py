@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # torch is only needed to type-hint; tensors are duck-typed
 else:
     ArrayLike = Any
 
-__all__ = ["ranks", "recall_at_k", "coco_1k_recall", "format_recalls", "KEYS"]
+__all__ = ["ranks", "recall_at_k", "truth_recall_at_k", "coco_1k_recall", "format_recalls", "KEYS"]
 
 KS = (1, 5, 10)
 KEYS = (
@@ -228,3 +228,41 @@ def format_recalls(r: dict[str, float]) -> str:
         )
     lines.append(f"{'rsum':<6}{r['rsum']:>8.2f}")
     return "\n".join(lines)
+
+
+def truth_recall_at_k(sims: ArrayLike, truth) -> dict[str, float]:
+    """R@K (eq 35) and R@sum (eq 36) where a match is any TRUE pair, in percent.
+
+    sims (N_img, N_cap) scores; truth (N_img, N_cap) bool, True where caption
+    j is true of image i (on the synthetic scenes, from
+    :class:`cccl_lite.data.truth.SplitTruth`; it holds each caption's own
+    image, and often others). i2t: an image's rank is the number of captions
+    NOT true of it that score >= its best true caption; t2i: a caption's rank
+    is the number of images it is NOT true of that score >= the best image it
+    is true of. Ties are pessimistic, as in :func:`ranks`. With the standard
+    truth (caption j true of image j // 5 only) this equals
+    :func:`recall_at_k`. Keys as :data:`KEYS`. An image with no true caption
+    (or a caption true of no image) raises ValueError.
+    """
+    if hasattr(sims, "detach"):
+        sims = sims.detach().cpu().double().numpy()
+    s = np.asarray(sims, dtype=np.float64)
+    t = np.asarray(truth, dtype=bool)
+    if s.ndim != 2 or t.shape != s.shape:
+        raise ValueError(f"truth_recall_at_k: sims and truth must be (N_img, N_cap) alike, "
+                         f"got {s.shape} and {t.shape}")
+    if not np.isfinite(s).all():
+        raise ValueError("sims must be finite; got NaN or inf entries")
+    if not (t.any(axis=1).all() and t.any(axis=0).all()):
+        raise ValueError("truth_recall_at_k: every image needs a true caption and every "
+                         "caption a true image")
+    best_i = np.where(t, s, -np.inf).max(axis=1)  # per image
+    r_i2t = ((s >= best_i[:, None]) & ~t).sum(axis=1)
+    best_t = np.where(t, s, -np.inf).max(axis=0)  # per caption
+    r_t2i = ((s >= best_t[None, :]) & ~t).sum(axis=0)
+    out = {}
+    for name, r in (("i2t", r_i2t), ("t2i", r_t2i)):
+        for k in KS:
+            out[f"{name}_r{k}"] = float(100.0 * np.mean(r < k))
+    out["rsum"] = float(sum(out[k] for k in KEYS[:-1]))
+    return out

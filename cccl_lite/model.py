@@ -89,6 +89,9 @@ class CCCLConfig:
     lr_decay_epoch: int = 15  # lr × 0.1 from this epoch on (Sec. 4.2)
     grad_clip: float = 2.0
     attention_temperature: float = 9.0
+    # eq 31 summed over all B² pairs ("sum", as printed) or divided by B
+    # ("per_item"); see cccl_lite.loss and the readings appendix.
+    coherence_reduction: str = "sum"
     vocab_size: int = 0  # word ids for "w/o BERT"; set from the data's vocabulary
     # Table 6 switches (all True = the full model).
     use_visual_cpc: bool = True
@@ -382,8 +385,10 @@ class CCCL(nn.Module):
         txt = self.encode_texts(words, word_mask, word_adjacency)
         return self.score(img, txt, fast=fast, pair_chunk=pair_chunk)
 
-    def loss(self, scores, positive_mask=None) -> HybridLoss:
-        """The hybrid loss (eq 34) of ``forward``'s branch scores, with this config's Δ, λ."""
-        return hybrid_loss(*scores, margin=self.config.margin,
-                           coherence_weight=self.config.coherence_weight,
-                           positive_mask=positive_mask)
+    def loss(self, scores, positive_mask=None, negatives: str = "hardest") -> HybridLoss:
+        """The hybrid loss (eq 34) of ``forward``'s branch scores, with this
+        config's Δ, λ and L_c reduction; ``negatives``: "hardest" (eq 33) or "all"."""
+        c = self.config
+        return hybrid_loss(*scores, margin=c.margin, coherence_weight=c.coherence_weight,
+                           positive_mask=positive_mask, negatives=negatives,
+                           coherence_reduction=c.coherence_reduction)

@@ -86,9 +86,11 @@ import numpy as np
 import torch
 
 from .cli import CLIError
-from .data.dataset import CaptionDataset, SplitReader, build_vocab, collate, model_inputs
+from .data.dataset import (CaptionDataset, SiblingSampler, SplitReader, build_vocab, collate,
+                           model_inputs)
+from .data.truth import SplitTruth
 from .data.schema import SchemaError, check_file
-from .loss import HybridLoss, coherence_term, fuse_scores
+from .loss import HybridLoss, alignment_term, hybrid_loss
 from .model import ABLATIONS, CCCL, CCCLConfig
 
 __all__ = [
@@ -110,11 +112,13 @@ __all__ = [
 
 CONFIGS = {"lite": CCCLConfig.lite, "paper": CCCLConfig.paper}
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+POSITIVES = ("image", "truth")
+BATCHINGS = ("random", "siblings")
 CHECKPOINT_FORMAT = 1
 # Config fields a resumed run may change: only how long it runs.
 _RESUMABLE_CHANGES = ("epochs",)
 # Options that change what a resumed run would compute.
-_TRAJECTORY_OPTIONS = ("warmup_epochs", "seed")
+_TRAJECTORY_OPTIONS = ("warmup_epochs", "seed", "positives", "batching", "patience")
 
 
 # --------------------------------------------------------------------------
@@ -124,41 +128,26 @@ _TRAJECTORY_OPTIONS = ("warmup_epochs", "seed")
 
 def alignment_term_all_negatives(scores: torch.Tensor, margin: float = 0.2,
                                  positive_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Bidirectional hinge triplet loss summed over ALL negatives (warm-up).
+    """Bidirectional hinge triplet loss summed over ALL negatives (warm-up):
+    ``cccl_lite.loss.alignment_term(..., negatives="all")``.
 
     L = Σ_i Σ_{j ∉ P(i)} [Δ − F_ii + F_ij]_+ + Σ_j Σ_{i ∉ P(j)} [Δ − F_jj + F_ij]_+,
     eq 33 with the max over negatives replaced by a sum (VSE++'s "SH" loss,
-    VSE∞'s warm-up). scores (B, B): F(I_i, Z_j), positives on the diagonal;
-    positive_mask (B, B) bool, True where (i, j) match (the diagonal and,
-    e.g., a second caption of the same image): those pairs are never
-    negatives. Returns the sum (a scalar).
+    VSE∞'s warm-up). scores (B, B), positive_mask (B, B) bool with a True
+    diagonal (None: the diagonal only). Returns the sum (a scalar).
     """
-    if scores.dim() != 2 or scores.shape[0] != scores.shape[1]:
-        raise ValueError(f"alignment_term_all_negatives: scores must be (B, B), "
-                         f"got {tuple(scores.shape)}")
-    eye = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
-    if positive_mask is None:
-        positive_mask = eye
-    elif positive_mask.shape != scores.shape or not bool(positive_mask[eye].all()):
-        raise ValueError("alignment_term_all_negatives: positive_mask must be (B, B) bool "
-                         "with a True diagonal")
-    diag = scores.diagonal()
-    cost_i2t = (margin - diag[:, None] + scores).clamp(min=0)  # row i: image i vs text j
-    cost_t2i = (margin - diag[None, :] + scores).clamp(min=0)  # column j: text j vs image i
-    return (cost_i2t.masked_fill(positive_mask, 0).sum()
-            + cost_t2i.masked_fill(positive_mask, 0).sum())
+    return alignment_term(scores, margin, positive_mask, negatives="all")
 
 
 def warmup_loss(s_s, s_o, s_r, margin: float = 0.2, coherence_weight: float = 0.5,
-                positive_mask: torch.Tensor | None = None) -> HybridLoss:
+                positive_mask: torch.Tensor | None = None,
+                coherence_reduction: str = "sum") -> HybridLoss:
     """L = L_t^all + λ L_c: eq 34 with :func:`alignment_term_all_negatives` as L_t.
 
     Each score (B, B) or None (an ablated branch); F is their mean (eq 32).
     """
-    f = fuse_scores((s_s, s_o, s_r))
-    l_t = alignment_term_all_negatives(f, margin, positive_mask)
-    l_c = coherence_term(s_s, s_o, s_r)
-    return HybridLoss(l_t + coherence_weight * l_c, l_t, l_c)
+    return hybrid_loss(s_s, s_o, s_r, margin, coherence_weight, positive_mask,
+                       negatives="all", coherence_reduction=coherence_reduction)
 
 
 # --------------------------------------------------------------------------
@@ -189,6 +178,16 @@ class TrainOptions:
     gradients up to float rounding, for the memory of one block instead of
     B x B pairs, at about one more forward pass of the per-pair work); None
     scores the whole batch at once.
+
+    positives: "image" (a caption's positives are the pairs that share its
+    image, eq 33 as in every paper) or "truth" (every image of the batch of
+    which the caption is true, from the synthetic scenes' grammar,
+    :class:`cccl_lite.data.truth.SplitTruth`: such pairs are then never used
+    as negatives). batching: "random" (a shuffle of all captions) or
+    "siblings" (:class:`cccl_lite.data.dataset.SiblingSampler`: the captions of
+    a group's base, rebound and swapped images share a batch; synthetic
+    scenes only). patience: stop when validation R@sum has not improved for
+    this many epochs (None: run every epoch of the config).
     """
 
     warmup_epochs: int | None = 1
@@ -204,8 +203,19 @@ class TrainOptions:
     eval_batch_size: int = 256
     deterministic: bool = True
     pair_chunk: int | None = None
+    positives: str = "image"
+    batching: str = "random"
+    patience: int | None = None
 
     def __post_init__(self):
+        if self.positives not in POSITIVES:
+            raise ValueError(f"unknown positives {self.positives!r}; expected one of: "
+                             f"{', '.join(POSITIVES)}")
+        if self.batching not in BATCHINGS:
+            raise ValueError(f"unknown batching {self.batching!r}; expected one of: "
+                             f"{', '.join(BATCHINGS)}")
+        if self.patience is not None and (isinstance(self.patience, bool) or self.patience < 1):
+            raise ValueError(f"patience must be >= 1 or None, got {self.patience!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"unknown --amp {self.amp!r}; expected one of: {', '.join(AMP_MODES)}")
         for name in ("warmup_epochs", "num_workers", "log_every"):
@@ -575,14 +585,23 @@ class Trainer:
         self.val_reader = make_reader(self.data_path, "val", c, self.vocab) if self.is_main \
             else None
         dataset = CaptionDataset(self.train_reader)
+        truth = None
+        if o.positives == "truth" or o.batching == "siblings":
+            truth = SplitTruth(self.data_path, "train")
         # The shuffle of epoch e depends on (seed, e) only (set_epoch), with
         # one process as with N: what makes resume exact.
-        self.sampler = torch.utils.data.DistributedSampler(
-            dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True,
-            seed=o.seed)
+        if o.batching == "siblings":
+            self.sampler = SiblingSampler(truth.group, self.train_reader.caption_image,
+                                          seed=o.seed, num_replicas=self.dist.world_size,
+                                          rank=self.dist.rank)
+        else:
+            self.sampler = torch.utils.data.DistributedSampler(
+                dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True,
+                seed=o.seed)
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=c.batch_size, sampler=self.sampler,
-            collate_fn=_Collate(self.train_reader), num_workers=o.num_workers,
+            collate_fn=_Collate(self.train_reader, truth if o.positives == "truth" else None),
+            num_workers=o.num_workers,
             worker_init_fn=_seed_worker, generator=self.loader_gen,
             pin_memory=self.device.type == "cuda")
 
@@ -680,12 +699,8 @@ class Trainer:
                     _, scores = net(**model_inputs(batch, self.device), pair_chunk=o.pair_chunk)
                 # The loss in fp32: sums over B² pairs lose precision in bf16.
                 scores = tuple(None if s is None else s.float() for s in scores)
-                if all_negatives:
-                    loss = warmup_loss(*scores, margin=c.margin,
-                                       coherence_weight=c.coherence_weight,
-                                       positive_mask=positive)
-                else:
-                    loss = self.model.loss(scores, positive)
+                loss = self.model.loss(scores, positive,
+                                       negatives="all" if all_negatives else "hardest")
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.scaler is not None:
                     self.scaler.scale(loss.total).backward()
@@ -728,6 +743,10 @@ class Trainer:
                                     batch_size=self.options.eval_batch_size)
         return {k: float(v) for k, v in recalls.items()}
 
+    def _patience_spent(self) -> bool:
+        p = self.options.patience
+        return p is not None and self.best_epoch > 0 and self.epoch - self.best_epoch >= p
+
     def fit(self) -> Path:
         """Train from epoch ``self.epoch`` to ``config.epochs``; return best.pt's path."""
         created_group = self._init_process_group()
@@ -746,6 +765,11 @@ class Trainer:
             if self.epoch >= c.epochs:
                 self._print(f"{self.last_path}: already trained for {self.epoch} epochs")
             while self.epoch < c.epochs:
+                if self._patience_spent():
+                    self._print(f"stopped early: no better validation R@sum for "
+                                f"{self.epoch - self.best_epoch} epochs (best "
+                                f"{self.best_rsum:.1f} at epoch {self.best_epoch})")
+                    break
                 t0 = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
                 losses = self._train_epoch()
@@ -785,13 +809,20 @@ class Trainer:
 
 class _Collate:
     """collate bound to a reader; a class (not a lambda) so that DataLoader
-    workers started with spawn can pickle it."""
+    workers started with spawn can pickle it. With ``truth`` (a
+    :class:`SplitTruth`), the positive mask also holds every (image, caption)
+    of the batch where the caption is true of the image."""
 
-    def __init__(self, reader: SplitReader):
-        self.reader = reader
+    def __init__(self, reader: SplitReader, truth: SplitTruth | None = None):
+        self.reader, self.truth = reader, truth
 
     def __call__(self, items):
-        return collate(self.reader, items)
+        batch = collate(self.reader, items)
+        if self.truth is not None:
+            true = torch.from_numpy(self.truth.truth(batch["image_index"].numpy(),
+                                                     batch["caption_index"].numpy()))
+            batch["positive_mask"] = batch["positive_mask"] | true
+        return batch
 
 
 def train(config: CCCLConfig, data_path, out_dir, options: TrainOptions | None = None) -> Path:

@@ -36,8 +36,7 @@ import numpy as np
 import torch
 
 from .align import cross_attention
-from .data.synthetic import COLOURS, GRID, OBJECT_SIZES, RELATIONS, SHAPES, Caption, \
-    NounPhrase, caption_holds
+from .data.truth import caption_true_of, parse_caption, truth_matrix
 from .model import CCCL, ImageEncoding, TextEncoding
 
 __all__ = [
@@ -56,8 +55,6 @@ __all__ = [
 
 FIG6_MU = 100.0  # μ of Fig 6 (Sec. 4.6)
 
-_NUMBERS = {"two": 2, "three": 3, "four": 4, "five": 5}
-_GENERIC = ("shape", "shapes")
 
 
 def rank_scores(similarity, mask=None, mu: float = FIG6_MU) -> torch.Tensor:
@@ -164,143 +161,6 @@ def caption_region_attention(model: CCCL, images: ImageEncoding,
     weights = word_region_attention(model, images, texts)
     words = texts.mask.sum(1).clamp(min=1).to(weights.dtype)
     return weights.sum(2) / words[None, :, None]
-
-
-# ---- ground truth of the synthetic scenes ---------------------------------
-
-
-def _noun(word: str) -> str | None | bool:
-    """The shape a noun names, None for "shape(s)", False for a non-noun."""
-    if word in _GENERIC:
-        return None
-    for s in SHAPES:
-        if word in (s, s + "s", s + "es"):
-            return s
-    return False
-
-
-def parse_caption(tokens: str | Sequence[str], kind: str) -> Caption:
-    """The meaning of a synthetic caption, read back from its words and template.
-
-    tokens: the lower-case words (a string joined by spaces, or a list), as in
-    ``captions/tokens``; kind: its ``captions/kind``. Inverts
-    ``cccl_lite.data.synthetic.build_caption``. Raises ValueError, naming the
-    caption, for words outside the grammar of ``kind``.
-    """
-    words = tokens.split() if isinstance(tokens, str) else list(tokens)
-    pos = 0
-
-    def fail(what: str):
-        return ValueError(f"parse_caption: {' '.join(words)!r} ({kind}): {what} at word "
-                          f"{pos + 1}")
-
-    def take(*expected: str) -> str:
-        nonlocal pos
-        if pos >= len(words) or words[pos] not in expected:
-            raise fail(f"expected {' or '.join(expected)}")
-        pos += 1
-        return words[pos - 1]
-
-    def noun_phrase() -> NounPhrase:
-        nonlocal pos
-        if pos >= len(words):
-            raise fail("expected a noun phrase")
-        det: str | int = words[pos]
-        if det in _NUMBERS:
-            det = _NUMBERS[det]
-        elif det in ("a", "an", "the"):
-            det = "the" if det == "the" else "a"
-        else:
-            raise fail("expected a determiner")
-        pos += 1
-        size = colour = None
-        if pos < len(words) and words[pos] in OBJECT_SIZES:
-            size, pos = words[pos], pos + 1
-        if pos < len(words) and words[pos] in COLOURS:
-            colour, pos = words[pos], pos + 1
-        shape = _noun(words[pos]) if pos < len(words) else False
-        if shape is False:
-            raise fail("expected a shape noun")
-        pos += 1
-        return NounPhrase(det, shape, colour, size)
-
-    def relation() -> str:
-        rel = take("left", "right", "above", "below")
-        if rel in ("left", "right"):
-            take("of")
-            rel += " of"
-        assert rel in RELATIONS
-        return rel
-
-    rel = None
-    if kind in ("single", "count"):
-        nps = [noun_phrase()]
-    elif kind in ("conjunction", "count_conjunction"):
-        first = noun_phrase()
-        take("and")
-        nps = [first, noun_phrase()]
-    elif kind == "relation":
-        first = noun_phrase()
-        rel = relation()
-        nps = [first, noun_phrase()]
-    elif kind == "copula":
-        first = noun_phrase()
-        take("is")
-        rel = relation()
-        nps = [first, noun_phrase()]
-    elif kind in ("existential", "existential_count"):
-        take("there")
-        take("is", "are")
-        nps = [noun_phrase()]
-        if kind == "existential":
-            rel = relation()
-            nps.append(noun_phrase())
-    else:
-        raise ValueError(f"parse_caption: unknown caption kind {kind!r}")
-    if pos != len(words):
-        raise fail("expected the end of the caption")
-    return Caption(kind, tuple(nps), rel)
-
-
-def _with_cells(scene: Sequence[dict], canvas: float) -> list[dict]:
-    """Objects with the grid cell (row, column) of their box's centre: the stored
-    scenes keep only the box, and each centre stays inside its cell."""
-    side = canvas / GRID
-    out = []
-    for o in scene:
-        x1, y1, x2, y2 = o["box"]
-        row = min(GRID - 1, int((y1 + y2) / 2 // side))
-        col = min(GRID - 1, int((x1 + x2) / 2 // side))
-        out.append({**o, "cell": (row, col)})
-    return out
-
-
-def caption_true_of(tokens: str | Sequence[str], kind: str, scene: Sequence[dict],
-                    canvas: float) -> bool:
-    """Whether a synthetic caption is true of a scene (not only of its own image).
-
-    scene: the objects of ``images/scene`` (shape, colour, size, box in pixels)
-    on a square canvas of side ``canvas``. Uses the generator's own rule
-    (``synthetic.caption_holds``: exact counts, "the" = exactly one, relations
-    between grid cells).
-    """
-    return caption_holds(parse_caption(tokens, kind), _with_cells(scene, canvas))
-
-
-def truth_matrix(tokens: Sequence, kinds: Sequence[str], scenes: Sequence[Sequence[dict]],
-                 canvas: float) -> np.ndarray:
-    """:func:`caption_true_of` for every (scene, caption): (N_img, N_txt) bool.
-
-    tokens, kinds: one entry per caption (``captions/tokens``, ``captions/kind``);
-    scenes: one object list per image (``images/scene``). Each caption is
-    parsed once, each scene's cells computed once.
-    """
-    if len(tokens) != len(kinds):
-        raise ValueError(f"truth_matrix: {len(tokens)} tokens but {len(kinds)} kinds")
-    captions = [parse_caption(t, k) for t, k in zip(tokens, kinds)]
-    placed = [_with_cells(s, canvas) for s in scenes]
-    return np.array([[caption_holds(c, objects) for c in captions] for objects in placed],
-                    dtype=bool).reshape(len(scenes), len(captions))
 
 
 def named_objects(tokens: str | Sequence[str], kind: str, scene: Sequence[dict]) -> list[int]:

@@ -23,7 +23,7 @@ from ..perceive import position_features
 from ..text import heads_to_adjacency
 from .schema import SchemaError, check_file
 
-__all__ = ["build_vocab", "SplitReader", "CaptionDataset", "collate", "model_inputs"]
+__all__ = ["build_vocab", "SplitReader", "CaptionDataset", "collate", "model_inputs", "SiblingSampler"]
 
 PAD, UNK = 0, 1
 
@@ -177,3 +177,62 @@ _INPUTS = ("regions", "positions", "region_mask", "words", "word_mask", "word_ad
 def model_inputs(batch: dict, device=None) -> dict:
     """The six keyword arguments of ``CCCL.forward``, moved to ``device``."""
     return {k: None if batch[k] is None else batch[k].to(device) for k in _INPUTS}
+
+
+class SiblingSampler(torch.utils.data.Sampler):
+    """Caption order that puts siblings in the same batch (hard negatives by design).
+
+    The synthetic scenes come in groups (a base, its rebound and its swapped
+    variant, ``images/group``): under a random order, two siblings share a
+    batch of 32 out of 15,000 captions almost never, so the batch's
+    negatives differ from the positive in their bag of objects and a model
+    that ignores binding and position already wins the triplet loss. Here
+    every epoch still visits each caption once, but in *tuples*: for each
+    group, the captions of each image are shuffled and the t-th caption of
+    every image of the group forms a tuple; tuples are shuffled and laid end
+    to end, so consecutive captions (one batch) hold whole groups.
+
+    Like ``DistributedSampler``: the order of epoch e depends on (seed, e)
+    only (``set_epoch``), so a resumed run sees the same batches; with
+    ``num_replicas`` > 1 each rank takes every num_replicas-th tuple.
+    ``group`` (N_img,) and ``caption_image`` (N_cap,) int arrays.
+    """
+
+    def __init__(self, group, caption_image, seed: int = 0, num_replicas: int = 1,
+                 rank: int = 0):
+        self.group = np.asarray(group)
+        self.caption_image = np.asarray(caption_image)
+        self.seed, self.num_replicas, self.rank, self.epoch = seed, num_replicas, rank, 0
+        by_image: dict[int, list[int]] = {}
+        for k, i in enumerate(self.caption_image):
+            by_image.setdefault(int(i), []).append(k)
+        self._groups: list[list[list[int]]] = []
+        members: dict[int, list[int]] = {}
+        for i in sorted(by_image):
+            members.setdefault(int(self.group[i]), []).append(i)
+        for g in sorted(members):
+            self._groups.append([by_image[i] for i in members[g]])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _tuples(self) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        tuples = []
+        for images in self._groups:
+            caps = [list(rng.permutation(c)) for c in images]
+            for t in range(max(len(c) for c in caps)):
+                tuples.append([int(c[t]) for c in caps if t < len(c)])
+        order = rng.permutation(len(tuples))
+        ranks = [[k for j in order[r::self.num_replicas] for k in tuples[j]]
+                 for r in range(self.num_replicas)]
+        # Every rank the same number of captions, or DDP's ranks would wait
+        # for a batch that one of them never has.
+        size = min(len(r) for r in ranks)
+        return ranks[self.rank][:size]
+
+    def __iter__(self):
+        return iter(self._tuples())
+
+    def __len__(self) -> int:
+        return len(self._tuples())

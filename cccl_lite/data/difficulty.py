@@ -41,6 +41,7 @@ from .synthetic import COLOURS, OBJECT_SIZES, SHAPES
 
 __all__ = ["Phrase", "Structure", "caption_structure", "structure_holds", "hard_negative_pairs",
            "BagOfWords", "train_bag_of_words", "StructureProbe", "pairwise_accuracy",
+           "sibling_accuracy",
            "difficulty_report"]
 
 _RELATION_WORDS = ("left", "right", "above", "below")
@@ -329,3 +330,22 @@ def difficulty_report(path, split: str = "test", seed: int = 0, bow_epochs: int 
             np.array([probe_score(a, b) for a, b in zip(k, own)]),
             np.array([probe_score(a, b) for a, b in zip(k, j)]))
     return report
+
+
+def sibling_accuracy(sims, pairs: dict, caption_image) -> dict[str, float]:
+    """{kind: :func:`pairwise_accuracy`} of a score matrix on :func:`hard_negative_pairs`.
+
+    sims (N_img, N_cap) (row image, column caption); pairs: {kind: [(caption,
+    negative image)]}; caption_image (N_cap,) each caption's own image. For
+    each pair: does the caption score higher with its own image than with the
+    sibling it is false of? Ties count half; 50 % is chance.
+    """
+    sims = np.asarray(sims)
+    caption_image = np.asarray(caption_image)
+    out = {}
+    for kind, p in pairs.items():
+        if not p:
+            continue
+        k, j = np.array(p).T
+        out[kind] = pairwise_accuracy(sims[caption_image[k], k], sims[j, k])
+    return out

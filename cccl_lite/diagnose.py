@@ -1,0 +1,276 @@
+"""Why does the lite CCCL not learn the scenes? Short recorded runs, one suspect each.
+
+Taught in chapters 5 and 6. ``python -m cccl_lite diagnose --data FILE``
+trains the lite CCCL once per row of :data:`ROWS`, every row with the same
+data, seed and budget (``--epochs``, no learning-rate drop inside it), and
+changes ONE thing against a reference row: the loss balance (λ, L_c summed
+or per item), the negatives (all or hardest, a warm-up), the positives (the
+image a caption was written for, or every image it is true of), the batches
+(random, or siblings together), the learning rate, the text encoder. Each
+run's best validation checkpoint is then tested on the test split:
+
+* ``test``: R@K as every paper computes it (a caption matches only the image
+  it was written for);
+* ``truth``: R@K where a caption matches every image it is true of
+  (:func:`cccl_lite.metrics.truth_recall_at_k`; on the scenes a test caption
+  is true of about 13 of the 201 test images);
+* ``siblings``: binding / relation / random pairwise accuracy
+  (:func:`cccl_lite.data.difficulty.sibling_accuracy`, 50 = chance);
+* ``collapse``: the last epoch's mean L_t over 2·B·Δ (1.0 = every score equal)
+  and the spread (standard deviation) of the test scores;
+* ``hardest_true``: on random test batches of B captions, the percent of
+  captions whose hardest in-batch "negative" image (by image id) is one the
+  caption is in fact true of.
+
+The results file is rewritten (atomically) after each row and a rerun with
+the same settings skips the rows it holds, so a study can span sessions and
+run as two processes (``--only``) of one thread each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .ablate import provenance
+from .data.difficulty import hard_negative_pairs, sibling_accuracy
+from .data.truth import SplitTruth
+from .evaluate import evaluate_split
+from .metrics import truth_recall_at_k
+from .train import TrainOptions, _atomic_write_text, load_model, make_reader, resolve_config, train
+
+__all__ = ["Row", "ROWS", "hardest_true_rate", "run_diagnosis", "add_diagnose_arguments",
+           "run_diagnose"]
+
+RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One run: ``config`` overrides of the lite preset and ``options`` of
+    :class:`~cccl_lite.train.TrainOptions` (``warmup_epochs=None`` = the sum
+    over negatives in every epoch); ``question`` is what the row isolates."""
+
+    name: str
+    question: str
+    config: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+
+
+_ALL = {"warmup_epochs": None}
+_TRUTH_SIBLINGS = {"positives": "truth", "batching": "siblings"}
+
+ROWS = (
+    Row("reference", "the lite recipe as chapter 6 trained it: sum over negatives, "
+        "λ 0.5 summed over B² pairs, random batches, image positives", options=_ALL),
+    # loss balance
+    Row("λ 0", "is the coherence term a brake?", {"coherence_weight": 0.0}, _ALL),
+    Row("L_c per item", "L_c divided by B, so both terms grow like B",
+        {"coherence_reduction": "per_item"}, _ALL),
+    # negatives
+    Row("hardest", "eq 33 from the first step", options={"warmup_epochs": 0}),
+    Row("hardest, λ 0", "does the collapse need the coherence term?",
+        {"coherence_weight": 0.0}, {"warmup_epochs": 0}),
+    # false negatives
+    Row("hardest, truth positives", "does the collapse come from negatives that are "
+        "true matches?", options={"warmup_epochs": 0, "positives": "truth"}),
+    Row("truth positives", "the reference with true matches never used as negatives",
+        options={**_ALL, "positives": "truth"}),
+    # the data's signal
+    Row("siblings in batch", "the reference with a group's three images in one batch "
+        "(and the truth as positives)", options={**_ALL, **_TRUTH_SIBLINGS}),
+    Row("siblings, hardest", "eq 33 on batches that hold the hard negatives",
+        options={"warmup_epochs": 0, **_TRUTH_SIBLINGS}),
+    Row("siblings, hardest, L_c per item", "the two fixes together, eq 33 from the start",
+        {"coherence_reduction": "per_item"}, {"warmup_epochs": 0, **_TRUTH_SIBLINGS}),
+    Row("siblings, warm-up 1, hardest, L_c per item", "the paper's schedule (one warm-up "
+        "epoch, then eq 33) with both fixes",
+        {"coherence_reduction": "per_item"}, {"warmup_epochs": 1, **_TRUTH_SIBLINGS}),
+    # optimisation
+    Row("lr 2e-4", "the paper's learning rate instead of the lite 5e-4", {"lr": 2e-4}, _ALL),
+    Row("lr 1e-3", "a larger learning rate", {"lr": 1e-3}, _ALL),
+    # text encoder
+    Row("w/o BERT", "learned word embeddings and a Bi-GRU instead of MiniLM",
+        {"ablation": "w/o BERT"}, _ALL),
+)
+
+
+def hardest_true_rate(sims: np.ndarray, truth: np.ndarray, caption_image: np.ndarray,
+                      batch_size: int, batches: int = 200, seed: int = 0) -> float:
+    """Percent of captions whose hardest in-batch negative image is true of them.
+
+    Random batches of ``batch_size`` captions (with their images) of the
+    split; the negatives of caption k are the batch's images other than its
+    own (eq 33 with image-id positives); its hardest is the highest-scoring.
+    """
+    rng = np.random.default_rng(seed)
+    hits = total = 0
+    for _ in range(batches):
+        caps = rng.choice(len(caption_image), size=batch_size, replace=False)
+        imgs = caption_image[caps]
+        s = sims[np.ix_(imgs, caps)].astype(np.float64)
+        s[imgs[:, None] == imgs[None, :]] = -np.inf  # the caption's own image
+        hardest = s.argmax(axis=0)  # per caption column: the row index in the batch
+        valid = np.isfinite(s.max(axis=0))
+        hits += int(truth[imgs[hardest], caps][valid].sum())
+        total += int(valid.sum())
+    return 100.0 * hits / max(total, 1)
+
+
+def _settings(data, epochs: int, max_steps: int | None, seed: int) -> dict:
+    data = Path(data)
+    return {"data": data.name, "data_bytes": data.stat().st_size, "config": "lite",
+            "epochs": epochs, "lr_decay": "none within the budget", "max_steps": max_steps,
+            "seed": seed, "split": "test"}
+
+
+def _row_options(row: Row) -> dict:
+    return {"warmup_epochs": 1, **row.options}
+
+
+def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
+            max_steps: int | None = None, cache: dict | None = None) -> dict:
+    """Train and test one row; return its record (see the module docstring)."""
+    cache = {} if cache is None else cache
+    t0 = time.perf_counter()
+    overrides = dict(row.config)
+    ablation = overrides.pop("ablation", None)
+    config = resolve_config("lite", data, ablation, epochs=epochs, lr_decay_epoch=epochs,
+                            **overrides)
+    run_dir = Path(out_dir) / _slug(row.name)
+    best = train(config, data, run_dir, TrainOptions(
+        seed=seed, device="cpu", max_steps=max_steps, quiet=True, overwrite=True,
+        **_row_options(row)))
+    model, config, vocab = load_model(best)
+    history = [json.loads(ln) for ln in (run_dir / "log.jsonl").read_text().splitlines()]
+    best_rec = max(history, key=lambda r: r["val"]["rsum"])
+    reader = make_reader(data, "test", config, vocab)
+    recalls, sims = evaluate_split(model, reader)
+    sims = sims.numpy() if hasattr(sims, "numpy") else np.asarray(sims)
+    if "truth" not in cache:
+        t = SplitTruth(data, "test")
+        cache["truth"] = t.truth(np.arange(t.n_images), np.arange(t.n_captions))
+        cache["pairs"] = hard_negative_pairs(data, "test")
+    truth, pairs = cache["truth"], cache["pairs"]
+    full_scale = 2 * config.batch_size * config.margin
+    return {
+        "name": row.name, "question": row.question, "config": row.config,
+        "options": _row_options(row),
+        "val_rsum": round(best_rec["val"]["rsum"], 2), "best_epoch": best_rec["epoch"],
+        "val_curve": [round(r["val"]["rsum"], 1) for r in history],
+        "test": {k: round(float(recalls[k]), 2) for k in RECALL_KEYS},
+        "truth": {k: round(v, 2) for k, v in truth_recall_at_k(sims, truth).items()},
+        "siblings": {k: round(v, 2) for k, v in
+                     sibling_accuracy(sims, pairs, reader.caption_image).items()},
+        "collapse": {"last_alignment_over_2BΔ": round(history[-1]["losses"]["alignment"]
+                                                       / full_scale, 3),
+                     "test_score_sd": round(float(sims.std()), 4)},
+        "hardest_true": round(hardest_true_rate(sims, truth, reader.caption_image,
+                                                config.batch_size), 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
+                  max_steps: int | None = None, only: list[str] | None = None,
+                  overwrite: bool = False, log=print) -> dict:
+    """Run every row of :data:`ROWS` (or ``only`` those) not yet in
+    ``results_path`` under the same settings; return the results dict
+    {"settings", "provenance", "rows"}, also written there after each row.
+
+    An existing results file with other settings is an error unless
+    ``overwrite``; a row already there is rerun only when named in ``only``.
+    """
+    results_path = Path(results_path)
+    settings = _settings(data, epochs, max_steps, seed)
+    names = [r.name for r in ROWS]
+    unknown = set(only or ()) - set(names)
+    if unknown:
+        raise ValueError(f"unknown row(s) {sorted(unknown)}; expected some of: {names}")
+    done = {}
+    if results_path.exists():
+        old = json.loads(results_path.read_text())
+        if old.get("settings") == settings:
+            done = {r["name"]: r for r in old["rows"]}
+        elif not overwrite:
+            raise ValueError(f"{results_path}: holds a diagnosis with other settings "
+                             f"({old.get('settings')}); pass --overwrite to replace it or "
+                             f"choose another --results")
+    cache: dict = {}
+    for row in ROWS:
+        if only and row.name not in only:
+            continue
+        if not only and row.name in done:
+            continue
+        rec = run_row(row, data, out_dir, epochs, seed, max_steps, cache)
+        log(f"{row.name}: val R@sum {rec['val_rsum']:.1f}, test {rec['test']['rsum']:.1f}, "
+            f"truth {rec['truth']['rsum']:.1f}, siblings {rec['siblings']}, "
+            f"{rec['seconds']:.0f} s")
+        with _locked(results_path):
+            # Re-read under the lock: another process (--only) may have added rows.
+            if results_path.exists():
+                old = json.loads(results_path.read_text())
+                if old.get("settings") == settings:
+                    done.update({r["name"]: r for r in old["rows"] if r["name"] != row.name})
+            done[row.name] = rec
+            _write(results_path, settings, done, names)
+    if not done:
+        return {"settings": settings, "rows": []}
+    return json.loads(results_path.read_text())
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock on ``path`` + ".lock" (POSIX; elsewhere none)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as f:
+        try:
+            import fcntl
+        except ImportError:  # Windows: one process at a time is the user's job
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write(path: Path, settings: dict, done: dict, names: list[str]) -> dict:
+    result = {"settings": settings, "provenance": provenance(),
+              "rows": [done[n] for n in names if n in done]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", path)
+    return result
+
+
+def add_diagnose_arguments(p) -> None:
+    """``python -m cccl_lite diagnose``'s arguments."""
+    p.add_argument("--data", required=True, help="HDF5 synthetic scenes with word vectors")
+    p.add_argument("--out", default="runs/diagnosis", help="training runs go here")
+    p.add_argument("--results", required=True,
+                   help="JSON results file (chapter 5 reads book/results/diagnosis.json)")
+    p.add_argument("--epochs", type=int, default=3, help="the budget of every row")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=None, help="batches per epoch (smoke)")
+    p.add_argument("--only", nargs="+", default=None, help="row names to (re)run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a results file that holds other settings")
+
+
+def run_diagnose(args) -> int:
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+    run_diagnosis(args.data, args.out, args.results, epochs=args.epochs, seed=args.seed,
+                  max_steps=args.max_steps, only=args.only, overwrite=args.overwrite)
+    return 0
