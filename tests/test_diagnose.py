@@ -1,0 +1,121 @@
+"""The diagnosis runner and the training options it switches (truth positives,
+sibling batches, early stopping)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cccl_lite import diagnose
+from cccl_lite.model import CCCLConfig
+from cccl_lite.train import TrainOptions, Trainer, _Collate
+from cccl_lite.data.dataset import SplitReader
+from cccl_lite.data.truth import SplitTruth
+
+from conftest import WORD_DIM
+
+
+def small_config(**kw):
+    return CCCLConfig.lite(region_dim=256, word_dim=WORD_DIM, embed_dim=16, sim_dim=8,
+                           batch_size=8, **kw)
+
+
+def test_rows_are_unique_and_change_something():
+    names = [r.name for r in diagnose.ROWS]
+    assert len(set(names)) == len(names)
+    assert names[0] == "reference"
+    ref = diagnose.ROWS[0]
+    for r in diagnose.ROWS[1:]:
+        assert (r.config, r.options) != (ref.config, ref.options), r.name
+        TrainOptions(**{k: v for k, v in r.options.items()})  # every option is valid
+        for k in r.config:
+            assert k == "ablation" or hasattr(CCCLConfig(), k), k
+
+
+def test_hardest_true_rate_by_hand():
+    # Two images, four captions; captions 0, 1 belong to image 0, captions 2, 3 to image 1.
+    caption_image = np.array([0, 0, 1, 1])
+    truth = np.array([[1, 1, 0, 1], [0, 0, 1, 1]], bool)  # caption 3 is true of both
+    sims = np.array([[0.9, 0.8, 0.1, 0.7], [0.2, 0.1, 0.9, 0.8]])
+    # With all four captions in the batch, each caption's only negative image is
+    # the other image: true of it only for caption 3 (image 0 is true of it).
+    rate = diagnose.hardest_true_rate(sims, truth, caption_image, batch_size=4, batches=3)
+    assert rate == pytest.approx(25.0)
+
+
+def test_truth_collate_marks_every_true_pair_positive(tiny_words_h5):
+    reader = SplitReader(tiny_words_h5, "train")
+    truth = SplitTruth(tiny_words_h5, "train")
+    items = [(int(reader.caption_image[k]), k) for k in range(0, 40, 3)]
+    plain = _Collate(reader)(items)["positive_mask"]
+    batch = _Collate(reader, truth)(items)
+    want = truth.truth([i for i, _ in items], [k for _, k in items])
+    for a, (i, _) in enumerate(items):
+        for b, (j, k) in enumerate(items):
+            assert bool(batch["positive_mask"][a, b]) == (i == j or bool(want[a, b]))
+    assert batch["positive_mask"].sum() > plain.sum()  # some captions are true of others
+
+
+def test_patience_stops_a_run_and_resume_keeps_it_stopped(tiny_words_h5, tmp_path, monkeypatch):
+    val = iter([10.0, 12.0, 11.0, 9.0, 50.0, 60.0])
+
+    def fake_validate(self):
+        return {k: 0.0 for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5",
+                                 "t2i_r10")} | {"rsum": next(val)}
+
+    monkeypatch.setattr(Trainer, "_validate", fake_validate)
+    opts = dict(warmup_epochs=None, device="cpu", max_steps=1, quiet=True, patience=2)
+    t = Trainer(small_config(epochs=6), tiny_words_h5, tmp_path / "run", TrainOptions(**opts))
+    t.fit()
+    # Best at epoch 2 (12.0); epochs 3 and 4 do not improve: stop before epoch 5.
+    assert [r["epoch"] for r in t.history] == [1, 2, 3, 4]
+    assert t.best_epoch == 2
+    again = Trainer(small_config(epochs=6), tiny_words_h5, tmp_path / "run",
+                    TrainOptions(**opts, resume=True))
+    again.fit()
+    assert again.epoch == 4  # nothing more was trained
+
+
+def test_sibling_batches_with_truth_train(tiny_words_h5, tmp_path):
+    opts = TrainOptions(warmup_epochs=0, device="cpu", max_steps=2, quiet=True,
+                        positives="truth", batching="siblings")
+    t = Trainer(small_config(epochs=1, coherence_reduction="per_item"), tiny_words_h5,
+                tmp_path / "run", opts)
+    t.fit()
+    assert t.history[0]["negatives"] == "hardest"
+    assert np.isfinite(t.history[0]["losses"]["total"])
+    with pytest.raises(ValueError, match="batching"):
+        TrainOptions(batching="groups")
+    with pytest.raises(ValueError, match="positives"):
+        TrainOptions(positives="all")
+    with pytest.raises(ValueError, match="patience"):
+        TrainOptions(patience=0)
+
+
+def test_diagnosis_rows_are_recorded_and_kept(tiny_words_h5, tmp_path, monkeypatch):
+    monkeypatch.setattr(diagnose, "ROWS", (
+        diagnose.Row("reference", "r", options={"warmup_epochs": None}),
+        diagnose.Row("λ 0", "l", {"coherence_weight": 0.0}, {"warmup_epochs": None})))
+    monkeypatch.setattr(diagnose, "resolve_config",
+                        lambda name, data, ablation=None, **kw: small_config(**kw))
+    results = tmp_path / "d.json"
+    out = diagnose.run_diagnosis(tiny_words_h5, tmp_path / "runs", results, epochs=1,
+                                 max_steps=1, log=lambda s: None)
+    assert [r["name"] for r in out["rows"]] == ["reference", "λ 0"]
+    row = out["rows"][0]
+    assert set(row["siblings"]) == {"binding", "relation", "random"}
+    assert all(0 <= v <= 100 for v in row["siblings"].values())
+    assert 0 <= row["truth"]["rsum"] <= 600 and row["val_curve"]
+    assert row["truth"]["rsum"] >= row["test"]["rsum"]  # more matches, never fewer hits
+    # A rerun keeps the rows; other settings are refused unless --overwrite.
+    before = results.read_text()
+    diagnose.run_diagnosis(tiny_words_h5, tmp_path / "runs", results, epochs=1, max_steps=1,
+                           log=lambda s: None)
+    assert json.loads(results.read_text())["rows"] == json.loads(before)["rows"]
+    with pytest.raises(ValueError, match="other settings"):
+        diagnose.run_diagnosis(tiny_words_h5, tmp_path / "runs", results, epochs=2,
+                               max_steps=1, log=lambda s: None)
+    with pytest.raises(ValueError, match="unknown row"):
+        diagnose.run_diagnosis(tiny_words_h5, tmp_path / "runs", results, epochs=1,
+                               only=["nope"], log=lambda s: None)
