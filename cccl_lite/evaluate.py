@@ -744,7 +744,8 @@ def _load(args):
     if not config.use_bert and vocab is None:
         raise CLIError(f"{ckpt}: a 'w/o BERT' checkpoint without its vocabulary")
     reader = SplitReader(data, args.split, words="vectors" if config.use_bert else "ids",
-                         vocab=vocab, syntax=config.use_syntax)
+                         vocab=vocab, syntax=config.use_syntax,
+                         position_tuple=config.position_tuple)
     where = f"{data}:/{args.split}"
     if reader.region_dim != config.region_dim:
         raise CLIError(f"checkpoint and data do not fit: the checkpoint's region_dim is "

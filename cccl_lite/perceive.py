@@ -7,7 +7,8 @@ Readings taken where the paper is ambiguous (see NOTES.md):
 
 * eq 5 prints ``K̂ = K ∘ G_V``; ``G_K`` is meant.
 * eq 8 prints W as ``n × d_Q``; it is a ``d_F → d`` linear layer.
-* eq 9's "six-tuple" is garbled; :func:`position_features` documents ours.
+* eq 9's "six-tuple" is garbled; :func:`position_features` documents ours
+  and offers CAMERA's beside it.
 * eqs 11-12 speak of *words*: BERT's WordPiece vectors are mean-pooled per
   word before they reach :class:`TextualEmbedding` (see ``cccl_lite.text``).
 """
@@ -25,6 +26,7 @@ __all__ = [
     "masked_softmax",
     "CPCDetails",
     "ContextPerceivedCell",
+    "POSITION_TUPLES",
     "position_features",
     "VisualEmbedding",
     "BiGRUWordEncoder",
@@ -102,17 +104,38 @@ class ContextPerceivedCell(nn.Module):
         return self.details(y, mask).output
 
 
-def position_features(boxes: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
+POSITION_TUPLES = ("ours", "camera")
+
+
+def position_features(boxes: torch.Tensor, image_size: torch.Tensor,
+                      variant: str = "ours") -> torch.Tensor:
     """Absolute position six-tuple s̃_i of each region, the input of eq 9.
 
     boxes (..., 4): pixel x1, y1, x2, y2; image_size (..., 2): width W,
-    height H (broadcast against boxes' leading dims). Returns (..., 6) in
-    [0, 1]: x1/W, y1/H, x2/W, y2/H, wh/(WH) (the five readable quantities of
-    the garbled eq 9) and, sixth, the shape w/(w+h) (0 = a vertical line,
-    0.5 = square, 1 = a horizontal line; 0.5 for an empty box). The sixth is
-    our choice: CAMERA's aspect ratio w/h is unbounded, and w/(w+h) carries
-    the same information in [0, 1]. Boxes are clipped to the image first.
+    height H (broadcast against boxes' leading dims). Boxes are clipped to
+    the image first; w = (x2 − x1)/W and h = (y2 − y1)/H are the box's width
+    and height *relative to the image*. Returns (..., 6), by ``variant``
+    (``CCCLConfig.position_tuple``):
+
+    * ``"ours"`` (the default, in [0, 1]): x1/W, y1/H, x2/W, y2/H, w·h (the
+      five readable quantities of the garbled eq 9) and, sixth, w/(w + h).
+      Because w and h are relative, the sixth is 0.5 when the box has the
+      *image's* aspect ratio (a square box only in a square image), 0 for a
+      vertical line, 1 for a horizontal one, 0.5 for an empty box: a
+      100 × 100 box in a 200 × 100 image has w = 0.5, h = 1 and gives 1/3.
+      It is our choice: a bounded stand-in for CAMERA's aspect ratio.
+    * ``"camera"``: CAMERA's tuple (Qu et al. 2020, ``absoluteEncode`` in
+      its code), x1/W, y1/H, w, h, the box's own aspect ratio in pixels
+      w_px/h_px (unbounded: 1 for a square box in any image), then the area
+      w·h. A box of zero pixel height gets 0 there instead of CAMERA's
+      inf/NaN, and boxes are clipped like ours (CAMERA does not clip).
+
+    Eq 9's position encoder σ(s̃ W_S + b_S) and its product with the region
+    embedding (eq 10) are CAMERA's too (chapter 2 credits them).
     """
+    if variant not in POSITION_TUPLES:
+        raise ValueError(f"position_features: variant must be one of {POSITION_TUPLES}, "
+                         f"got {variant!r}")
     boxes = torch.as_tensor(boxes)
     if not boxes.is_floating_point():
         boxes = boxes.float()
@@ -133,6 +156,10 @@ def position_features(boxes: torch.Tensor, image_size: torch.Tensor) -> torch.Te
     w = (rel[..., 2] - rel[..., 0]).clamp(min=0.0)
     h = (rel[..., 3] - rel[..., 1]).clamp(min=0.0)
     area = w * h
+    if variant == "camera":
+        w_px, h_px = w * image_size[..., 0], h * image_size[..., 1]
+        ratio = torch.where(h_px > 0, w_px / h_px.clamp(min=1e-12), torch.zeros_like(w_px))
+        return torch.stack([rel[..., 0], rel[..., 1], w, h, ratio, area], dim=-1)
     shape = torch.where(w + h > 0, w / (w + h).clamp(min=1e-12), torch.full_like(w, 0.5))
     return torch.cat([rel, area[..., None], shape[..., None]], dim=-1)
 

@@ -321,7 +321,8 @@ def make_reader(path, split: str, config: CCCLConfig, vocab: dict | None = None)
         if not config.use_position:  # "has no boxes" is expected under "w/o POS"
             warnings.simplefilter("ignore")
         return SplitReader(path, split, words="vectors" if config.use_bert else "ids",
-                           vocab=vocab, syntax=config.use_syntax and config.use_branch3)
+                           vocab=vocab, syntax=config.use_syntax and config.use_branch3,
+                           position_tuple=config.position_tuple)
 
 
 # --------------------------------------------------------------------------
@@ -866,6 +867,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--coherence-weight", type=float, default=None,
                    help="λ of eq 34; default: the config's (0.5; the paper uses 0.75 for "
                         "MS-COCO, Table 5)")
+    p.add_argument("--position-tuple", choices=("ours", "camera"), default=None,
+                   help="eq 9's six-tuple: ours or CAMERA's (cccl_lite.perceive."
+                        "position_features); default: the config's (ours)")
     d = TrainOptions()
     p.add_argument("--warmup-epochs", type=_warmup_arg, default=None,
                    help="epochs with the sum over all negatives before hardest negatives, "
@@ -894,7 +898,8 @@ def run_train(args) -> int:
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
                                    ("lr", args.lr), ("lr_decay_epoch", args.lr_decay_epoch),
                                    ("margin", args.margin),
-                                   ("coherence_weight", args.coherence_weight))
+                                   ("coherence_weight", args.coherence_weight),
+                                   ("position_tuple", args.position_tuple))
                  if v is not None}
     config = resolve_config(args.config, args.data, args.ablation, **overrides)
     warmup = args.warmup_epochs if args.warmup_epochs is not None else _DEFAULT_WARMUP.get(

@@ -73,6 +73,18 @@ def test_positions_follow_the_boxes(reader):
         [0.05, 0.05, 0.3, 0.25, w1 * h1, w1 / (w1 + h1)]))
 
 
+def test_camera_position_tuple_reaches_the_batch(tmp_path):
+    reader = SplitReader(write_file(tmp_path / "d.h5"), "train", position_tuple="camera")
+    batch = collate(reader, [(0, 0), (1, 2)])
+    # CAMERA: x1/W, y1/H, w/W, h/H, w/h in pixels (50 / 20 in both images), area.
+    assert torch.allclose(batch["positions"][0, 0], torch.tensor(
+        [0.1, 0.1, 0.5, 0.4, 2.5, 0.5 * 0.4]))
+    assert torch.allclose(batch["positions"][1, 3], torch.tensor(
+        [0.05, 0.05, 0.25, 0.2, 2.5, 0.25 * 0.2]))
+    with pytest.raises(ValueError, match="position_tuple"):
+        SplitReader(tmp_path / "d.h5", "train", position_tuple="pfan")
+
+
 def test_adjacency_from_the_gold_heads(reader):
     batch = collate(reader, [(2, 4), (0, 0)])
     adj = batch["word_adjacency"]

@@ -245,6 +245,51 @@ def test_position_features_hand_made_boxes():
     assert torch.allclose(got, want, atol=1e-6)
 
 
+def test_position_features_sixth_is_relative_to_the_image():
+    # The docstring's case: a square box in a non-square image is not 0.5.
+    got = position_features(torch.tensor([0.0, 0.0, 100.0, 100.0]), torch.tensor([200.0, 100.0]))
+    assert abs(float(got[5]) - 1 / 3) < 1e-6  # w = 0.5, h = 1: 0.5 / 1.5
+    # 0.5 exactly when the box has the image's aspect ratio.
+    got = position_features(torch.tensor([20.0, 10.0, 120.0, 60.0]), torch.tensor([200.0, 100.0]))
+    assert abs(float(got[5]) - 0.5) < 1e-6
+
+
+def camera_by_hand(box, W, H):
+    """CAMERA's absoluteEncode for one box inside the image, in plain floats:
+    x/W, y/H, w/W, h/H, then the pixel aspect ratio w/h and the area ratio."""
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    return [x1 / W, y1 / H, w / W, h / H, w / h, w * h / (W * H)]
+
+
+def test_position_features_camera_tuple_by_hand():
+    W, H = 200.0, 400.0
+    boxes = [[10.0, 20.0, 60.0, 120.0],   # 50 x 100 pixels: w/h = 0.5
+             [0.0, 0.0, 100.0, 40.0],     # 100 x 40: w/h = 2.5
+             [0.0, 0.0, 200.0, 400.0]]    # the whole image: w/h = 0.5, area 1
+    got = position_features(torch.tensor(boxes), torch.tensor([W, H]), variant="camera")
+    want = torch.tensor([camera_by_hand(b, W, H) for b in boxes])
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.allclose(got[0], torch.tensor([0.05, 0.05, 0.25, 0.25, 0.5, 0.0625]))
+    # A square box has ratio 1 whatever the image (ours gives 1/3 here).
+    sq = position_features(torch.tensor([0.0, 0.0, 100.0, 100.0]), torch.tensor([200.0, 100.0]),
+                           variant="camera")
+    assert torch.allclose(sq, torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0, 0.5]))
+
+
+def test_position_features_camera_degenerate_and_clipped_boxes():
+    got = position_features(torch.tensor([[20.0, 80.0, 180.0, 80.0],    # h = 0
+                                          [-20.0, 0.0, 100.0, 800.0]]),  # clipped
+                            torch.tensor([200.0, 400.0]), variant="camera")
+    assert torch.isfinite(got).all()
+    assert got[0, 4] == 0.0 and got[0, 5] == 0.0  # no inf for a zero height
+    # Clipped to (0, 0, 100, 400): 100 x 400 pixels.
+    assert torch.allclose(got[1], torch.tensor(camera_by_hand([0.0, 0.0, 100.0, 400.0],
+                                                              200.0, 400.0)))
+    with pytest.raises(ValueError, match="variant"):
+        position_features(torch.zeros(4), torch.tensor([10.0, 10.0]), variant="pfan")
+
+
 def test_position_features_clips_out_of_image_boxes():
     boxes = torch.tensor([
         [-20.0, -10.0, 250.0, 500.0],  # covers the whole image and more

@@ -365,3 +365,22 @@ def test_cli_pair_chunk_reaches_the_trainer(tiny_h5, tmp_path):
     assert (saved["coherence_weight"], saved["margin"]) == (0.75, 0.1)
     assert main(["train", "--data", str(tiny_h5), "--out", str(tmp_path / "bad"),
                  "--pair-chunk", "0"]) == 1
+
+
+def test_position_tuple_reaches_the_reader_and_the_cli(tiny_h5, tmp_path):
+    from cccl_lite.cli import main
+    from cccl_lite.train import make_reader
+
+    reader = make_reader(tiny_h5, "val", small_config(position_tuple="camera"))
+    images = reader.images([0])
+    box, (W, H) = reader.boxes[0, 0], reader.size[0]
+    w_px, h_px = box[2] - box[0], box[3] - box[1]  # the synthetic boxes lie inside the image
+    assert reader.position_tuple == "camera"
+    assert torch.allclose(images["positions"][0, 0, 2:5].double(), torch.tensor(
+        [w_px / W, h_px / H, w_px / h_px], dtype=torch.float64), atol=1e-5)
+    assert make_reader(tiny_h5, "val", small_config()).position_tuple == "ours"
+    out = tmp_path / "cli"
+    assert main(["train", "--data", str(tiny_h5), "--out", str(out), "--epochs", "1",
+                 "--max-steps", "1", "--batch-size", "8", "--quiet",
+                 "--position-tuple", "camera"]) == 0
+    assert json.loads((out / "config.json").read_text())["config"]["position_tuple"] == "camera"

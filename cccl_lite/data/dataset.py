@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import torch
 
-from ..perceive import position_features
+from ..perceive import POSITION_TUPLES, position_features
 from ..text import heads_to_adjacency
 from .schema import SchemaError, check_file
 
@@ -55,16 +55,23 @@ class SplitReader:
     the text graph is fully connected by design). Positions come from the
     boxes; a file without boxes gives ``positions=None`` and a warning: the
     model must then run "w/o POS" (boxes are never invented).
+    ``position_tuple``: which six-tuple of eq 9 (``"ours"`` or CAMERA's
+    ``"camera"``, see :func:`position_features`); a model reads the one its
+    ``CCCLConfig.position_tuple`` names.
     """
 
     def __init__(self, path, split: str, words: str = "vectors", vocab: dict | None = None,
-                 syntax: bool = True):
+                 syntax: bool = True, position_tuple: str = "ours"):
         self.path, self.split = Path(path), split
         if words not in ("vectors", "ids", None):
             raise ValueError(f"words must be 'vectors', 'ids' or None, got {words!r}")
         if words == "ids" and vocab is None:
             raise ValueError("words='ids' needs a vocab (see build_vocab)")
+        if position_tuple not in POSITION_TUPLES:
+            raise ValueError(f"position_tuple must be one of {POSITION_TUPLES}, "
+                             f"got {position_tuple!r}")
         self.words, self.vocab, self.syntax = words, vocab, syntax
+        self.position_tuple = position_tuple
         with check_file(self.path, split) as f:
             g = f[split]
             self.has_boxes = bool(f.attrs["has_boxes"])
@@ -108,7 +115,8 @@ class SplitReader:
         positions = None
         if self.has_boxes:
             positions = position_features(torch.from_numpy(self.boxes[idx]),
-                                          torch.from_numpy(self.size[idx]))
+                                          torch.from_numpy(self.size[idx]),
+                                          variant=self.position_tuple)
         return dict(regions=regions, positions=positions,
                     region_mask=torch.from_numpy(self.region_mask[idx]))
 
