@@ -39,13 +39,15 @@ import numpy as np
 import torch
 
 from .ablate import provenance
-from .data.difficulty import hard_negative_pairs, sibling_accuracy
+from .data.dataset import SplitReader, build_vocab
+from .data.difficulty import (StructureProbe, hard_negative_pairs, probe_sims, sibling_accuracy,
+                              train_bag_of_words)
 from .data.truth import SplitTruth
 from .evaluate import evaluate_split
-from .metrics import truth_recall_at_k
+from .metrics import recall_at_k, truth_recall_at_k
 from .train import TrainOptions, _atomic_write_text, load_model, make_reader, resolve_config, train
 
-__all__ = ["Row", "ROWS", "hardest_true_rate", "run_diagnosis", "add_diagnose_arguments",
+__all__ = ["Row", "ROWS", "hardest_true_rate", "baselines", "run_diagnosis", "add_diagnose_arguments",
            "run_diagnose"]
 
 RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
@@ -123,6 +125,38 @@ def hardest_true_rate(sims: np.ndarray, truth: np.ndarray, caption_image: np.nda
     return 100.0 * hits / max(total, 1)
 
 
+def baselines(data, seed: int = 0) -> dict:
+    """The floor and the ceiling on the test split, in the rows' terms.
+
+    "bag of words": :class:`~cccl_lite.data.difficulty.BagOfWords` trained as
+    chapter 1 does (10 epochs, eq 33); "structure probe": the gold
+    syntax + position scorer (:class:`~cccl_lite.data.difficulty.StructureProbe`,
+    gold dependency heads, linear attribute probes on the regions, relations
+    read off the matched boxes), the ceiling of what CCCL's inputs allow.
+    """
+    reader = SplitReader(data, "test", words="ids", vocab=build_vocab(data), syntax=False)
+    t = SplitTruth(data, "test")
+    truth = t.truth(np.arange(t.n_images), np.arange(t.n_captions))
+    pairs = hard_negative_pairs(data, "test", seed)
+    bow, vocab = train_bag_of_words(data, seed=seed)
+    reader = SplitReader(data, "test", words="ids", vocab=vocab, syntax=False)
+    images = reader.images(np.arange(reader.n_images))
+    caps = reader.captions(np.arange(reader.n_captions))
+    with torch.no_grad():
+        bow_sims = bow(images["regions"], images["region_mask"], caps["words"],
+                       caps["word_mask"]).numpy()
+    out = {}
+    for name, sims in (("bag of words", bow_sims),
+                       ("structure probe", probe_sims(StructureProbe(data, seed=seed), data))):
+        out[name] = {
+            "test": {k: round(float(v), 2) for k, v in recall_at_k(sims).items()},
+            "truth": {k: round(v, 2) for k, v in truth_recall_at_k(sims, truth).items()},
+            "siblings": {k: round(v, 2) for k, v in
+                         sibling_accuracy(sims, pairs, reader.caption_image).items()},
+        }
+    return out
+
+
 def _settings(data, epochs: int, max_steps: int | None, seed: int) -> dict:
     data = Path(data)
     return {"data": data.name, "data_bytes": data.stat().st_size, "config": "lite",
@@ -186,7 +220,8 @@ def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
                   overwrite: bool = False, log=print) -> dict:
     """Run every row of :data:`ROWS` (or ``only`` those) not yet in
     ``results_path`` under the same settings; return the results dict
-    {"settings", "provenance", "rows"}, also written there after each row.
+    {"settings", "provenance", "baselines" (:func:`baselines`, computed once),
+    "rows"}, also written there after each row.
 
     An existing results file with other settings is an error unless
     ``overwrite``; a row already there is rerun only when named in ``only``.
@@ -206,6 +241,13 @@ def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
             raise ValueError(f"{results_path}: holds a diagnosis with other settings "
                              f"({old.get('settings')}); pass --overwrite to replace it or "
                              f"choose another --results")
+    if not (results_path.exists()
+            and json.loads(results_path.read_text()).get("baselines")):
+        log("bag of words and structure probe (the floor and the ceiling)...")
+        base = baselines(data, seed)
+        with _locked(results_path):
+            _write(results_path, settings, _merge(results_path, settings, done), names,
+                   base)
     cache: dict = {}
     for row in ROWS:
         if only and row.name not in only:
@@ -218,15 +260,20 @@ def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
             f"{rec['seconds']:.0f} s")
         with _locked(results_path):
             # Re-read under the lock: another process (--only) may have added rows.
-            if results_path.exists():
-                old = json.loads(results_path.read_text())
-                if old.get("settings") == settings:
-                    done.update({r["name"]: r for r in old["rows"] if r["name"] != row.name})
+            done = _merge(results_path, settings, done)
             done[row.name] = rec
             _write(results_path, settings, done, names)
-    if not done:
-        return {"settings": settings, "rows": []}
     return json.loads(results_path.read_text())
+
+
+def _merge(path: Path, settings: dict, done: dict) -> dict:
+    """``done`` plus the rows another process wrote to ``path`` meanwhile."""
+    done = dict(done)
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("settings") == settings:
+            done.update({r["name"]: r for r in old["rows"] if r["name"] not in done})
+    return done
 
 
 @contextlib.contextmanager
@@ -246,8 +293,12 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _write(path: Path, settings: dict, done: dict, names: list[str]) -> dict:
-    result = {"settings": settings, "provenance": provenance(),
+def _write(path: Path, settings: dict, done: dict, names: list[str],
+           base: dict | None = None) -> dict:
+    if base is None and path.exists():
+        old = json.loads(path.read_text())
+        base = old.get("baselines") if old.get("settings") == settings else None
+    result = {"settings": settings, "provenance": provenance(), "baselines": base,
               "rows": [done[n] for n in names if n in done]}
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", path)

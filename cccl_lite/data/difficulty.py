@@ -41,7 +41,7 @@ from .synthetic import COLOURS, OBJECT_SIZES, SHAPES
 
 __all__ = ["Phrase", "Structure", "caption_structure", "structure_holds", "hard_negative_pairs",
            "BagOfWords", "train_bag_of_words", "StructureProbe", "pairwise_accuracy",
-           "sibling_accuracy",
+           "sibling_accuracy", "probe_sims",
            "difficulty_report"]
 
 _RELATION_WORDS = ("left", "right", "above", "below")
@@ -289,6 +289,30 @@ class StructureProbe:
         for w, i, j in s.relations:
             total += np.log(0.95 if _related(boxes[match[i]], boxes[match[j]], w) else 0.05)
         return float(total)
+
+
+def probe_sims(probe: StructureProbe, path, split: str = "test") -> np.ndarray:
+    """(N_img, N_cap) scores of :class:`StructureProbe` for every pair of a split:
+    the ceiling of what syntax + position + linear region probes can do.
+
+    The probe's score is a sum of log-probabilities, lower for a caption with
+    more phrases, so scores of different captions are not comparable (an
+    image would rank its shortest captions first). Each caption's column is
+    therefore shifted so that its best image scores 0: the order of images
+    for one caption (t2i, sibling accuracy) is unchanged, and an image's
+    captions (i2t) are compared by how far each falls short of its best fit.
+    """
+    with h5py.File(path, "r") as f:
+        g = f[split]
+        heads = list(g["captions/heads"][:])
+        tokens = [t.split(" ") for t in g["captions/tokens"].asstr()[:]]
+        x = g["images/features"][:].astype(np.float32)
+        boxes, mask = g["images/boxes"][:], g["images/region_mask"][:]
+    structures = [caption_structure(t, h) for t, h in zip(tokens, heads)]
+    lps = [probe.log_probs(x[i]) for i in range(len(x))]
+    sims = np.array([[probe.score(s, lps[i], boxes[i], mask[i]) for s in structures]
+                     for i in range(len(x))])
+    return sims - sims.max(axis=0, keepdims=True)
 
 
 def pairwise_accuracy(own: np.ndarray, negative: np.ndarray) -> float:
