@@ -208,6 +208,7 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
         "hardest_true": round(hardest_true_rate(sims, truth, reader.caption_image,
                                                 config.batch_size), 1),
         "seconds": round(time.perf_counter() - t0, 1),
+        "commit": provenance()["commit"],
     }
 
 
@@ -218,7 +219,7 @@ def _slug(name: str) -> str:
 def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
                   max_steps: int | None = None, only: list[str] | None = None,
                   overwrite: bool = False, log=print) -> dict:
-    """Run every row of :data:`ROWS` (or ``only`` those) not yet in
+    """Run every row of :data:`ROWS` (or ``only`` those, in that order) not yet in
     ``results_path`` under the same settings; return the results dict
     {"settings", "provenance", "baselines" (:func:`baselines`, computed once),
     "rows"}, also written there after each row.
@@ -249,11 +250,10 @@ def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
             _write(results_path, settings, _merge(results_path, settings, done), names,
                    base)
     cache: dict = {}
-    for row in ROWS:
-        if only and row.name not in only:
-            continue
-        if not only and row.name in done:
-            continue
+    by_name = {r.name: r for r in ROWS}
+    # ``only`` also sets the order: the most telling rows of a long study first.
+    todo = [by_name[n] for n in only] if only else [r for r in ROWS if r.name not in done]
+    for row in todo:
         rec = run_row(row, data, out_dir, epochs, seed, max_steps, cache)
         log(f"{row.name}: val R@sum {rec['val_rsum']:.1f}, test {rec['test']['rsum']:.1f}, "
             f"truth {rec['truth']['rsum']:.1f}, siblings {rec['siblings']}, "
