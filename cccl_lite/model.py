@@ -92,9 +92,9 @@ class CCCLConfig:
     # eq 31 summed over all B² pairs ("sum", as printed) or divided by B
     # ("per_item"); see cccl_lite.loss and the readings appendix.
     coherence_reduction: str = "sum"
+    vocab_size: int = 0  # word ids for "w/o BERT"; set from the data's vocabulary
     # Eq 9's six-tuple: "ours" or CAMERA's "camera" (cccl_lite.perceive.position_features).
     position_tuple: str = "ours"
-    vocab_size: int = 0  # word ids for "w/o BERT"; set from the data's vocabulary
     # Table 6 switches (all True = the full model).
     use_visual_cpc: bool = True
     use_text_cpc: bool = True
