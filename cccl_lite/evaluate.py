@@ -12,7 +12,7 @@ eq 26's recurrence, the VSFs and the shared MLP) on blocks of
 split's size. Blocks group items of similar length (regions, words) and are
 trimmed to their longest item: padding never changes a score, so this only
 skips work. On CUDA the work runs under bf16 autocast (``amp``); on the CPU in
-the model's own dtype.
+the model's own dtype. Scores are float32 under any autocast (``_autocast``).
 
 Protocols (:data:`PROTOCOLS`, NOTES.md "Training and evaluation"): ``f30k``
 is the Flickr30K 1K test (1,000 images x 5,000 captions), ``coco1k`` the
@@ -85,12 +85,26 @@ _SEQUENCE_FIELDS = frozenset({"v", "t", "mask", "graph", "gru_input"})
 _BLOCKS = {"cpu": (3 * 2**18, 128), "cpu_fused": (3 * 2**22, 256), "cuda": (2**28, 1024)}
 
 
-def _autocast(device, amp: bool | None):
-    """bf16 autocast on CUDA by default; ``amp=True`` forces it on any device,
-    ``amp=False`` keeps the model's dtype (always the default on the CPU)."""
+def _autocast(device, amp: bool | torch.dtype | None):
+    """bf16 autocast on CUDA by default (fp16 on a GPU without bf16 units);
+    ``amp=True`` forces bf16 autocast on any device, ``amp=False`` keeps the
+    model's dtype (always the default on the CPU), a dtype (torch.bfloat16,
+    torch.float16) autocasts to that dtype.
+
+    Whatever the setting, scores come out in float32: the shared MLP, its
+    sigmoid and the fusion (eqs 28, 32) run with autocast off
+    (:class:`~cccl_lite.loss.SimilarityMLP`), so only the similarity vectors
+    see the reduced precision, and ranking never sees bf16's 0.004-wide
+    grid near 1 (the ties it made cost R@sum up to 140 points).
+    """
     kind = torch.device(device).type
+    if isinstance(amp, torch.dtype):
+        return torch.autocast(kind, dtype=amp)
     enabled = (kind == "cuda") if amp is None else bool(amp)
-    return torch.autocast(kind, dtype=torch.bfloat16, enabled=enabled)
+    dtype = torch.bfloat16
+    if enabled and kind == "cuda" and not torch.cuda.is_bf16_supported():
+        dtype = torch.float16  # e.g. a T4: no bf16 units (as the trainer's --amp auto)
+    return torch.autocast(kind, dtype=dtype, enabled=enabled)
 
 
 def _to(batch: dict, model: torch.nn.Module, device) -> tuple:

@@ -113,11 +113,26 @@ def available() -> bool:
     return kernel() is not None
 
 
+def _cpu_autocast_enabled() -> bool:
+    """torch.is_autocast_enabled("cpu") (torch >= 2.4), or its older spelling."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:
+        return torch.is_autocast_cpu_enabled()
+
+
 def usable(*tensors: torch.Tensor) -> bool:
     """Whether a fast path may hand these tensors to a kernel: CPU, one dtype,
-    float32 or float64, no autograd needed (the kernels have no backward), and
-    the kernels on and built."""
+    float32 or float64, no autograd needed (the kernels have no backward), no
+    CPU autocast on, and the kernels on and built.
+
+    Under autocast the kernels step aside: their inner matrix products would
+    come back in bf16 and meet float32 state ("expected scalar type Float but
+    found BFloat16"); the PyTorch paths handle autocast themselves.
+    """
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    if _cpu_autocast_enabled():
         return False
     if not all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
                and t.dtype == tensors[0].dtype for t in tensors):

@@ -59,7 +59,25 @@ class SimilarityMLP(nn.Module):
             raise ValueError(f"SimilarityMLP: depth must be 1 or 2, got {depth}")
 
     def forward(self, sim: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(sim)).squeeze(-1)
+        """Scores (...,) in float32 (float64 for a float64 model) under any autocast.
+
+        Reading taken for mixed precision: eq 28's layers, its sigmoid and
+        everything ranked after it run in at least float32, the similarity
+        vectors entering it may come from bf16/fp16 matrix products. Near 1
+        the bf16 grid is 2^-8 = 0.0039 wide, so a bf16 sigmoid turns distinct
+        scores into ties, which count against the model in R@K.
+        """
+        dtype = torch.promote_types(sim.dtype, torch.float32)
+        with torch.autocast(sim.device.type, enabled=False):
+            x = sim.to(dtype)
+            layers = self.net if isinstance(self.net, nn.Sequential) else (self.net,)
+            for layer in layers:
+                if isinstance(layer, nn.Linear):
+                    # .to is a no-op for float32 weights; a bf16 model's are upcast.
+                    x = nn.functional.linear(x, layer.weight.to(dtype), layer.bias.to(dtype))
+                else:
+                    x = layer(x)
+            return torch.sigmoid(x).squeeze(-1)
 
 
 COHERENCE_REDUCTIONS = ("sum", "per_item")
@@ -132,11 +150,17 @@ def alignment_term(scores: torch.Tensor, margin: float = 0.2,
 
 
 def fuse_scores(scores: Sequence[torch.Tensor | None]) -> torch.Tensor:
-    """F = (S^S + S^O + S^R) / 3 (eq 32), the mean of the branches present."""
+    """F = (S^S + S^O + S^R) / 3 (eq 32), the mean of the branches present.
+
+    Each score (B_i, B_t); F in at least float32 whatever the autocast (see
+    :meth:`SimilarityMLP.forward`): it is what R@K ranks.
+    """
     present = [s for s in scores if s is not None]
     if not present:
         raise ValueError("fuse_scores: all scores are None")
-    return torch.stack(present).mean(dim=0)
+    dtype = torch.promote_types(present[0].dtype, torch.float32)
+    with torch.autocast(present[0].device.type, enabled=False):
+        return torch.stack([s.to(dtype) for s in present]).mean(dim=0)
 
 
 class HybridLoss(NamedTuple):

@@ -740,8 +740,11 @@ class Trainer:
 
     def _validate(self) -> dict:
         from .evaluate import evaluate_split
+        # The run's own amp setting (evaluate's default would turn bf16 on for
+        # any CUDA device, even under --amp off); scores are float32 either way.
+        amp = self.amp_dtype if self.amp_dtype is not None else False
         recalls, _ = evaluate_split(self.model, self.val_reader, device=self.device,
-                                    batch_size=self.options.eval_batch_size)
+                                    batch_size=self.options.eval_batch_size, amp=amp)
         return {k: float(v) for k, v in recalls.items()}
 
     def _patience_spent(self) -> bool:
