@@ -34,7 +34,8 @@ from .loss import HybridLoss, SimilarityMLP, fuse_scores, hybrid_loss
 from .perceive import TextualEmbedding, VisualEmbedding
 from .reason import CrossGRU, GraphReasoning
 
-__all__ = ["ABLATIONS", "CCCLConfig", "CCCL", "ImageEncoding", "TextEncoding"]
+__all__ = ["ABLATIONS", "PAPER_COHERENCE_WEIGHT", "CCCLConfig", "CCCL", "ImageEncoding",
+           "TextEncoding"]
 
 # Table 6 of the paper, spelled as printed.
 ABLATIONS = (
@@ -66,6 +67,9 @@ _ABLATION_CHANGES = {
     "w/o MLP": {"use_mlp": False},
 }
 assert tuple(_ABLATION_CHANGES) == ABLATIONS
+
+# λ of eq 34 per dataset, Table 1 (Table 5's sweep picks the same values).
+PAPER_COHERENCE_WEIGHT = {"f30k": 0.5, "coco": 0.75}
 
 
 @dataclass(frozen=True)
@@ -112,10 +116,14 @@ class CCCLConfig:
     ablation: str | None = None
 
     @classmethod
-    def paper(cls, **overrides) -> "CCCLConfig":
-        """Table 1 (Flickr30K): d_F 2048, n 36, d_E 768, d 1024, P 256, Δ 0.2,
-        λ 0.5, B 128, lr 2e-4, 30 epochs."""
-        return cls(**overrides)
+    def paper(cls, dataset: str = "f30k", **overrides) -> "CCCLConfig":
+        """Table 1: d_F 2048, n 36, d_E 768, d 1024, P 256, Δ 0.2, B 128, lr 2e-4,
+        30 epochs, and λ per dataset: 0.5 for Flickr30K (``dataset="f30k"``),
+        0.75 for MS-COCO (``"coco"``). ``overrides`` win over both."""
+        if dataset not in PAPER_COHERENCE_WEIGHT:
+            raise ValueError(f"CCCLConfig.paper: unknown dataset {dataset!r}; expected one of: "
+                             f"{', '.join(PAPER_COHERENCE_WEIGHT)}")
+        return cls(**{"coherence_weight": PAPER_COHERENCE_WEIGHT[dataset], **overrides})
 
     @classmethod
     def lite(cls, **overrides) -> "CCCLConfig":

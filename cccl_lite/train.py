@@ -253,8 +253,17 @@ def _data_dims(path) -> dict:
                     has_boxes=bool(f.attrs["has_boxes"]))
 
 
+def data_dataset(path) -> str:
+    """Which of Table 1's datasets a schema file holds, for λ (eq 34): "coco" when
+    its ``dataset`` attribute names COCO (Karpathy's JSON and ``--name coco``
+    write "coco"), else "f30k" (Flickr30K, and the synthetic scenes)."""
+    with check_file(path) as f:
+        name = str(f.attrs.get("dataset", "")).lower()
+    return "coco" if "coco" in name else "f30k"
+
+
 def resolve_config(name: str, data_path, ablation: str | None = None,
-                   **overrides) -> CCCLConfig:
+                   dataset: str | None = None, **overrides) -> CCCLConfig:
     """The CLI's config: preset ``name`` ("lite" or "paper") with ``overrides``
     and one Table 6 ``ablation``.
 
@@ -263,6 +272,9 @@ def resolve_config(name: str, data_path, ablation: str | None = None,
     BERT" d_E is the Bi-GRU's width and stays the preset's). "paper" keeps
     Table 1's d_F = 2048, d_E = 768, and :func:`prepare_config` refuses a
     file that differs. Unknown names raise CLIError listing the valid ones.
+    "paper" takes Table 1's λ for ``dataset`` ("f30k" 0.5, "coco" 0.75),
+    by default the one the data file holds (:func:`data_dataset`); an
+    explicit ``coherence_weight`` override wins.
     """
     if name not in CONFIGS:
         raise CLIError(f"unknown config {name!r}; expected one of: {', '.join(CONFIGS)}")
@@ -275,7 +287,14 @@ def resolve_config(name: str, data_path, ablation: str | None = None,
         if dims["word_dim"] is not None and ablation != "w/o BERT":
             derived["word_dim"] = dims["word_dim"]
         overrides = {**derived, **overrides}
-    config = CONFIGS[name](**overrides)
+    if name == "paper":
+        # Table 1's λ per dataset: --dataset, else what the data file holds.
+        config = CCCLConfig.paper(dataset=dataset or data_dataset(data_path), **overrides)
+    elif dataset is not None:
+        raise CLIError(f"--dataset {dataset} sets Table 1's λ of the paper preset; with "
+                       f"--config {name} use --coherence-weight")
+    else:
+        config = CONFIGS[name](**overrides)
     return config.with_ablation(ablation) if ablation else config
 
 
@@ -867,9 +886,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="lr × 0.1 from this 0-based epoch on; default: the config's")
     p.add_argument("--margin", type=float, default=None,
                    help="Δ of eq 33; default: the config's (0.2, Table 1)")
+    p.add_argument("--dataset", choices=("f30k", "coco"), default=None,
+                   help="--config paper: Table 1's λ for this dataset (f30k 0.5, coco 0.75); "
+                        "default: from the data file's dataset attribute")
     p.add_argument("--coherence-weight", type=float, default=None,
-                   help="λ of eq 34; default: the config's (0.5; the paper uses 0.75 for "
-                        "MS-COCO, Table 5)")
+                   help="λ of eq 34; default: the config's (Table 1: 0.5 for Flickr30K, "
+                        "0.75 for MS-COCO, see --dataset)")
     p.add_argument("--position-tuple", choices=("ours", "camera"), default=None,
                    help="eq 9's six-tuple: ours or CAMERA's (cccl_lite.perceive."
                         "position_features); default: the config's (ours)")
@@ -904,7 +926,8 @@ def run_train(args) -> int:
                                    ("coherence_weight", args.coherence_weight),
                                    ("position_tuple", args.position_tuple))
                  if v is not None}
-    config = resolve_config(args.config, args.data, args.ablation, **overrides)
+    config = resolve_config(args.config, args.data, args.ablation,
+                            dataset=getattr(args, "dataset", None), **overrides)
     warmup = args.warmup_epochs if args.warmup_epochs is not None else _DEFAULT_WARMUP.get(
         args.config, 1)
     options = TrainOptions(warmup_epochs=None if warmup == "all" else warmup, seed=args.seed,

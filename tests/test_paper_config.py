@@ -1,0 +1,74 @@
+"""Table 1's λ per dataset (0.5 Flickr30K, 0.75 MS-COCO): CCCLConfig.paper and
+the train command line, which takes it from --dataset or from the data file."""
+
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import pytest
+
+import cccl_lite.train as train_module
+from cccl_lite.cli import CLIError, main
+from cccl_lite.model import CCCLConfig
+from cccl_lite.train import data_dataset, resolve_config
+
+
+def test_paper_lambda_per_dataset_as_table_1_prints():
+    assert CCCLConfig.paper(dataset="coco").coherence_weight == 0.75
+    assert CCCLConfig.paper(dataset="f30k").coherence_weight == 0.5
+    assert CCCLConfig.paper().coherence_weight == 0.5  # Flickr30K, the book's default
+    # Everything else of Table 1 is the same for both datasets.
+    f30k, coco = CCCLConfig.paper(dataset="f30k").to_dict(), CCCLConfig.paper(dataset="coco")
+    assert {k: v for k, v in coco.to_dict().items() if f30k[k] != v} == {"coherence_weight": 0.75}
+    assert CCCLConfig.paper(dataset="coco", coherence_weight=0.2).coherence_weight == 0.2
+    with pytest.raises(ValueError, match="unknown dataset 'mscoco'.*f30k, coco"):
+        CCCLConfig.paper(dataset="mscoco")
+
+
+@pytest.fixture
+def coco_h5(tiny_words_h5, tmp_path):
+    path = tmp_path / "coco.h5"
+    shutil.copy(tiny_words_h5, path)
+    with h5py.File(path, "a") as f:
+        f.attrs["dataset"] = "coco"
+    return path
+
+
+def test_the_data_file_decides_when_no_dataset_is_given(tiny_words_h5, coco_h5):
+    assert data_dataset(coco_h5) == "coco"
+    assert data_dataset(tiny_words_h5) == "f30k"  # synthetic scenes: Flickr30K's λ
+    assert resolve_config("paper", coco_h5).coherence_weight == 0.75
+    assert resolve_config("paper", tiny_words_h5).coherence_weight == 0.5
+    assert resolve_config("paper", coco_h5, dataset="f30k").coherence_weight == 0.5
+    assert resolve_config("paper", tiny_words_h5, dataset="coco").coherence_weight == 0.75
+    assert resolve_config("paper", coco_h5, coherence_weight=0.3).coherence_weight == 0.3
+    with pytest.raises(CLIError, match="--dataset coco.*paper preset"):
+        resolve_config("lite", tiny_words_h5, dataset="coco")
+
+
+@pytest.mark.parametrize("flags, expected", [([], 0.75), (["--dataset", "f30k"], 0.5),
+                                             (["--coherence-weight", "0.25"], 0.25)])
+def test_train_cli_passes_the_dataset_lambda_to_the_trainer(coco_h5, tmp_path, monkeypatch,
+                                                            flags, expected):
+    seen = []
+
+    class FakeTrainer:  # the paper config needs 2048-d data: stop before any training
+        def __init__(self, config, data, out, options):
+            seen.append(config)
+            self.is_main, self.best_epoch, self.best_rsum = True, 0, 0.0
+
+        def fit(self):
+            return tmp_path / "best.pt"
+
+    monkeypatch.setattr(train_module, "Trainer", FakeTrainer)
+    assert main(["train", "--config", "paper", "--data", str(coco_h5), "--out",
+                 str(tmp_path / "run"), *flags]) == 0
+    assert [c.coherence_weight for c in seen] == [expected]
+
+
+def test_train_cli_refuses_dataset_with_lite_in_one_line(tiny_words_h5, tmp_path, capsys):
+    assert main(["train", "--data", str(tiny_words_h5), "--out", str(tmp_path / "run"),
+                 "--dataset", "coco"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--dataset coco" in err[0] and "Traceback" not in err[0]
