@@ -85,7 +85,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import CLIError
+from .cli import CLIError, positive_int
 from .data.dataset import (CaptionDataset, SiblingSampler, SplitReader, build_vocab, collate,
                            model_inputs)
 from .data.truth import SplitTruth
@@ -151,6 +151,66 @@ def warmup_loss(s_s, s_o, s_r, margin: float = 0.2, coherence_weight: float = 0.
 
 
 # --------------------------------------------------------------------------
+# the collapse guard
+# --------------------------------------------------------------------------
+
+
+class TrainingCollapsed(RuntimeError):
+    """Raised inside an epoch when the collapse guard stops the run."""
+
+
+class CollapseGuard:
+    """Watches every training batch for the collapse of issue 13: all scores equal.
+
+    A batch is *flat* when the fused scores F (eq 32) of its B_i x B_t pairs
+    have a standard deviation below ``min_spread``, or when L_t (eq 33) sits
+    within ``rel_tol`` (relative) of the value it takes for constant scores:
+    Δ per row and per column that has a negative, 2·B·Δ with hardest
+    negatives (Δ per negative pair, both ways, with the sum over negatives).
+    That value is computed by the loss itself on a constant matrix with the
+    batch's positive mask, not by a formula. Then every hinge is exactly Δ,
+    the gradient of L_t pushes positives and negatives alike, and the model
+    stays at chance.
+
+    :meth:`update` returns True once, at the ``steps``-th flat batch in a row;
+    ``report`` then holds the numbers (step, spread, L_t, the flat value).
+    """
+
+    def __init__(self, steps: int = 50, min_spread: float = 1e-3, rel_tol: float = 1e-3):
+        self.steps, self.min_spread, self.rel_tol = steps, min_spread, rel_tol
+        self.streak = 0
+        self.report: dict | None = None
+
+    @torch.no_grad()
+    def update(self, fused: torch.Tensor, alignment: torch.Tensor, positive: torch.Tensor,
+               negatives: str, margin: float, step: int) -> bool:
+        """One batch: F (B_i, B_t), its L_t (scalar), positive mask (B_i, B_t)."""
+        f = fused.detach().float()
+        flat_value = alignment_term(torch.zeros_like(f), margin, positive, negatives)
+        # One transfer for the three numbers (one GPU sync per step).
+        spread, l_t, flat = torch.stack([f.std() if f.numel() > 1 else f.new_zeros(()),
+                                         alignment.detach().float(), flat_value]).tolist()
+        is_flat = spread < self.min_spread or (flat > 0 and abs(l_t - flat) <= self.rel_tol * flat)
+        self.streak = self.streak + 1 if is_flat else 0
+        if self.streak < self.steps or self.report is not None:
+            return False
+        self.report = {"step": step, "steps_in_a_row": self.streak, "spread": spread,
+                       "alignment": l_t, "flat_alignment": flat, "negatives": negatives,
+                       "batch": list(f.shape)}
+        return True
+
+    def message(self) -> str:
+        r = self.report
+        return (f"warning: training looks collapsed: {r['steps_in_a_row']} batches in a row up "
+                f"to step {r['step']} had flat scores (std of F {r['spread']:.2e}, L_t "
+                f"{r['alignment']:.6g} against {r['flat_alignment']:.6g} for constant scores, "
+                f"{r['negatives']} negatives, batch {r['batch'][0]}x{r['batch'][1]}). Try: "
+                f"--warmup-epochs all (the sum over negatives), a lower --lr, resuming from "
+                f"an earlier last.pt, or check that captions match their images; "
+                f"--stop-on-collapse stops such a run")
+
+
+# --------------------------------------------------------------------------
 # options, configs, data
 # --------------------------------------------------------------------------
 
@@ -188,6 +248,11 @@ class TrainOptions:
     a group's base, rebound and swapped images share a batch; synthetic
     scenes only). patience: stop when validation R@sum has not improved for
     this many epochs (None: run every epoch of the config).
+
+    collapse_steps: batches in a row with flat scores (:class:`CollapseGuard`)
+    before one warning; stop_on_collapse: then stop the run (its checkpoints
+    stay those of the last finished epoch; ``Trainer.collapse`` holds the
+    numbers).
     """
 
     warmup_epochs: int | None = 1
@@ -206,6 +271,8 @@ class TrainOptions:
     positives: str = "image"
     batching: str = "random"
     patience: int | None = None
+    collapse_steps: int = 50
+    stop_on_collapse: bool = False
 
     def __post_init__(self):
         if self.positives not in POSITIVES:
@@ -216,6 +283,9 @@ class TrainOptions:
                              f"{', '.join(BATCHINGS)}")
         if self.patience is not None and (isinstance(self.patience, bool) or self.patience < 1):
             raise ValueError(f"patience must be >= 1 or None, got {self.patience!r}")
+        if isinstance(self.collapse_steps, bool) or not isinstance(self.collapse_steps, int) \
+                or self.collapse_steps < 1:
+            raise ValueError(f"collapse_steps must be a positive int, got {self.collapse_steps!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"unknown --amp {self.amp!r}; expected one of: {', '.join(AMP_MODES)}")
         for name in ("warmup_epochs", "num_workers", "log_every"):
@@ -582,6 +652,8 @@ class Trainer:
             self.scaler = (torch.amp.GradScaler("cuda") if hasattr(torch.amp, "GradScaler")
                            else torch.cuda.amp.GradScaler())
         self.loader_gen = torch.Generator().manual_seed(o.seed)
+        self.collapse_guard = CollapseGuard(o.collapse_steps)
+        self.collapse: dict | None = None
         self.epoch, self.step, self.best_rsum, self.best_epoch = 0, 0, -math.inf, 0
         if self._resume_ckpt is not None:
             ck = self._resume_ckpt
@@ -716,7 +788,8 @@ class Trainer:
                     break
                 positive = batch["positive_mask"].to(self.device, non_blocking=True)
                 with autocast:
-                    _, scores = net(**model_inputs(batch, self.device), pair_chunk=o.pair_chunk)
+                    fused, scores = net(**model_inputs(batch, self.device),
+                                        pair_chunk=o.pair_chunk)
                 # The loss in fp32: sums over B² pairs lose precision in bf16.
                 scores = tuple(None if s is None else s.float() for s in scores)
                 loss = self.model.loss(scores, positive,
@@ -733,6 +806,8 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
                     self.optimizer.step()
                 self.step += 1
+                self._check_collapse(fused, loss.alignment, positive,
+                                     "all" if all_negatives else "hardest")
                 sums += torch.stack([loss.total.detach(), loss.alignment.detach(),
                                      loss.coherence.detach(), torch.ones((), device=self.device)
                                      ]).double()
@@ -756,6 +831,27 @@ class Trainer:
         total, alignment, coherence = (sums[:3] / sums[3].clamp(min=1)).tolist()
         return {"total": total, "alignment": alignment, "coherence": coherence,
                 "negatives": "all" if all_negatives else "hardest"}
+
+    def _check_collapse(self, fused, alignment, positive, negatives: str) -> None:
+        """Feed one batch to the collapse guard: print its warning once (rank 0);
+        with ``stop_on_collapse``, raise TrainingCollapsed, on every rank at the
+        same step (the flag is all-reduced under DDP)."""
+        if self.collapse_guard.update(fused, alignment, positive, negatives,
+                                      self.config.margin, self.step):
+            self.collapse = self.collapse_guard.report
+            self._print(self.collapse_guard.message())
+        if not self.options.stop_on_collapse:
+            return
+        stop = self.collapse_guard.report is not None
+        if self.dist.enabled:
+            import torch.distributed as tdist
+            flag = torch.tensor(float(stop), device=self.device)
+            tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop:
+            if self.collapse is None:  # another rank's batches went flat
+                self.collapse = {"step": self.step, "rank": "another"}
+            raise TrainingCollapsed(f"collapsed at step {self.step}")
 
     def _validate(self) -> dict:
         from .evaluate import evaluate_split
@@ -795,7 +891,13 @@ class Trainer:
                     break
                 t0 = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
-                losses = self._train_epoch()
+                try:
+                    losses = self._train_epoch()
+                except TrainingCollapsed:
+                    self._print(f"stopped: training collapsed at step {self.step} "
+                                f"(--stop-on-collapse); {self.last_path.name} and "
+                                f"{self.best_path.name} stay those of epoch {self.epoch}")
+                    break
                 self.scheduler.step()
                 self.epoch += 1
                 if self.is_main:
@@ -910,6 +1012,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--pair-chunk", type=int, default=None, metavar="N",
                    help="memory-saving mode: score at most N pairs of a batch at once and "
                         "recompute their activations in the backward pass (default: off)")
+    p.add_argument("--collapse-steps", type=positive_int, default=d.collapse_steps,
+                   help="warn after this many batches in a row with flat scores "
+                        f"(default: {d.collapse_steps})")
+    p.add_argument("--stop-on-collapse", action="store_true",
+                   help="stop the run then; checkpoints stay those of the last epoch")
     p.add_argument("--log-every", type=int, default=d.log_every,
                    help="batches between progress lines when there is no progress bar")
     p.add_argument("--quiet", action="store_true", help="no progress bar nor batch lines")
@@ -934,9 +1041,15 @@ def run_train(args) -> int:
                            device=args.device, amp=args.amp, num_workers=args.num_workers,
                            max_steps=args.max_steps, log_every=args.log_every, quiet=args.quiet,
                            resume=args.resume, overwrite=args.overwrite,
-                           eval_batch_size=args.eval_batch_size, pair_chunk=args.pair_chunk)
+                           eval_batch_size=args.eval_batch_size, pair_chunk=args.pair_chunk,
+                             collapse_steps=args.collapse_steps,
+                             stop_on_collapse=args.stop_on_collapse)
     trainer = Trainer(config, args.data, args.out, options)
     best = trainer.fit()
+    collapse = getattr(trainer, "collapse", None)
+    if collapse is not None and trainer.options.stop_on_collapse:
+        raise CLIError(f"training collapsed at step {collapse['step']} and was stopped; "
+                       f"{trainer.last_path} holds epoch {trainer.epoch}")
     if trainer.is_main:
         print(f"best: {best} (epoch {trainer.best_epoch}, val R@sum {trainer.best_rsum:.1f})")
     return 0
