@@ -1,11 +1,22 @@
-"""The exercise checkers accept a correct answer and say what is wrong with a wrong one."""
+"""The exercise checkers accept a correct answer, say what is wrong with a wrong
+one and "not implemented yet" for a stub; every exercise has a solution, kept
+out of the notebooks, and each checked one's solution passes its checker."""
 
+import json
 import math
+import re
+from pathlib import Path
 
+import jupytext
 import numpy as np
+import pytest
 import torch
 
-from cccl_lite.exercises import check_cpc, check_recall, check_triplet, check_vsf
+from cccl_lite.exercises import (EXERCISES, SOLUTIONS_DIR, _last_value, check_cpc,
+                                  check_feature_size, check_gcn, check_pairwise_accuracy,
+                                  check_rank_scores,
+                                  check_recall, check_triplet, check_vsf, show_solution,
+                                  solution_code, solution_text)
 
 
 # ---- answers written from the paper, independently of the package --------------
@@ -109,3 +120,184 @@ def test_recall_with_optimistic_ties_is_caught_on_the_tied_trial():
 def test_an_exception_becomes_a_message():
     r = check_vsf(lambda a, b, w: 1 / 0)
     assert not r and "ZeroDivisionError" in r.message
+
+
+# ---- stubs: "not implemented yet", never a wrong answer -------------------------
+
+def _stub(*args, **kwargs):
+    raise NotImplementedError
+
+
+def test_every_checker_tells_a_stub_from_a_wrong_answer():
+    def stub_mu(sims, mu=100.0):
+        raise NotImplementedError
+
+    for checker, stub in ((check_cpc, _stub), (check_vsf, _stub), (check_triplet, _stub),
+                          (check_recall, _stub), (check_gcn, _stub),
+                          (check_rank_scores, stub_mu), (check_feature_size, _stub),
+                          (check_pairwise_accuracy, _stub)):
+        r = checker(stub)
+        assert not r and r.status == "todo", (checker.__name__, r.message)
+        assert "not implemented yet" in r.message and "✗" not in r.message
+    wrong = check_vsf(lambda a, b, w: (a - b) ** 2 @ w.T)
+    assert wrong.status == "fail" and "not implemented" not in wrong.message
+    assert check_vsf(vsf_answer).status == "pass"
+
+
+def test_a_stub_that_raises_something_else_is_a_wrong_answer():
+    def half_done(a, b, w):
+        raise ValueError("not finished")
+    r = check_vsf(half_done)
+    assert r.status == "fail" and "ValueError" in r.message
+
+
+# ---- the new checkers: residual GCN, Fig 6 ranks, feature sizes --------------------
+
+def gcn_answer(h, w_e, w_g, w_r):
+    """Eq 24 by loops over graphs and nodes: ĥ_i = h_i + (Σ_j W_e[i, j] h_j W_G) W_R."""
+    out = torch.empty_like(h)
+    for b in range(h.shape[0]):
+        for i in range(h.shape[1]):
+            gathered = sum(w_e[b, i, j] * h[b, j] for j in range(h.shape[1]))
+            out[b, i] = h[b, i] + (gathered @ w_g) @ w_r
+    return out
+
+
+def test_gcn_checker_accepts_loops_and_catches_slips():
+    assert check_gcn(gcn_answer)
+    r = check_gcn(lambda h, w_e, w_g, w_r: (w_e @ h @ w_g) @ w_r)  # no residual
+    assert not r and "values differ" in r.message and "GCN" in r.message
+    r = check_gcn(lambda h, w_e, w_g, w_r: h + (w_e @ h @ w_g.T) @ w_r)  # W_G transposed
+    assert not r and "values differ" in r.message
+    r = check_gcn(lambda h, w_e, w_g, w_r: h + w_r @ (w_e @ h @ w_g))  # W_R from the left
+    assert not r and "raised RuntimeError" in r.message
+
+
+def rank_answer(sims, mu=100.0, first_rank=1, stable=True):
+    n = len(sims)
+    order = np.argsort(-np.asarray(sims), kind="stable" if stable else "quicksort")
+    if not stable:  # ties in reverse region order
+        order = np.lexsort((-np.arange(n), -np.asarray(sims)))
+    scores = np.zeros(n)
+    for rank, i in enumerate(order, start=first_rank):
+        scores[i] = mu * (n - rank) ** 2
+    return scores
+
+
+def test_rank_checker_by_hand_and_its_hints():
+    # Hand case: similarities (0.2, 0.7, 0.5): ranks 3, 1, 2 of n = 3.
+    assert np.allclose(rank_answer(np.array([0.2, 0.7, 0.5])), [0.0, 400.0, 100.0])
+    assert check_rank_scores(rank_answer)
+    assert check_rank_scores(lambda s, mu=100.0: torch.from_numpy(rank_answer(s, mu)))
+    r = check_rank_scores(lambda s, mu=100.0: rank_answer(s, mu, first_rank=0))
+    assert not r and "rank 1, not 0" in r.message
+    r = check_rank_scores(lambda s, mu=100.0: rank_answer(s, mu, stable=False))
+    assert not r and "trial 3" in r.message and "tied" in r.message
+    r = check_rank_scores(lambda s, mu=100.0: rank_answer(s, mu)[:-1])
+    assert not r and "scores for" in r.message
+
+
+def test_feature_size_checker_by_hand_and_its_hints():
+    # COCO's training split as float32: 113,287 × 36 × 2048 × 4 bytes ≈ 31.1 GiB.
+    gib = 113_287 * 36 * 2048 * 4 / 2 ** 30
+    assert abs(gib - 31.12) < 0.01
+    assert check_feature_size(lambda n, r, d, b: n * r * d * b / 2 ** 30)
+    r = check_feature_size(lambda n, r, d, b: n * r * d * b / 1e9)
+    assert not r and "GB" in r.message
+    r = check_feature_size(lambda n, r, d, b: n * r * d * b)
+    assert not r and "bytes" in r.message
+    r = check_feature_size(lambda n, r, d, b: "31 GiB")
+    assert not r and "expected a number" in r.message
+
+
+def test_pairwise_accuracy_checker_by_hand_and_its_hints():
+    # Hand case: own (3, 1, 2, 2) against (1, 1, 3, 0): won, tied, lost, won:
+    # (2 + 0.5) / 4 = 62.5 %.
+    def by_loop(own, negative):
+        return 100 * sum(1.0 if o > n else 0.5 if o == n else 0.0
+                         for o, n in zip(own, negative)) / len(own)
+    assert by_loop([3, 1, 2, 2], [1, 1, 3, 0]) == 62.5
+    assert check_pairwise_accuracy(by_loop)
+    r = check_pairwise_accuracy(lambda o, n: float(np.mean(o > n)) * 100)
+    assert not r and "ties should count one half" in r.message
+    r = check_pairwise_accuracy(lambda o, n: by_loop(o, n) / 100)
+    assert not r and "fraction" in r.message
+
+
+# ---- solutions: one per exercise, out of the notebooks, the checked ones pass -------
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTERS = sorted((ROOT / "book").glob("[01][0-9]_*.md"))
+
+
+def exercise_labels() -> dict[str, str]:
+    labels = {}
+    for md in CHAPTERS:
+        for label in re.findall(r"^:label: (ex-[\w-]+)$", md.read_text(), flags=re.M):
+            labels[label] = md.stem
+    return labels
+
+
+def test_every_exercise_has_a_solution_file_shown_in_the_book():
+    labels = exercise_labels()
+    assert len(labels) >= 40
+    files = {p.stem for p in SOLUTIONS_DIR.glob("ex-*.md")}
+    assert set(labels) == files, (sorted(set(labels) - files), sorted(files - set(labels)))
+    for label, stem in labels.items():
+        text = (ROOT / "book" / f"{stem}.md").read_text()
+        block = (f"````{{solution}} {label}\n:class: dropdown\n\n"
+                 f"```{{include}} ../cccl_lite/solutions/{label}.md\n```\n````")
+        assert block in text, f"{stem}.md: {label}'s solution is not the folded include"
+
+
+def test_no_solution_text_in_the_notebooks():
+    """The paired .ipynb a student opens holds no solution's prose and no
+    checked solution's function body (the stubs only raise)."""
+    sources = {md.stem: "\n".join(c.source for c in jupytext.read(
+        ROOT / "book" / f"{md.stem}.ipynb").cells) for md in CHAPTERS}
+    for label, stem in exercise_labels().items():
+        text = re.sub(r"^```python\n.*?^```", "", solution_text(label), flags=re.S | re.M)
+        prose = [line.strip() for line in text.splitlines()
+                 if len(line.strip()) > 40 and "`" not in line and "$" not in line]
+        for line in prose:
+            assert line not in sources[stem], (label, line)
+        if label in EXERCISES:
+            code = solution_code(label)
+            body = re.search(rf"^def {EXERCISES[label].function}\(.*?\n(.+)$", code, flags=re.M)
+            assert body, label
+            definition = body.group(0)
+            assert definition not in sources[stem], (label, definition)
+
+
+def test_the_registry_names_real_stubs():
+    for label, ex in EXERCISES.items():
+        assert exercise_labels()[label] == ex.chapter, label
+        cells = [c.source for c in jupytext.read(ROOT / "book" / f"{ex.chapter}.md").cells
+                 if c.cell_type == "code"]
+        stub = [c for c in cells if f"def {ex.function}(" in c and "NotImplementedError" in c]
+        assert len(stub) == 1, f"{ex.chapter}: one stub cell for {ex.function}"
+        assert stub[0].startswith(f"# ✍️ {label}:"), stub[0][:60]
+
+
+@pytest.mark.parametrize("label", sorted(EXERCISES))
+def test_stub_says_not_implemented_and_solution_passes(label):
+    import cccl_lite.exercises as ex_module
+
+    ex = EXERCISES[label]
+    cells = [c.source for c in jupytext.read(ROOT / "book" / f"{ex.chapter}.md").cells
+             if c.cell_type == "code" and f"def {ex.function}(" in c.source
+             and "NotImplementedError" in c.source]
+    result = _last_value(cells[0], {**vars(ex_module)})
+    assert result.status == "todo" and "not implemented yet" in result.message, result
+    namespace = {}
+    _last_value(solution_code(label), namespace)
+    passed = ex.check(namespace[ex.function])
+    assert passed and passed.status == "pass", passed.message
+
+
+def test_show_solution_prints_outside_ipython(capsys):
+    show_solution("ex-recall")
+    out = capsys.readouterr().out
+    assert "def my_recall" in out
+    with pytest.raises(KeyError, match="known"):
+        show_solution("ex-nothing")
