@@ -24,19 +24,47 @@ They are compiled on first use with ``torch.utils.cpp_extension.load``
 they cannot be built (no compiler, e.g. on Windows without MSVC), one warning
 says so and scoring runs the PyTorch paths: the same scores, slower.
 ``CCCL_LITE_FUSED=0`` turns them off.
+
+The build cache (issue 14):
+
+* Its folder is named by a key of everything the binary depends on: the
+  source's hash, the compiler flags, torch's version and location, Python's
+  ABI and the CPU (``-march=native``). Two checkouts or environments on one
+  machine then never rebuild each other's kernels; the source is copied into
+  that folder, so the build does not depend on where the checkout lies.
+* torch's own build lock is a file that a killed build leaves behind, and
+  every later ``load`` then waits for it forever. So a build first takes our
+  lock, ``cccl_lite.lock`` in the same folder: an ``flock``, which the kernel
+  drops when its process dies, holding the builder's PID, its file touched
+  every second while the build runs. Holding it, a torch lock file can only
+  be a killed build's: it is removed (one warning) and the build runs. A
+  build that another process runs is waited for while its heartbeat goes on;
+  a lock whose heartbeat stopped for :data:`_ABANDONED_S` seconds (a stopped
+  process), or a wait longer than :data:`_MAX_WAIT_S`, makes this process run
+  the PyTorch code instead, with one warning.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import platform
 import shutil
+import sys
+import sysconfig
+import threading
+import time
 import warnings
 from pathlib import Path
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: torch's lock alone, as before
+    fcntl = None
 
 __all__ = ["kernel", "available", "usable", "ENV"]
 
@@ -46,22 +74,138 @@ _SOURCE = Path(__file__).parent / "csrc" / "fused_cpu.cpp"
 # -fopenmp: without it at::parallel_for compiles to a serial loop.
 _FLAGS = ["-O3", "-march=native", "-fopenmp"]
 _state: dict = {}
+_LOCK_NAME = "cccl_lite.lock"
+_HEARTBEAT_S = 1.0  # how often a builder touches its lock file
+_ABANDONED_S = 10.0  # a lock untouched this long belongs to a stopped process
+_MAX_WAIT_S = 600.0  # the longest wait for another process's build
+
+
+class _Unavailable(Exception):
+    """The kernels cannot be had in this process; the message says why."""
 
 
 def _disabled() -> bool:
     return os.environ.get(ENV, "1").strip().lower() in {"0", "false", "no", "off"}
 
 
-def _build_name() -> str:
-    """The extension's name, with a fingerprint of this CPU: -march=native code
-    must not be loaded on another CPU that shares the cache (a shared home)."""
+def _cpu_fingerprint() -> str:
+    # -march=native code must not be loaded on another CPU that shares the
+    # cache (a shared home folder).
     cpu = platform.machine() + platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
             cpu += "".join(sorted({x for x in f if x.startswith(("model name", "flags"))}))
     except OSError:
         pass
-    return "cccl_lite_fused_cpu_" + hashlib.sha1(cpu.encode()).hexdigest()[:10]
+    return cpu
+
+
+def _build_name() -> str:
+    """The extension's name: ``cccl_lite_fused_cpu_`` and a hash of what the
+    binary depends on (the source's bytes, the flags, torch's version and
+    folder, Python's ABI, the compiler asked for, the CPU), so that a cached
+    build is reused exactly when it fits, whichever checkout asks."""
+    parts = [hashlib.sha256(_SOURCE.read_bytes()).hexdigest(), " ".join(_FLAGS),
+             torch.__version__, str(Path(torch.__file__).resolve().parent),
+             sysconfig.get_config_var("SOABI") or sys.version, os.environ.get("CXX", ""),
+             _cpu_fingerprint()]
+    return "cccl_lite_fused_cpu_" + hashlib.sha1("\0".join(parts).encode()).hexdigest()[:12]
+
+
+def _build_dir(name: str) -> Path:
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / name
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        pid = path.read_text().split()[0]
+        return f"process {int(pid)}"
+    except (OSError, ValueError, IndexError):
+        return "another process"
+
+
+@contextlib.contextmanager
+def _build_lock(folder: Path):
+    """Own ``folder`` for a build (see the module docstring); raises
+    :class:`_Unavailable` when another process's lock is abandoned or the
+    wait is too long. On the way in, a torch lock file left by a killed
+    build is removed (one warning)."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    path = folder / _LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        start = time.monotonic()
+        last_beat = (os.fstat(fd).st_mtime, time.monotonic())
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+            mtime, now = os.fstat(fd).st_mtime, time.monotonic()
+            if mtime != last_beat[0]:
+                last_beat = (mtime, now)
+            if now - last_beat[1] > _ABANDONED_S:
+                raise _Unavailable(f"{path} is held by {_lock_holder(path)}, which has not "
+                                   f"touched it for {now - last_beat[1]:.0f} s (stopped?)")
+            if now - start > _MAX_WAIT_S:
+                raise _Unavailable(f"{_lock_holder(path)} has been building them for more "
+                                   f"than {_MAX_WAIT_S:.0f} s ({path})")
+            time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        stale = folder / "lock"  # torch's FileBaton: nobody else can be building
+        if stale.exists():
+            stale.unlink()
+            warnings.warn(f"cccl_lite: removed {stale}, a build lock left by an interrupted "
+                          f"build of the fused CPU kernels; building them again.",
+                          RuntimeWarning, stacklevel=5)
+        done = threading.Event()
+
+        def beat():
+            while not done.wait(_HEARTBEAT_S):
+                with contextlib.suppress(OSError):
+                    os.utime(path)
+
+        thread = threading.Thread(target=beat, name="cccl_lite-build-lock", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+    finally:
+        os.close(fd)  # drops the flock; the file stays (see RunLock for why not here)
+
+
+def _copy_source(folder: Path) -> Path:
+    """The source inside the build folder (rewritten only when it differs),
+    so that the build does not depend on the checkout's path."""
+    target = folder / _SOURCE.name
+    data = _SOURCE.read_bytes()
+    if not target.exists() or target.read_bytes() != data:
+        tmp = folder / f".{_SOURCE.name}.tmp-{os.getpid()}"
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    return target
+
+
+def _load():
+    from torch.utils.cpp_extension import load
+
+    name = _build_name()
+    folder = _build_dir(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _build_lock(folder):
+        source = _copy_source(folder)
+        with _ninja_on_path():
+            return load(name=name, sources=[str(source)], extra_cflags=_FLAGS,
+                        build_directory=str(folder), verbose=False)
 
 
 @contextlib.contextmanager
@@ -91,10 +235,13 @@ def kernel():
         return None
     if "module" not in _state:
         try:
-            from torch.utils.cpp_extension import load
-            with _ninja_on_path():
-                _state["module"] = load(name=_build_name(), sources=[str(_SOURCE)],
-                                        extra_cflags=_FLAGS, verbose=False)
+            _state["module"] = _load()
+        except _Unavailable as e:
+            _state["module"] = None
+            warnings.warn(f"cccl_lite: the fused CPU kernels are not available to this "
+                          f"process: {e}; scoring runs the PyTorch code instead (same "
+                          f"scores, slower). Set {ENV}=0 to silence this.",
+                          RuntimeWarning, stacklevel=2)
         except Exception as e:  # no compiler, no headers, a failed build: all the same to us
             _state["module"] = None
             lines = str(e).strip().splitlines() or [type(e).__name__]
