@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 from urllib.parse import urlparse
@@ -29,13 +30,24 @@ __all__ = ["simple_tokenize", "heads_to_adjacency", "DEFAULT_ENCODER_NAME",
            "read_word_vectors", "read_word_vectors_batch", "dependency_adjacency",
            "align_heads", "load_parser", "parse_heads", "parse_captions"]
 
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# A word: letters and digits of any script (\w without "_"), optionally an
+# apostrophe and letters ("dog's"). Unicode-aware, so that "café", "São
+# Paulo" and "jalapeño" stay whole words (Flickr30K captions have them).
+_WORD = re.compile(r"[^\W_]+(?:'[^\W\d_]+)?")
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u02bc": "'", "\u2018": "'"})
 
 
 def simple_tokenize(text: str) -> list[str]:
     """Lower-cased words of a raw caption, punctuation dropped (as Karpathy's
-    split JSON tokens are): "A dog's ball, red." → ["a", "dog's", "ball", "red"]."""
-    return _WORD.findall(text.lower())
+    split JSON tokens are): "A dog's ball, red." → ["a", "dog's", "ball", "red"].
+
+    Letters outside ASCII are letters: "Café in São Paulo" → ["café", "in",
+    "são", "paulo"]. The text is NFC-normalised first, so an accent typed as
+    a separate combining mark ("e" + U+0301) joins its letter instead of
+    splitting the word, and typographic apostrophes (’) count as "'".
+    """
+    text = unicodedata.normalize("NFC", text.translate(_APOSTROPHES))
+    return _WORD.findall(unicodedata.normalize("NFC", text.lower()))
 
 
 def heads_to_adjacency(heads: Sequence[int], size: int | None = None) -> np.ndarray:

@@ -75,9 +75,12 @@ def atomic_h5(path: str | os.PathLike, dataset: str, has_boxes: bool = True) -> 
     Nothing half-written is ever left under the final name: on any error
     (or Ctrl-C) the temp file is removed and ``path`` is untouched.
     """
+    from ..files import remove_stale_temps, temp_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_stale_temps(path)  # a killed writer's temp file (issue 14)
+    tmp = temp_path(path)
     try:
         with h5py.File(tmp, "w") as f:
             f.attrs["schema_version"] = SCHEMA_VERSION
@@ -88,6 +91,16 @@ def atomic_h5(path: str | os.PathLike, dataset: str, has_boxes: bool = True) -> 
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _final_name(filename: str) -> str:
+    """The name a file written through :func:`atomic_h5` will have: messages
+    name it, not the temp file ``.NAME.tmp-PID`` that is removed on error."""
+    p = Path(filename)
+    name, sep, pid = p.name.rpartition(".tmp-")
+    if sep and name.startswith(".") and pid.isdigit():
+        return str(p.with_name(name[1:]))
+    return filename
 
 
 def _fail(where: str, msg: str):
@@ -104,7 +117,7 @@ def write_split(f: h5py.File, split: str, *, features, size, region_mask, text: 
     ``features`` may be an array or an (N, n, d_F) h5py dataset-like object;
     it is copied in chunks of images so that it never has to fit in memory.
     """
-    where = f"{f.filename}:/{split}"
+    where = f"{_final_name(f.filename)}:/{split}"
     if split not in SPLITS:
         _fail(where, f"unknown split {split!r}; expected one of {SPLITS}")
     if features.ndim != 3:
@@ -139,7 +152,19 @@ def write_split(f: h5py.File, split: str, *, features, size, region_mask, text: 
                               chunks=(1, n_reg, features.shape[2]))
     step = max(1, 2**27 // max(1, n_reg * features.shape[2] * 4))  # about 128 MiB of float32
     for s in range(0, n_img, step):
-        feats[s:s + step] = np.asarray(features[s:s + step], dtype=np.float16)
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below, in one line
+            block = np.asarray(features[s:s + step], dtype=np.float16)
+        # After the cast: a finite float32 above 65504 becomes inf in float16.
+        bad = ~np.isfinite(block).all(axis=(1, 2))
+        if bad.any():
+            i = s + int(np.nonzero(bad)[0][0])
+            raw = np.asarray(features[i:i + 1], dtype=np.float32)
+            what = ("non-finite values (NaN or inf)" if not np.isfinite(raw).all() else
+                    f"values beyond float16's range (|x| up to {float(np.abs(raw).max()):.3g}"
+                    f" > 65504)")
+            _fail(f"{where}/images/features", f"image {i} has {what}; expected finite "
+                  f"features (re-extract or re-download them)")
+        feats[s:s + step] = block
     im.create_dataset("size", data=size)
     im.create_dataset("region_mask", data=region_mask)
     if boxes is not None:
@@ -218,10 +243,35 @@ def check_file(path: str | os.PathLike, split: str | None = None) -> h5py.File:
             for name in ("captions/image", "captions/tokens", "captions/heads"):
                 if name in f[s] and f[s][name].shape[0] != m:
                     _fail(f"{path}:/{s}/{name}", f"{f[s][name].shape[0]} entries, captions/text has {m}")
+            # Small arrays, read whole: a bad index would otherwise surface
+            # as an IndexError deep inside a batch.
+            image = f[s]["captions/image"][:]
+            if m and (image.min() < 0 or image.max() >= n_img):
+                _fail(f"{path}:/{s}/captions/image", f"indices must lie in [0, {n_img}) (the "
+                      f"split has {n_img} images), got {image.min()}..{image.max()}")
+            cap = f[s]["captions"]
+            if "word_vectors" in cap:
+                _check_offsets(cap, m, f"{path}:/{s}/captions")
     except Exception:
         f.close()
         raise
     return f
+
+
+def _check_offsets(cap: h5py.Group, m: int, where: str) -> None:
+    """word_offsets must come with word_vectors: M + 1 non-decreasing row
+    offsets from 0 to the number of vector rows."""
+    if "word_offsets" not in cap:
+        _fail(f"{where}/word_offsets", "missing (word_vectors needs it); run "
+              "`python data_scripts/encode_words.py FILE` again")
+    offsets = cap["word_offsets"][:]
+    rows = cap["word_vectors"].shape[0]
+    if offsets.shape != (m + 1,):
+        _fail(f"{where}/word_offsets", f"expected {m + 1} entries (captions + 1), got "
+              f"{offsets.shape[0] if offsets.ndim == 1 else offsets.shape}")
+    if offsets[0] != 0 or offsets[-1] != rows or (np.diff(offsets) < 0).any():
+        _fail(f"{where}/word_offsets", f"expected non-decreasing offsets from 0 to {rows} (the "
+              f"rows of word_vectors), got {offsets[0]}..{offsets[-1]}")
 
 
 def split_sizes(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
