@@ -8,9 +8,12 @@ run's best validation checkpoint, evaluates it on the test split (eqs 35-36)
 and writes one JSON file with the rows and their provenance: commit, date,
 machine, torch, threads, seconds per row and in all.
 
-The results file is rewritten (atomically) after every row, and a rerun with
-the same settings skips the rows it already holds, so an interrupted run loses
-at most the row in progress. A second seed of the full model
+The results file (``--results``, by default ``OUT/ablations.json``: results
+go where ``--out`` says; chapter 7 reads ``book/results/ablations.json``, so
+pass that to update the book) is rewritten (atomically) after every row, and
+a rerun with the same settings skips the rows it already holds, so an
+interrupted run loses at most the row in progress. A results file of other
+settings is replaced only with ``--overwrite``. A second seed of the full model
 (``--noise-seeds``) shows how far two runs that differ only in their seed lie
 apart: differences between rows smaller than that are noise.
 """
@@ -29,6 +32,7 @@ import torch
 
 from .evaluate import evaluate_split
 from .model import ABLATIONS
+from .files import OutputError, check_output_dir, check_output_file
 from .train import TrainOptions, _atomic_write_text, load_model, make_reader, resolve_config, train
 
 __all__ = ["PAPER_TABLE6", "GROUPS", "row_names", "provenance", "run_ablations",
@@ -117,28 +121,43 @@ def _settings(data, epochs: int, max_steps: int | None, noise_seeds: int) -> dic
 
 
 def run_ablations(data, out_dir, results_path, epochs: int = 2, max_steps: int | None = None,
-                  noise_seeds: int = 1, only: list[str] | None = None, log=print) -> dict:
+                  noise_seeds: int = 1, only: list[str] | None = None, log=print,
+                  overwrite: bool = False) -> dict:
     """Train and test every row (see :func:`row_names`); return the results dict
     also written to ``results_path``: {"settings", "provenance", "rows": [{name,
     ablation, seed, val_rsum, best_epoch, test: {recalls}, seconds}], "seconds"}.
 
     Rows already in ``results_path`` under the same settings are kept, not
     rerun. ``only``: train just these row names (the others stay as they are).
+    A ``results_path`` of other settings (or unreadable) raises
+    :class:`cccl_lite.files.OutputError` before any training, unless
+    ``overwrite``: then it is replaced.
     """
-    results_path = Path(results_path)
+    results_path = check_output_file(results_path, overwrite=True, what="results file")
+    check_output_dir(out_dir, "folder of the training runs (--out)")
+    if not Path(data).is_file():
+        raise FileNotFoundError(f"{data}: no such data file")
     settings = _settings(data, epochs, max_steps, noise_seeds)
-    done = {}
-    if results_path.exists():
-        old = json.loads(results_path.read_text())
-        if old.get("settings") == settings:
-            done = {r["name"]: r for r in old["rows"]}
-        else:
-            log(f"{results_path}: other settings; starting afresh")
     rows = row_names(noise_seeds)
     names = [r[0] for r in rows]
     unknown = set(only or ()) - set(names)
     if unknown:
         raise ValueError(f"unknown row(s) {sorted(unknown)}; expected some of: {names}")
+    done = {}
+    if results_path.exists():
+        try:
+            old = json.loads(results_path.read_text())
+            same = old.get("settings") == settings
+        except (ValueError, AttributeError):
+            old, same = None, False
+        if same:
+            done = {r["name"]: r for r in old["rows"]}
+        elif not overwrite:
+            what = "other settings" if old is not None else "not a results file of ablate"
+            raise OutputError(f"{results_path}: holds {what}; pass --overwrite to replace it, "
+                              f"or write to another --results / --out")
+        else:
+            log(f"{results_path}: other settings; starting afresh (--overwrite)")
     t_all = time.perf_counter()
     for name, ablation, seed in rows:
         if (only and name not in only) or (not only and name in done):
@@ -180,17 +199,25 @@ def add_ablate_arguments(p) -> None:
     """``python -m cccl_lite ablate``'s arguments."""
     p.add_argument("--data", required=True, help="HDF5 file with word vectors (the default "
                                                  "synthetic scenes: data/scenes-small-seed0.h5)")
+    from .cli import nonnegative_int, positive_int
+
     p.add_argument("--out", default="runs/ablations", help="training runs go here")
-    p.add_argument("--results", default="book/results/ablations.json",
-                   help="the table chapter 7 shows (rewritten after every row)")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--max-steps", type=int, default=None, help="batches per epoch (smoke)")
-    p.add_argument("--noise-seeds", type=int, default=1,
+    p.add_argument("--results", default=None,
+                   help="the results table, rewritten after every row (default: "
+                        "OUT/ablations.json; chapter 7 reads book/results/ablations.json)")
+    p.add_argument("--epochs", type=positive_int, default=2)
+    p.add_argument("--max-steps", type=positive_int, default=None,
+                   help="batches per epoch (smoke)")
+    p.add_argument("--noise-seeds", type=nonnegative_int, default=1,
                    help="extra seeds of the full model, to size the noise (default 1)")
     p.add_argument("--only", nargs="+", default=None, help="row names to (re)train")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a results file written with other settings")
 
 
 def run_ablate(args) -> int:
-    run_ablations(args.data, args.out, args.results, epochs=args.epochs,
-                  max_steps=args.max_steps, noise_seeds=args.noise_seeds, only=args.only)
+    results = args.results if args.results is not None else Path(args.out) / "ablations.json"
+    run_ablations(args.data, args.out, results, epochs=args.epochs,
+                  max_steps=args.max_steps, noise_seeds=args.noise_seeds, only=args.only,
+                  overwrite=args.overwrite)
     return 0

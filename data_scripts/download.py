@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from cccl_lite.data.download import KNOWN_FILES, DownloadError, fetch  # noqa: E402
+from cccl_lite.files import OutputError, check_output_dir  # noqa: E402
 
 
 def list_known() -> None:
@@ -39,6 +40,13 @@ def main(argv=None) -> int:
         return 0
     if args.name is None:
         p.error("give a NAME (see --list)")
+    if not args.timeout > 0 or args.timeout == float("inf"):
+        p.error(f"argument --timeout: expected a finite number > 0, got {args.timeout}")
+    try:  # --dest under a file, or read-only: one line now, not a traceback later
+        check_output_dir(args.dest, "destination folder (--dest)")
+    except OutputError as e:
+        print(f"download.py: error: {e}", file=sys.stderr)
+        return 1
     try:
         for path in fetch(args.name, args.dest, timeout=args.timeout):
             print(f"{path}: ok")

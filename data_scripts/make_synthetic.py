@@ -21,9 +21,10 @@ try:
 except ImportError:  # a checkout without `pip install -e .`: use the repo next to this script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cccl_lite.cli import run_script  # noqa: E402
+from cccl_lite.cli import nonnegative_int, run_script  # noqa: E402
 from cccl_lite.data.schema import split_sizes  # noqa: E402
 from cccl_lite.data.synthetic import SIZES, make_synthetic  # noqa: E402
+from cccl_lite.files import check_output_file  # noqa: E402
 
 PROG = "make_synthetic.py"
 
@@ -31,12 +32,21 @@ PROG = "make_synthetic.py"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="the HDF5 file to write")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
     parser.add_argument("--size", default="small", choices=list(SIZES),
                         help="dataset size (default small)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it exists (default: refuse)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    code, path = run_script(PROG, lambda: make_synthetic(args.out, seed=args.seed, size=args.size))
+
+    def work():
+        # An existing file may be a converted Flickr30K or a run's data: never
+        # replaced without --overwrite (issue 14).
+        check_output_file(args.out, args.overwrite, "dataset file")
+        return make_synthetic(args.out, seed=args.seed, size=args.size)
+
+    code, path = run_script(PROG, work)
     if code:
         return code
     seconds = time.perf_counter() - start

@@ -54,9 +54,14 @@ def test_runs_rows_keeps_them_and_switches_each_off(tiny_words_h5, tmp_path):
     again = ablate.run_ablations(tiny_words_h5, tmp_path / "runs", results,
                                  only=["w/o POS"], **kw)
     assert {r["name"]: r for r in again["rows"]}["CCCL"] == first["CCCL"]
-    # Other settings: the old rows are not mixed in.
+    # Other settings: refused without overwrite (the file is a result), and
+    # with it the old rows are not mixed in.
+    with pytest.raises(ValueError, match="other settings.*--overwrite"):
+        ablate.run_ablations(tiny_words_h5, tmp_path / "runs", results,
+                             only=["w/o B-2"], **{**kw, "epochs": 2})
+    assert json.loads(results.read_text())["rows"] == again["rows"]
     other = ablate.run_ablations(tiny_words_h5, tmp_path / "runs", results,
-                                 only=["w/o B-2"], **{**kw, "epochs": 2})
+                                 only=["w/o B-2"], overwrite=True, **{**kw, "epochs": 2})
     assert [r["name"] for r in other["rows"]] == ["w/o B-2"]
     assert any("other settings" in line for line in logs)
 
