@@ -73,6 +73,10 @@ class ContextPerceivedCell(nn.Module):
     ``forward(y, mask)``: y (B, L, d); mask (B, L) bool, True = valid. Padded
     keys never receive attention and padded rows of the output are zero, so
     padding cannot leak into any later step.
+
+    The gating is CAMERA's adaptive gating self-attention (Qu et al., ACM MM
+    2020), which the paper does not cite, in a one-head form without
+    CAMERA's extra query/key layers and batch norm (chapter 2).
     """
 
     def __init__(self, dim: int):
@@ -168,7 +172,8 @@ class VisualEmbedding(nn.Module):
     """Regions to context-perceived visual embeddings V (eqs 8-10).
 
     Q̂ = Q W_Q + b_Q (eq 8, d_F → d); Ŝ = σ(S̃ W_S + b_S) (eq 9, 6 → d);
-    V = CPC(Q̂ ∘ Ŝ) (eq 10). Ablations: ``use_position=False`` ("w/o POS")
+    V = CPC(Q̂ ∘ Ŝ) (eq 10): CAMERA's position encoder and its product with
+    the region embedding. Ablations: ``use_position=False`` ("w/o POS")
     gives V = CPC(Q̂); ``use_cpc=False`` ("w/o V-CPC") drops the cell.
 
     ``forward(regions, positions, mask)``: regions (B, n, d_F), positions
