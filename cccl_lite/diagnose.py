@@ -47,7 +47,7 @@ from .evaluate import evaluate_split
 from .metrics import recall_at_k, truth_recall_at_k
 from .train import TrainOptions, _atomic_write_text, load_model, make_reader, resolve_config, train
 
-__all__ = ["Row", "ROWS", "hardest_true_rate", "baselines", "run_diagnosis", "add_diagnose_arguments",
+__all__ = ["Row", "ROWS", "hardest_true_rate", "baselines", "sibling_exposure", "run_diagnosis", "add_diagnose_arguments",
            "run_diagnose"]
 
 RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
@@ -155,6 +155,38 @@ def baselines(data, seed: int = 0) -> dict:
                          sibling_accuracy(sims, pairs, reader.caption_image).items()},
         }
     return out
+
+
+def sibling_exposure(data, batching: str, batch_size: int, seed: int = 0,
+                     split: str = "train") -> float:
+    """Percent of a split's captions whose batch (one epoch's order) holds a
+    sibling image of which the caption is false: how often the triplet loss
+    can see a binding or relation hard negative at all.
+
+    ``batching``: "random" (the shuffle of a ``DistributedSampler``, as the
+    trainer draws it) or "siblings" (:class:`~cccl_lite.data.dataset.SiblingSampler`).
+    """
+    from .data.dataset import SiblingSampler
+
+    truth = SplitTruth(data, split)
+    cap_img = truth.caption_image
+    if batching == "siblings":
+        order = list(SiblingSampler(truth.group, cap_img, seed=seed))
+    elif batching == "random":
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(cap_img), generator=g).tolist()
+    else:
+        raise ValueError(f"batching must be 'random' or 'siblings', got {batching!r}")
+    exposed = 0
+    for b in range(0, len(order), batch_size):
+        caps = order[b:b + batch_size]
+        imgs = set(int(cap_img[k]) for k in caps)
+        for k in caps:
+            own = int(cap_img[k])
+            sibs = [i for i in imgs if i != own and truth.group[i] == truth.group[own]]
+            if sibs and not truth.truth(sibs, [k]).all():
+                exposed += 1
+    return 100.0 * exposed / len(order)
 
 
 def _settings(data, epochs: int, max_steps: int | None, seed: int) -> dict:
@@ -311,9 +343,12 @@ def add_diagnose_arguments(p) -> None:
     p.add_argument("--out", default="runs/diagnosis", help="training runs go here")
     p.add_argument("--results", required=True,
                    help="JSON results file (chapter 5 reads book/results/diagnosis.json)")
-    p.add_argument("--epochs", type=int, default=3, help="the budget of every row")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=None, help="batches per epoch (smoke)")
+    from .cli import nonnegative_int, positive_int  # every number checked here (issue 14)
+
+    p.add_argument("--epochs", type=positive_int, default=3, help="the budget of every row")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--max-steps", type=positive_int, default=None,
+                   help="batches per epoch (smoke)")
     p.add_argument("--only", nargs="+", default=None, help="row names to (re)run")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a results file that holds other settings")

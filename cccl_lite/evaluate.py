@@ -40,6 +40,7 @@ import torch
 
 from . import fused
 from .data.dataset import SplitReader
+from .files import check_output_file, remove_stale_temps, temp_path
 from .metrics import KEYS, coco_1k_recall, format_recalls, recall_at_k
 from .model import CCCL, ImageEncoding, TextEncoding
 
@@ -496,7 +497,8 @@ def save_sims_npy(path, sims) -> Path:
     path = Path(path)
     arr = (sims.detach().cpu().float().numpy() if isinstance(sims, torch.Tensor)
            else np.asarray(sims, dtype=np.float32))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_stale_temps(path)
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             np.save(f, arr)  # a file object: np.save would append ".npy" to a name
@@ -509,13 +511,15 @@ def save_sims_npy(path, sims) -> Path:
     return path
 
 
-def _check_writable(path) -> None:
-    """Fail before minutes of scoring, not after, if ``path`` cannot be written."""
+def _check_writable(path, overwrite: bool = True) -> None:
+    """Fail before minutes of scoring, not after, if ``path`` cannot be
+    written: a folder, a folder that does not exist or is not writable, or
+    (``overwrite=False``, the command line without --overwrite) a file that
+    exists. Raises :class:`cccl_lite.files.OutputError` (a ValueError)."""
     folder = Path(path).resolve().parent
-    if not folder.is_dir():
+    if not folder.is_dir() and not Path(path).is_dir():
         raise FileNotFoundError(f"{path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"{path}: folder {folder} is not writable")
+    check_output_file(path, overwrite, "score matrix (--save-sims)")
 
 
 @contextlib.contextmanager
@@ -693,6 +697,8 @@ def add_evaluate_arguments(p) -> None:
                         "(default: all images of the split)")
     p.add_argument("--save-sims", metavar="FILE.npy", default=None,
                    help="also write the (N_img, N_txt) score matrix there")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --save-sims file (default: refuse)")
     p.add_argument("--fold-size", type=positive_int, default=1000,
                    help="images per 1K fold of the protocols (default: 1000)")
     p.add_argument("--image-chunk", type=positive_int, default=None,
@@ -746,7 +752,7 @@ def _load(args):
         raise CLIError(f"{data}: no such data file")
     device = _device(args.device)
     try:
-        from .train import load_model
+        from .train import load_model, make_reader
     except ImportError as e:
         raise CLIError(f"cannot read checkpoints: cccl_lite.train is unavailable ({e})") from None
     try:
@@ -757,9 +763,9 @@ def _load(args):
         raise CLIError(f"{ckpt}: not a readable CCCL checkpoint ({_one_line(e)})") from None
     if not config.use_bert and vocab is None:
         raise CLIError(f"{ckpt}: a 'w/o BERT' checkpoint without its vocabulary")
-    reader = SplitReader(data, args.split, words="vectors" if config.use_bert else "ids",
-                         vocab=vocab, syntax=config.use_syntax,
-                         position_tuple=config.position_tuple)
+    # The reader training used: no parse heads where the model reads none
+    # ("w/o S-NLP", "w/o B-3"), so such a checkpoint runs on unparsed data.
+    reader = make_reader(data, args.split, config, vocab)
     where = f"{data}:/{args.split}"
     if reader.region_dim != config.region_dim:
         raise CLIError(f"checkpoint and data do not fit: the checkpoint's region_dim is "
@@ -784,8 +790,8 @@ def run_evaluate(args) -> int:
     check_protocol(args.protocol, reader.n_images, reader.n_captions, args.fold_size)
     if args.shortlist is not None and args.protocol == "coco1k":
         raise CLIError(f"--{_NO_COCO1K_SHORTLIST}")
-    if args.save_sims:
-        _check_writable(args.save_sims)
+    if args.save_sims:  # never replaces an existing file without --overwrite
+        _check_writable(args.save_sims, overwrite=args.overwrite)
     print(f"evaluate {args.checkpoint} on {args.data}:/{args.split} ({reader.n_images} images, "
           f"{reader.n_captions} captions), protocol {args.protocol or 'all images'}, "
           f"{config.ablation or 'full model'}, {device}"

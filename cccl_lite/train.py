@@ -85,11 +85,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import CLIError, positive_int
+from .cli import (CLIError, nonnegative_float, nonnegative_int, positive_float,
+                  positive_int)
 from .data.dataset import (CaptionDataset, SiblingSampler, SplitReader, build_vocab, collate,
                            model_inputs)
 from .data.truth import SplitTruth
 from .data.schema import SchemaError, check_file
+from .files import RunLock, check_output_dir, remove_stale_temps, temp_path
 from .loss import HybridLoss, alignment_term, hybrid_loss
 from .model import ABLATIONS, CCCL, CCCLConfig
 
@@ -421,8 +423,11 @@ def make_reader(path, split: str, config: CCCLConfig, vocab: dict | None = None)
 
 def _atomic_save(obj, path: Path) -> None:
     """torch.save through a temp file in the same directory, then os.replace:
-    ``path`` is either the old file or the complete new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    ``path`` is either the old file or the complete new one, never a part.
+    Temp files of killed writers of ``path`` are removed first
+    (:func:`cccl_lite.files.remove_stale_temps`)."""
+    remove_stale_temps(path)
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -435,7 +440,9 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """``path.write_text(text)``, atomically, as :func:`_atomic_save`."""
+    remove_stale_temps(path)
+    tmp = temp_path(path)
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
@@ -444,16 +451,38 @@ def _atomic_write_text(text: str, path: Path) -> None:
             tmp.unlink()
 
 
+def _load_failure(e: Exception) -> str:
+    """Why torch.load(weights_only=True) failed, in a few words. Never torch's
+    advice to retry with weights_only=False: that would run whatever code
+    the file holds, and a checkpoint of ours never needs it."""
+    text = str(e)
+    if "WeightsUnpickler error" in text:  # not a file of tensors and numbers
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n")[0].strip()
+        return (f"not a PyTorch file of tensors and numbers: {detail[:120] or 'unreadable'}; "
+                f"cccl_lite never loads code from a checkpoint")
+    if isinstance(e, EOFError):
+        return "the file ends early: truncated?"
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    first = first.split(". ")[0]  # torch's first sentence; its advice follows
+    if "weights_only" in first:
+        first = ""
+    return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
+
+
 def load_checkpoint(path, device="cpu") -> dict:
     """A checkpoint of :class:`Trainer` as a dict, loaded with weights_only=True."""
     path = Path(path)
     if not path.exists():
         raise CLIError(f"{path}: no such checkpoint")
+    if path.is_dir():
+        raise CLIError(f"{path}: is a folder; expected a checkpoint file (best.pt or last.pt)")
+    if path.stat().st_size == 0:
+        raise CLIError(f"{path}: empty file (0 bytes); not a checkpoint (an interrupted copy?)")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # a truncated file or another program's pickle
         raise CLIError(f"{path}: not a readable cccl_lite checkpoint "
-                       f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+                       f"({_load_failure(e)})") from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise CLIError(f"{path}: not a cccl_lite checkpoint (no config and model)")
     if ckpt.get("format", 0) > CHECKPOINT_FORMAT:
@@ -575,6 +604,32 @@ def _resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
+def _data_identity(path) -> dict:
+    """What makes a data file the same dataset for a resumed run: its path
+    (resolved), name, seed and size attributes, word encoder, and the images
+    and captions of the train and val splits (read from the file's header)."""
+    path = Path(path)
+    with check_file(path, "train") as f:
+        wv = f["train/captions"].get("word_vectors")
+        ident = {"path": str(path.resolve()), "dataset": str(f.attrs.get("dataset", "")),
+                 "seed": _plain(f.attrs.get("seed")), "size": _plain(f.attrs.get("size")),
+                 "encoder": None if wv is None else str(wv.attrs.get("encoder", ""))}
+        for split in ("train", "val"):
+            if split in f:
+                ident[split] = [int(f[split]["images/features"].shape[0]),
+                                int(f[split]["captions/text"].shape[0])]
+    return ident
+
+
+def _plain(value):
+    """An HDF5 attribute as a JSON/checkpoint-safe value (numpy scalars, bytes)."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value.item() if hasattr(value, "item") else value
+
+
 def _config_diff(old: dict, new: dict) -> list[str]:
     keys = sorted((set(old) | set(new)) - set(_RESUMABLE_CHANGES))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
@@ -604,11 +659,12 @@ class Trainer:
         self.history: list[dict] = []
         self.last_path, self.best_path = self.out_dir / "last.pt", self.out_dir / "best.pt"
         self.log_path = self.out_dir / "log.jsonl"
+        if self.is_main:  # before any training: a folder under a file, read-only
+            check_output_dir(self.out_dir, "output folder (--out)")
         if self.options.resume and not self.last_path.exists():
             raise CLIError(f"--resume: {self.last_path} does not exist; nothing to resume")
-        if not (self.options.resume or self.options.overwrite) and self.last_path.exists():
-            raise CLIError(f"{self.out_dir} already holds a run (last.pt); pass --resume to "
-                           f"continue it, --overwrite to start again, or another --out")
+        self._check_not_a_run()
+        self.data_identity = _data_identity(self.data_path)
         self._resume_ckpt = None
         if self.options.resume:
             self._resume_ckpt = self._check_resumable(load_checkpoint(self.last_path))
@@ -617,7 +673,26 @@ class Trainer:
     def is_main(self) -> bool:
         return self.dist.rank == 0
 
+    def _check_not_a_run(self) -> None:
+        """A new run never replaces another's results without --overwrite."""
+        if self.options.resume or self.options.overwrite:
+            return
+        held = [p.name for p in (self.last_path, self.best_path) if p.exists()]
+        if held:
+            raise CLIError(f"{self.out_dir} already holds a run ({', '.join(held)}); pass "
+                           f"--resume to continue it, --overwrite to start again, or another "
+                           f"--out")
+
     def _check_resumable(self, ckpt: dict) -> dict:
+        """The checkpoint to resume from, if it continues *this* run: the same
+        training state (a last.pt, not a best.pt), config, recipe and data."""
+        missing = [k for k in ("optimizer", "scheduler", "rng", "epoch", "step") if k not in ckpt]
+        if missing:
+            raise CLIError(f"--resume: {self.last_path} holds no training state (no "
+                           f"{', '.join(missing)}; kind {ckpt.get('kind', '?')!r}): it is a "
+                           f"model-only checkpoint such as best.pt; resume needs the last.pt "
+                           f"that train wrote, or start again with --overwrite")
+        self._check_same_data(ckpt)
         diff = _config_diff(ckpt["config"], self.config.to_dict())
         old_opts = ckpt.get("options", {})
         diff += [f"{k}: {old_opts.get(k)!r} -> {getattr(self.options, k)!r}"
@@ -629,6 +704,34 @@ class Trainer:
                            f"({'; '.join(diff)}); rerun with the same settings or use "
                            f"another --out")
         return ckpt
+
+    def _check_same_data(self, ckpt: dict) -> None:
+        """Refuse to resume on other data: best.pt would then compare R@sum
+        across two validation sets. The same dataset moved or copied is fine
+        (every field of :func:`_data_identity` but its path agrees)."""
+        old = ckpt.get("data")
+        if old is None:  # a checkpoint from before the data was recorded in it
+            info = self.out_dir / "config.json"
+            try:
+                old_path = json.loads(info.read_text()).get("data")
+            except (OSError, ValueError, AttributeError):
+                old_path = None
+            if old_path and Path(old_path).exists() and not os.path.samefile(old_path,
+                                                                             self.data_path):
+                raise CLIError(f"--resume: {self.out_dir} was trained on {old_path}, not "
+                               f"{self.data_path}; resume with --data {old_path}, or use "
+                               f"another --out")
+            return
+        new = self.data_identity
+        diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                if k != "path" and old.get(k) != new.get(k)]
+        if diff:
+            raise CLIError(f"--resume: {self.out_dir} was trained on other data "
+                           f"({old.get('path')}; now {self.data_path}: {'; '.join(diff)}); "
+                           f"resume with the run's own --data, or use another --out")
+        if old.get("path") != new["path"]:
+            self._print(f"note: resuming on {new['path']}; the run started on {old.get('path')} "
+                        f"(the same dataset, seed and split sizes)")
 
     def _print(self, *args) -> None:
         if self.is_main:
@@ -752,6 +855,7 @@ class Trainer:
             "step": self.step,
             "best_rsum": self.best_rsum,
             "best_epoch": self.best_epoch,
+            "data": self.data_identity,
             "val": recalls,
             "model": self.model.state_dict(),
         }
@@ -867,7 +971,29 @@ class Trainer:
         return p is not None and self.best_epoch > 0 and self.epoch - self.best_epoch >= p
 
     def fit(self) -> Path:
-        """Train from epoch ``self.epoch`` to ``config.epochs``; return best.pt's path."""
+        """Train from epoch ``self.epoch`` to ``config.epochs``; return best.pt's path.
+
+        Rank 0 owns ``out_dir`` meanwhile (:class:`cccl_lite.files.RunLock`):
+        a second run into the same folder fails at once, naming this one,
+        and a lock left by a killed run is taken over with a note."""
+        lock = None
+        if self.is_main:
+            lock = RunLock(self.out_dir, log=self._print).acquire()
+        try:
+            return self._fit_locked()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit_locked(self) -> Path:
+        if self.is_main:
+            # Checked again under the lock: a run that ended since __init__ may
+            # have left results that only --overwrite may replace.
+            self._check_not_a_run()
+            for name in (self.last_path, self.best_path, self.log_path,
+                         self.out_dir / "config.json"):
+                for p in remove_stale_temps(name):
+                    self._print(f"note: removed {p.name}, left by an interrupted run")
         created_group = self._init_process_group()
         deterministic = self.device.type == "cpu" and self.options.deterministic
         previous = (torch.are_deterministic_algorithms_enabled(),
@@ -877,7 +1003,6 @@ class Trainer:
         try:
             self._setup()
             if self.is_main:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
                 self._write_config_json()
                 self._trim_log()
             c = self.config
@@ -968,9 +1093,13 @@ def _warmup_arg(text: str):
     if text == "all":
         return text
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of epochs or 'all', got {text!r}")
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of epochs >= 0 or 'all', "
+                                         f"got {text!r}")
+    return value
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -981,17 +1110,20 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="HDF5 file (cccl_lite.data.schema)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--ablation", default=None, help="one Table 6 ablation, e.g. 'w/o POS'")
-    p.add_argument("--epochs", type=int, default=None, help="default: the config's")
-    p.add_argument("--batch-size", type=int, default=None, help="per rank; default: config's")
-    p.add_argument("--lr", type=float, default=None, help="default: the config's")
-    p.add_argument("--lr-decay-epoch", type=int, default=None,
+    # Every number is checked here, at the boundary: a negative margin or
+    # weight would train without a word (issue 14).
+    p.add_argument("--epochs", type=positive_int, default=None, help="default: the config's")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="per rank; default: config's")
+    p.add_argument("--lr", type=positive_float, default=None, help="default: the config's")
+    p.add_argument("--lr-decay-epoch", type=nonnegative_int, default=None,
                    help="lr × 0.1 from this 0-based epoch on; default: the config's")
-    p.add_argument("--margin", type=float, default=None,
+    p.add_argument("--margin", type=nonnegative_float, default=None,
                    help="Δ of eq 33; default: the config's (0.2, Table 1)")
     p.add_argument("--dataset", choices=("f30k", "coco"), default=None,
                    help="--config paper: Table 1's λ for this dataset (f30k 0.5, coco 0.75); "
                         "default: from the data file's dataset attribute")
-    p.add_argument("--coherence-weight", type=float, default=None,
+    p.add_argument("--coherence-weight", type=nonnegative_float, default=None,
                    help="λ of eq 34; default: the config's (Table 1: 0.5 for Flickr30K, "
                         "0.75 for MS-COCO, see --dataset)")
     p.add_argument("--position-tuple", choices=("ours", "camera"), default=None,
@@ -1001,15 +1133,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-epochs", type=_warmup_arg, default=None,
                    help="epochs with the sum over all negatives before hardest negatives, "
                         "or 'all' (default: all for lite, 1 for paper; see cccl_lite.train)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=nonnegative_int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:K")
     p.add_argument("--amp", default=d.amp, help=f"{', '.join(AMP_MODES)} (default auto: "
                                                 f"bf16 or fp16 on CUDA, off on the CPU)")
-    p.add_argument("--num-workers", type=int, default=d.num_workers)
-    p.add_argument("--max-steps", type=int, default=None,
+    p.add_argument("--num-workers", type=nonnegative_int, default=d.num_workers)
+    p.add_argument("--max-steps", type=positive_int, default=None,
                    help="at most this many batches per epoch (smoke runs)")
-    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    p.add_argument("--pair-chunk", type=int, default=None, metavar="N",
+    p.add_argument("--eval-batch-size", type=positive_int, default=d.eval_batch_size)
+    p.add_argument("--pair-chunk", type=positive_int, default=None, metavar="N",
                    help="memory-saving mode: score at most N pairs of a batch at once and "
                         "recompute their activations in the backward pass (default: off)")
     p.add_argument("--collapse-steps", type=positive_int, default=d.collapse_steps,
@@ -1017,7 +1149,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default: {d.collapse_steps})")
     p.add_argument("--stop-on-collapse", action="store_true",
                    help="stop the run then; checkpoints stay those of the last epoch")
-    p.add_argument("--log-every", type=int, default=d.log_every,
+    p.add_argument("--log-every", type=nonnegative_int, default=d.log_every,
                    help="batches between progress lines when there is no progress bar")
     p.add_argument("--quiet", action="store_true", help="no progress bar nor batch lines")
     g = p.add_mutually_exclusive_group()

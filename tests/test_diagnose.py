@@ -119,3 +119,23 @@ def test_diagnosis_rows_are_recorded_and_kept(tiny_words_h5, tmp_path, monkeypat
     with pytest.raises(ValueError, match="unknown row"):
         diagnose.run_diagnosis(tiny_words_h5, tmp_path / "runs", results, epochs=1,
                                only=["nope"], log=lambda s: None)
+
+
+def test_sibling_exposure_counts_captions_that_meet_a_false_sibling(tiny_words_h5):
+    truth = SplitTruth(tiny_words_h5, "train")
+    # Independently: with one batch holding the whole split, a caption is
+    # exposed iff some sibling image of its own makes it false.
+    whole = truth.n_captions
+    want = 0
+    for k in range(truth.n_captions):
+        own = truth.caption_image[k]
+        sibs = [i for i in range(truth.n_images) if i != own and truth.group[i] == truth.group[own]]
+        want += bool(sibs) and not all(truth.truth([i], [k])[0, 0] for i in sibs)
+    for batching in ("random", "siblings"):
+        got = diagnose.sibling_exposure(tiny_words_h5, batching, batch_size=whole)
+        assert got == pytest.approx(100 * want / truth.n_captions)
+    # In batches of 9 captions, sibling batches expose far more captions than a shuffle.
+    assert (diagnose.sibling_exposure(tiny_words_h5, "siblings", 9)
+            > 3 * diagnose.sibling_exposure(tiny_words_h5, "random", 9))
+    with pytest.raises(ValueError, match="batching"):
+        diagnose.sibling_exposure(tiny_words_h5, "groups", 9)

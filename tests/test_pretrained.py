@@ -1,0 +1,89 @@
+"""The shipped lite model: it loads, and it reproduces its recorded test recalls
+on freshly made scenes; `ship` writes a model with its provenance and never
+replaces one without --overwrite."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cccl_lite import pretrained
+from cccl_lite.model import CCCLConfig
+from cccl_lite.train import TrainOptions, train
+
+from conftest import WORD_DIM
+
+ROOT = Path(__file__).resolve().parent.parent
+# One image of the 201 test images moves an i2t recall by 0.50 points, one
+# caption of 1,005 a t2i recall by 0.10: the recorded recalls must come back
+# to within one image (another CPU's float rounding may flip one tie).
+TOLERANCE = 0.5
+
+
+def test_the_shipped_model_loads_and_matches_its_provenance():
+    info = pretrained.provenance()
+    model, config, path = pretrained.load_pretrained()
+    assert path == pretrained.checkpoint_path() and path.stat().st_size < 8 * 2 ** 20
+    assert config.to_dict() == CCCLConfig.from_dict(info["config"]).to_dict()
+    assert not model.training
+    assert info["provenance"]["commit"] and info["data"]["size"] == "small"
+    for key in ("test", "truth", "siblings", "curve", "options"):
+        assert info[key], key
+    ckpt = torch.load(path, weights_only=True)
+    assert "optimizer" not in ckpt  # only what evaluation needs
+
+
+def test_the_shipped_model_reproduces_its_test_recalls(tmp_path):
+    """Regenerate the scenes from their seed, encode them with MiniLM, evaluate
+    the shipped checkpoint with the command line: the recorded recalls."""
+    info = pretrained.provenance()
+    data = tmp_path / info["data"]["file"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    for cmd in (["data_scripts/make_synthetic.py", "--out", str(data), "--seed",
+                 str(info["data"]["seed"]), "--size", info["data"]["size"]],
+                ["data_scripts/encode_words.py", str(data)]):
+        subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, check=True,
+                       capture_output=True)
+    out = subprocess.run([sys.executable, "-m", "cccl_lite", "evaluate", "--checkpoint",
+                          str(pretrained.checkpoint_path()), "--data", str(data), "--split",
+                          "test"], cwd=ROOT, env=env, check=True, capture_output=True,
+                         text=True)
+    recalls = json.loads(out.stdout.strip().splitlines()[-1])
+    for k, v in info["test"].items():
+        assert recalls[k] == pytest.approx(v, abs=TOLERANCE * (6 if k == "rsum" else 1)), k
+    # Sibling accuracies and truth-aware recalls, measured again in-process.
+    model, config, _ = pretrained.load_pretrained()
+    with torch.no_grad():
+        again = pretrained.measure(model, config, None, data)
+    for kind, v in info["siblings"].items():
+        assert again["siblings"][kind] == pytest.approx(v, abs=0.5), kind
+    assert again["truth"]["rsum"] == pytest.approx(info["truth"]["rsum"], abs=3 * TOLERANCE)
+
+
+def small_config(**kw):
+    return CCCLConfig.lite(region_dim=256, word_dim=WORD_DIM, embed_dim=16, sim_dim=8,
+                           batch_size=8, **kw)
+
+
+def test_ship_writes_model_and_provenance_and_refuses_to_replace(tiny_words_h5, tmp_path):
+    run = tmp_path / "run"
+    train(small_config(epochs=1), tiny_words_h5, run,
+          TrainOptions(warmup_epochs=None, device="cpu", max_steps=2, quiet=True))
+    folder = tmp_path / "assets"
+    rec = pretrained.ship(run, tiny_words_h5, folder, name="m")
+    assert set(rec["siblings"]) == {"binding", "relation", "random"}
+    assert rec["data"]["size"] == "tiny" and rec["epochs_trained"] == 1
+    model, config, _ = pretrained.load_pretrained(name="m", folder=folder)
+    best = torch.load(run / "best.pt", weights_only=True)["model"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, best[k]), k
+    assert json.loads((folder / "m.json").read_text())["test"] == rec["test"]
+    with pytest.raises(ValueError, match="--overwrite"):
+        pretrained.ship(run, tiny_words_h5, folder, name="m")
+    pretrained.ship(run, tiny_words_h5, folder, name="m", overwrite=True)
+    assert np.isfinite(rec["test"]["rsum"])
