@@ -1,130 +1,298 @@
-"""Resumable downloads from mirrors, and where to get Flickr30K / COCO inputs.
+"""Where to get Flickr30K / COCO inputs today, and a downloader that checks what it got.
 
-:func:`download` fetches one file with ``urllib``: mirrors are tried in
-order; bytes go to ``dest + ".part"`` and a rerun continues it with an HTTP
-``Range: bytes=<size>-`` request (a server that ignores Range and answers
-200 gets the .part restarted from zero); the sha256 is checked when known;
-only a complete, verified file is renamed to ``dest``. Ctrl-C keeps the
-.part for the next run.
+The registry :data:`KNOWN_FILES` lists the published inputs of the two
+converters (``precomp.py``: SCAN's features + CAMERA's or GSMN's boxes;
+``tsv.py``: bottom-up-attention TSVs + Karpathy's split JSON). Each entry has
+the files a converter needs and its :class:`Source` s, tried in order: plain
+HTTPS, a Google Drive file or folder (through ``gdown``), a Kaggle dataset
+(through the ``kaggle`` client, which needs an API token). Every source says
+where we found it (``cited``: repository + file or issue), because none of
+these is the original publisher's link any more: SCAN's
+``scanproject.blob.core.windows.net`` has not answered since 2021 (see
+kuanghuei/SCAN issues 40, 45, 58). Nothing in the registry was invented:
+each URL, file id and dataset name is quoted from the place ``cited`` names.
 
-:data:`KNOWN_FILES` lists the published inputs of the two converters
-(``precomp.py``: SCAN features + CAMERA or GSMN boxes; ``tsv.py``:
-bottom-up-attention TSVs + Karpathy split JSON): a description, the project
-page that publishes them, the expected file names, and download URLs only
-where the publisher's own instructions give one (else none: such files are
-fetched by hand). sha256 values are not published, so they are None.
+What a download must pass before it gets its final name (else it is deleted
+and the next source is tried, with one line saying why):
+
+* not an HTML page: a web page served with status 200 (Google Drive's quota
+  or virus-scan page, a login page) instead of the file;
+* the format its name says (``.zip``: ``PK`` magic, ``.npy``: NumPy magic);
+* not far below the size expected (``min_bytes``, when the entry knows one);
+* the sha256 and size recorded in the registry's checksum file
+  (:data:`CHECKSUMS`, ``checksums.json`` next to this module), when recorded.
+
+No checksums are recorded yet (this project's machines cannot reach these
+hosts). ``python data_scripts/download.py NAME --record`` writes the sha256
+and size of every file it fetched to that file: run it once, check the
+numbers, commit ``checksums.json``; every later download is then held to them.
+
+:func:`download` is the HTTPS part: mirrors tried in order, bytes to
+``dest + ".part"``, a rerun continues it with ``Range: bytes=<size>-`` (a
+server that ignores Range and answers 200 restarts the .part from zero),
+redirects followed; only a complete, checked file is renamed to ``dest``.
+Ctrl-C keeps the .part. :func:`extract_scan_files` then copies SCAN-layout
+files of one dataset out of whatever came (a zip, a folder, zips in a folder)
+into one folder, as ``prepare_precomp.py --src`` reads them.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import http.client
+import inspect
+import json
 import os
 import re
+import shutil
 import sys
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from tqdm import tqdm
 
-__all__ = ["DownloadError", "Remote", "KnownFile", "KNOWN_FILES", "download", "fetch",
-           "manual_instructions"]
+__all__ = ["DownloadError", "Source", "KnownFile", "KNOWN_FILES", "CHECKSUMS", "KINDS",
+           "download", "fetch", "manual_instructions", "load_checksums", "check_payload",
+           "extract_scan_files", "SCAN_NAMES", "kaggle_token_location"]
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+KINDS = ("https", "gdrive", "gdrive_folder", "kaggle")
+CHECKSUMS = Path(__file__).with_name("checksums.json")
+_STAGING = ".cccl-download"  # per-source partial downloads under --dest, for resume
+_MANIFEST = "fetched.json"   # which files each finished source left under --dest
+# Google Drive's download endpoint for one file (a module global so that the
+# tests can point it at a local server).
+_DRIVE_FILE_URL = "https://drive.google.com/uc?id={id}"
+_EXTRA = "pip install 'cccl_lite[download]'"
 
 
 class DownloadError(RuntimeError):
-    """A file could not be downloaded or failed its checksum."""
+    """A file could not be downloaded, or what came is not the file."""
 
 
 class _Incomplete(Exception):
     """A response ended early or did not continue where the .part stops."""
 
 
+class _NotTheFile(Exception):
+    """What arrived is not the expected file (HTML page, wrong format or size)."""
+
+
+class _SourceFailed(Exception):
+    """One source could not deliver; the message says why in one line."""
+
+
+# ---- the registry -----------------------------------------------------------
+
+
 @dataclass(frozen=True)
-class Remote:
-    """One file: its name under the destination folder, mirrors, sha256."""
-    name: str
-    urls: tuple[str, ...] = ()
-    sha256: str | None = None
+class Source:
+    """One place to get an input from.
+
+    kind: "https" (ref: a URL), "gdrive" (ref: a Drive file id), "gdrive_folder"
+    (ref: a Drive folder id), "kaggle" (ref: owner/dataset). cited: where this
+    source was found (repository + file, or issue). saves_as: the name under
+    ``--dest`` (default: the URL's last part; Drive's own file name; for a
+    folder, the folder id; Kaggle's ``<dataset>.zip``). min_bytes: anything
+    smaller is refused (an error page, a cut-off file); None when unknown.
+    """
+
+    kind: str
+    ref: str
+    cited: str
+    saves_as: str | None = None
+    note: str = ""
+    min_bytes: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"Source kind must be one of {KINDS}, got {self.kind!r}")
+
+    @property
+    def id(self) -> str:
+        """The key of this source in the checksum file."""
+        return f"{self.kind}:{self.ref}"
+
+    @property
+    def link(self) -> str:
+        """Where a person can look at it in a browser."""
+        return {"https": self.ref,
+                "gdrive": f"https://drive.google.com/file/d/{self.ref}/view",
+                "gdrive_folder": f"https://drive.google.com/drive/folders/{self.ref}",
+                "kaggle": f"https://www.kaggle.com/datasets/{self.ref}"}[self.kind]
 
 
 @dataclass(frozen=True)
 class KnownFile:
-    """A published input: what it is, who publishes it, its files, what next."""
+    """A published input: what it is, its publisher's page, the files a
+    converter reads (relative names, for manual placement), what to do next,
+    and the sources that serve it today (tried in order)."""
+
     description: str
     page: str
-    files: tuple[Remote, ...]
+    files: tuple[str, ...]
     then: str
+    sources: tuple[Source, ...] = ()
 
 
-def _names(folder: str, splits: Sequence[str], patterns: Sequence[str]) -> tuple[Remote, ...]:
-    return tuple(Remote(f"{folder}/{s}_{p}") for s in splits for p in patterns)
+def _names(folder: str, splits: Sequence[str], patterns: Sequence[str]) -> tuple[str, ...]:
+    return tuple(f"{folder}/{s}_{p}" for s in splits for p in patterns)
 
 
 _F30K, _COCO = ("train", "dev", "test"), ("train", "dev", "test", "testall")
 _BU = "https://github.com/peteanderson80/bottom-up-attention"
+_GiB, _MiB = 2**30, 2**20
+# An archive with Flickr30K's features holds at least 31,783 x 36 x 2048 float32
+# (9.4 GB) before compression; 1 GiB is far below that and far above any web page.
+_FEATURES_MIN = _GiB
 
 KNOWN_FILES: dict[str, KnownFile] = {
     "scan_precomp": KnownFile(
         "SCAN's precomputed data: bottom-up features (36 regions x 2048), captions and image "
         "ids of Flickr30K (f30k_precomp) and COCO (coco_precomp), split as Karpathy's",
         "https://github.com/kuanghuei/SCAN (README, 'Download data')",
-        (Remote("data.zip", ("https://scanproject.blob.core.windows.net/scan-data/data.zip",)),),
-        "unzip data.zip; then run data_scripts/prepare_precomp.py with --src set to its "
-        "f30k_precomp or coco_precomp folder"),
+        _names("f30k_precomp", _F30K, ("ims.npy", "caps.txt")),
+        "data_scripts/download.py scan_precomp --extract f30k (or coco) copies the dataset's "
+        "files into DEST/f30k_precomp; then run data_scripts/prepare_precomp.py --src there",
+        (Source("https", "https://iudata.blob.core.windows.net/scan/data.zip",
+                "kuanghuei/SCAN README.md at commit a5fa1d9 (the iudata mirror that replaced "
+                "scanproject.blob.core.windows.net)", "scan_data.zip",
+                min_bytes=_FEATURES_MIN),
+         Source("gdrive", "1iY6S-w-vG-4T_v9OvlFkZ1GDPzX5YVtl",
+                "woodfrog/vse_infty issue 8 (VSE∞'s maintainer's copy, 2022-12-23; also in "
+                "kuanghuei/SCAN issue 58)",
+                note="its folder layout may differ from SCAN's (VSE∞'s data/f30k/precomp)",
+                min_bytes=_FEATURES_MIN),
+         Source("gdrive_folder", "1os1Kr7HeTbh8FajBNegW8rjJf6GIhFqC",
+                "LgQu/CAMERA README.md ('You can also get the data from google drive')",
+                "scan_drive_folder"),
+         Source("kaggle", "kuanghueilee/scan-features",
+                "kuanghuei/SCAN issue 58 (SCAN's author: 'I started hosting the data on "
+                "Kaggle'), Paranioar/SGRAF issue 20, HuiChen24/IMRAM issue 9",
+                note="needs a Kaggle API token", min_bytes=_FEATURES_MIN))),
     "camera_boxes": KnownFile(
         "CAMERA's boxes and image sizes for SCAN's rows: {split}_boxes.npy (pixel x1, y1, x2, "
         "y2) and {split}_img_sizes.npy (width, height)",
-        "https://github.com/LgQu/CAMERA (README, data section)",
+        "https://github.com/LgQu/CAMERA (README, 'Download data')",
         _names("f30k_precomp", _F30K, ("boxes.npy", "img_sizes.npy"))
         + _names("coco_precomp", _COCO, ("boxes.npy", "img_sizes.npy")),
-        "move each file into the SCAN folder of its dataset (next to {split}_ims.npy) and "
-        "run data_scripts/prepare_precomp.py --boxes camera"),
-    "gsmn_boxes": KnownFile(
-        "GSMN's boxes and image sizes for SCAN's rows: {split}_ims_bbx.npy (pixel x1, y1, x2, "
-        "y2) and {split}_ims_size.npy (pickled image_w/image_h dicts)",
-        "https://github.com/CrossmodalGroup/GSMN (README, data section)",
-        _names("f30k_precomp", _F30K, ("ims_bbx.npy", "ims_size.npy"))
-        + _names("coco_precomp", _COCO, ("ims_bbx.npy", "ims_size.npy")),
-        "move each file into the SCAN folder of its dataset (next to {split}_ims.npy) and "
-        "run data_scripts/prepare_precomp.py --boxes gsmn"),
+        "data_scripts/download.py camera_boxes --extract f30k copies them next to SCAN's "
+        "files; then data_scripts/prepare_precomp.py --boxes camera",
+        (Source("gdrive", "1K9LnWJc71dK6lF1BJMPlbkIu_vYmHjVP",
+                "LgQu/CAMERA README.md ('the positions of detected boxes ... can be "
+                "downloaded from')", min_bytes=_MiB),)),
+    "gsmn_boxes_f30k": KnownFile(
+        "GSMN's boxes and image sizes for SCAN's Flickr30K rows: {split}_ims_bbx.npy (pixel "
+        "x1, y1, x2, y2) and {split}_ims_size.npy (pickled image_w/image_h dicts)",
+        "https://github.com/CrossmodalGroup/GSMN (README, 'Download data')",
+        _names("f30k_precomp", _F30K, ("ims_bbx.npy", "ims_size.npy")),
+        "data_scripts/download.py gsmn_boxes_f30k --extract f30k copies them next to SCAN's "
+        "files; then data_scripts/prepare_precomp.py --boxes gsmn",
+        (Source("gdrive_folder", "1kuLiCLb5luJdorJuKMVhT7BMVhJSybT-",
+                "CrossmodalGroup/CMCAN README.md ('ims_bbx.npy, ims_size.npy, "
+                "precaps_stan.txt for Flickr30K: f30k_precomp')", "cmcan_f30k_precomp"),
+         Source("gdrive", "1ZVLIN7uSh3dqYAEldelyYF2ei9vicJvZ",
+                "CrossmodalGroup/GSMN README.md and issue 3 (text features, boxes and "
+                "dependencies of Flickr30K and MSCOCO in one file)", min_bytes=_MiB))),
+    "gsmn_boxes_coco": KnownFile(
+        "GSMN's boxes and image sizes for SCAN's COCO rows (as gsmn_boxes_f30k)",
+        "https://github.com/CrossmodalGroup/GSMN (README, 'Download data')",
+        _names("coco_precomp", _COCO, ("ims_bbx.npy", "ims_size.npy")),
+        "data_scripts/download.py gsmn_boxes_coco --extract coco copies them next to SCAN's "
+        "files; then data_scripts/prepare_precomp.py --boxes gsmn",
+        (Source("gdrive_folder", "1iKUOq4NL14I3imhUuPB0sdF_DZHgB4o7",
+                "CrossmodalGroup/CMCAN README.md ('ims_bbx.npy, ims_size.npy, "
+                "precaps_stan.txt for MSCOCO: coco_precomp')", "cmcan_coco_precomp"),
+         Source("gdrive", "1ZVLIN7uSh3dqYAEldelyYF2ei9vicJvZ",
+                "CrossmodalGroup/GSMN README.md and issue 3", min_bytes=_MiB))),
     "karpathy_splits": KnownFile(
         "Karpathy's split JSONs (dataset_flickr30k.json, dataset_coco.json, "
         "dataset_flickr8k.json) in caption_datasets.zip",
         "https://cs.stanford.edu/people/karpathy/deepimagesent/",
-        (Remote("caption_datasets.zip", (
-            "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip",
-            "http://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip")),),
+        ("caption_datasets.zip",),
         "unzip caption_datasets.zip; pass dataset_flickr30k.json or dataset_coco.json to "
-        "data_scripts/prepare_tsv.py --karpathy"),
+        "data_scripts/prepare_tsv.py --karpathy",
+        tuple(Source("https", url, "cs.stanford.edu/people/karpathy/deepimagesent/ (the page)",
+                     "caption_datasets.zip")
+              for url in ("https://cs.stanford.edu/people/karpathy/deepimagesent/"
+                          "caption_datasets.zip",
+                          "http://cs.stanford.edu/people/karpathy/deepimagesent/"
+                          "caption_datasets.zip"))),
     "bottomup_coco_36": KnownFile(
         "bottom-up-attention features of COCO train2014 + val2014, 36 boxes per image (TSV)",
         f"{_BU} (README, 'Pretrained features')",
-        (Remote("trainval_36.zip",
-                ("https://imagecaption.blob.core.windows.net/imagecaption/trainval_36.zip",)),),
+        ("trainval_36.zip",),
         "unzip trainval_36.zip; pass its .tsv to data_scripts/prepare_tsv.py --tsv with "
-        "--karpathy dataset_coco.json"),
+        "--karpathy dataset_coco.json",
+        (Source("https", "https://imagecaption.blob.core.windows.net/imagecaption/trainval_36.zip",
+                "peteanderson80/bottom-up-attention README.md", min_bytes=_GiB),)),
     "bottomup_coco_adaptive": KnownFile(
         "bottom-up-attention features of COCO train2014 + val2014, 10-100 boxes per image "
         "(TSV files)",
         f"{_BU} (README, 'Pretrained features')",
-        (Remote("trainval.zip",
-                ("https://imagecaption.blob.core.windows.net/imagecaption/trainval.zip",)),),
+        ("trainval.zip",),
         "unzip trainval.zip; pass all its .tsv files to data_scripts/prepare_tsv.py --tsv with "
-        "--karpathy dataset_coco.json (--num-regions keeps the first boxes of each image)"),
+        "--karpathy dataset_coco.json (--num-regions keeps the first boxes of each image)",
+        (Source("https", "https://imagecaption.blob.core.windows.net/imagecaption/trainval.zip",
+                "peteanderson80/bottom-up-attention README.md", min_bytes=_GiB),)),
     "bottomup_flickr30k": KnownFile(
         "bottom-up-attention features of the Flickr30K images (TSV); not published as a "
         "download: extract them with tools/generate_tsv.py of bottom-up-attention from the "
         "Flickr30K images (distributed by the Flickr30K authors on request)",
         f"{_BU} (README, 'Demo' and tools/generate_tsv.py)",
-        (Remote("flickr30k_resnet101_faster_rcnn_genome.tsv"),),
+        ("flickr30k_resnet101_faster_rcnn_genome.tsv",),
         "pass the .tsv file(s) to data_scripts/prepare_tsv.py --tsv with "
         "--karpathy dataset_flickr30k.json"),
 }
+
+# SCAN's file names per split (SCAN's data.py), CAMERA's (CAMERA's data.py) and
+# GSMN's (GSMN's data.py): what extract_scan_files looks for.
+SCAN_NAMES = {
+    "features": ("ims.npy", "caps.txt", "ids.txt"),
+    "camera": ("boxes.npy", "img_sizes.npy"),
+    "gsmn": ("ims_bbx.npy", "ims_size.npy"),
+}
+_DATASET_TAGS = {"f30k": ("f30k", "flickr"), "coco": ("coco",)}
+_SPLITS = {"f30k": _F30K, "coco": _COCO}
+
+
+# ---- checks on what arrived ----------------------------------------------------
+
+_MAGIC = {".zip": (b"PK\x03\x04", b"PK\x05\x06"), ".npy": (b"\x93NUMPY",)}
+
+
+def _looks_like_html(head: bytes) -> bool:
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return text.startswith((b"<!doctype html", b"<html", b"<head", b"<!--")) or \
+        b"<html" in text[:1024]
+
+
+def check_payload(path, min_bytes: int | None = None, head: bytes | None = None) -> None:
+    """Raise _NotTheFile unless ``path`` can be the file its name says.
+
+    Refused: an HTML page (whatever its name; the first KiB is read), a
+    ``.zip`` or ``.npy`` without its magic bytes, fewer than ``min_bytes``.
+    ``head``: the first bytes when already read (the file need not exist).
+    """
+    path = Path(path)
+    if head is None:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    if _looks_like_html(head):
+        start = " ".join(head[:60].decode("utf-8", "replace").split())
+        raise _NotTheFile(f"the server sent an HTML page, not the file (it starts {start!r})")
+    magic = _MAGIC.get(path.suffix.lower())
+    if magic and len(head) >= 4 and not head.startswith(magic):
+        raise _NotTheFile(f"not a {path.suffix} file (it starts {head[:8]!r})")
+    if min_bytes is not None and path.exists():
+        size = path.stat().st_size
+        if size < min_bytes:
+            raise _NotTheFile(f"{size:,} bytes, far below the {min_bytes:,} expected at least")
 
 
 def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -135,15 +303,71 @@ def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def load_checksums(path=None) -> dict:
+    """The recorded sha256 and sizes: {source id: {"files": {name: {"sha256",
+    "size"}}, "recorded": date}}; {} when the file does not exist."""
+    path = Path(path or CHECKSUMS)
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DownloadError(f"{path}: not a readable checksum file ({e})") from None
+    if not isinstance(data, dict):
+        raise DownloadError(f"{path}: expected a JSON object of sources")
+    return data
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _verify_recorded(source: Source, root: Path, files: list[Path], recorded: dict,
+                     full: bool) -> None:
+    """Hold ``files`` (under ``root``) to the sizes and sha256 recorded for
+    ``source``; a mismatching file is deleted. ``full=False``: sizes only."""
+    expected = recorded.get(source.id, {}).get("files", {})
+    for path in files:
+        name = path.relative_to(root).as_posix()
+        want = expected.get(name)
+        if want is None:
+            continue
+        size = path.stat().st_size
+        if size != want["size"]:
+            path.unlink()
+            raise _NotTheFile(f"{name}: {size:,} bytes, the registry recorded {want['size']:,} "
+                              f"(deleted)")
+        if full:
+            got = _sha256_file(path)
+            if got != want["sha256"]:
+                path.unlink()
+                raise _NotTheFile(f"{name}: sha256 {got}, the registry recorded "
+                                  f"{want['sha256']} (deleted)")
+
+
+# ---- HTTPS ----------------------------------------------------------------------
+
+
 def _fetch(url: str, part: Path, chunk: int, timeout: float) -> None:
-    """Append ``url``'s remaining bytes to ``part`` (or rewrite it from zero)."""
+    """Append ``url``'s remaining bytes to ``part`` (or rewrite it from zero).
+
+    The first bytes of a fresh response are checked before anything is
+    written: an HTML page raises _NotTheFile at once (no gigabytes of it).
+    """
     start = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": "cccl_lite-download/1"}
+    headers = {"User-Agent": "cccl_lite-download/2"}
     if start:
         headers["Range"] = f"bytes={start}-"
     try:
         # A fresh opener reads the proxy settings of the environment now,
-        # not those of the first urlopen() call in this process.
+        # not those of the first urlopen() call in this process. It follows
+        # redirects (Drive-style 302/303 hops to the file's real host).
         resp = urllib.request.build_opener().open(urllib.request.Request(url, headers=headers),
                                                   timeout=timeout)
     except urllib.error.HTTPError as e:
@@ -172,34 +396,46 @@ def _fetch(url: str, part: Path, chunk: int, timeout: float) -> None:
         expected = int(length) if length and length.isdigit() else None
         if total is None and expected is not None:
             total = start + expected
-        got = 0
+        first = resp.read(chunk)
+        if mode == "wb":
+            check_payload(part.with_name(part.name[:-5]), None, head=first[:1024])
+        got = len(first)
         part.parent.mkdir(parents=True, exist_ok=True)
         with open(part, mode) as out, tqdm(total=total, initial=start, unit="B",
                                            unit_scale=True, desc=part.name[:-5],
                                            disable=None) as bar:
-            while buf := resp.read(chunk):
+            buf = first
+            while buf:
                 out.write(buf)
-                got += len(buf)
                 bar.update(len(buf))
+                buf = resp.read(chunk)
+                got += len(buf)
     if expected is not None and got < expected:
         raise _Incomplete(f"connection closed after {start + got} of {start + expected} bytes")
 
 
 def download(urls: Sequence[str], dest, sha256: str | None = None, chunk: int = 1 << 20, *,
-             timeout: float = 60.0) -> Path:
+             timeout: float = 60.0, size: int | None = None,
+             min_bytes: int | None = None) -> Path:
     """Download ``dest`` from the first mirror in ``urls`` that works; return ``dest``.
 
-    Resumes ``dest.part`` with a Range request; checks ``sha256`` (hex) when
-    given, deleting the .part on a mismatch; renames to ``dest`` only when
-    complete and verified. An existing ``dest`` is kept (checked against
-    ``sha256`` when given). Raises DownloadError when every mirror fails
-    (the .part stays for a rerun) or on a checksum mismatch.
+    Resumes ``dest.part`` with a Range request; refuses (deletes the .part,
+    tries the next mirror) an HTML page, a file whose name's format does not
+    match its bytes (:func:`check_payload`) or that is smaller than
+    ``min_bytes``; checks ``size`` and ``sha256`` (hex) when given, deleting
+    the .part on a mismatch; renames to ``dest`` only when complete and
+    checked. An existing ``dest`` is kept (checked against ``size`` and
+    ``sha256`` when given). Raises DownloadError when every mirror fails (a
+    partial .part stays for a rerun) or on a checksum mismatch.
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     if dest.exists():
+        if size is not None and dest.stat().st_size != size:
+            raise DownloadError(f"{dest}: exists with {dest.stat().st_size:,} bytes, expected "
+                                f"{size:,}; delete it to download again")
         if sha256 is None:
-            return dest  # only complete, verified downloads ever get this name
+            return dest  # only complete, checked downloads ever get this name
         actual = _sha256_file(dest)
         if actual == sha256.lower():
             return dest
@@ -211,7 +447,14 @@ def download(urls: Sequence[str], dest, sha256: str | None = None, chunk: int = 
     for url in urls:
         try:
             _fetch(url, part, chunk, timeout)
+            check_payload(dest, None, head=_head(part))  # dest's name: its format
+            if min_bytes is not None and part.stat().st_size < min_bytes:
+                raise _NotTheFile(f"{part.stat().st_size:,} bytes, far below the "
+                                  f"{min_bytes:,} expected at least")
             break
+        except _NotTheFile as e:
+            part.unlink(missing_ok=True)  # not a beginning of the file: never resume it
+            errors.append(f"{url}: refused: {e}; deleted")
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
                 TimeoutError, _Incomplete) as e:
             # Network trouble only: a local error (disk full) propagates.
@@ -220,6 +463,11 @@ def download(urls: Sequence[str], dest, sha256: str | None = None, chunk: int = 
     else:
         kept = f" ({part.stat().st_size} bytes kept in {part} for a rerun)" if part.exists() else ""
         raise DownloadError(f"{dest.name}: every mirror failed: {'; '.join(errors)}{kept}")
+    if size is not None and part.stat().st_size != size:
+        got = part.stat().st_size
+        part.unlink()
+        raise DownloadError(f"{dest.name}: {got:,} bytes, expected {size:,} (from {url}); the "
+                            f"partial file was deleted")
     if sha256 is not None:
         actual = _sha256_file(part)
         if actual != sha256.lower():
@@ -230,33 +478,334 @@ def download(urls: Sequence[str], dest, sha256: str | None = None, chunk: int = 
     return dest
 
 
+def _head(path: Path, n: int = 1024) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+# ---- Google Drive and Kaggle -------------------------------------------------------
+
+
+def _gdown():
+    try:
+        import gdown
+    except ImportError:
+        raise _SourceFailed(f"Google Drive downloads need the gdown package: {_EXTRA} "
+                            f"(or pip install gdown)") from None
+    return gdown
+
+
+def _call(fn, **kwargs):
+    """``fn(**kwargs)`` with only the keywords this version of ``fn`` accepts
+    (gdown's signature grew over versions; these are all optional)."""
+    params = inspect.signature(fn).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return fn(**kwargs)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300] or type(e).__name__
+
+
+def _fetch_gdrive(source: Source, staging: Path, timeout: float, quiet: bool) -> Path:
+    """One Drive file into ``staging`` (gdown resumes its own partial file there);
+    returns its path, named as Drive names it unless ``source.saves_as``."""
+    gdown = _gdown()
+    staging.mkdir(parents=True, exist_ok=True)
+    output = str(staging / source.saves_as) if source.saves_as else str(staging) + os.sep
+    try:
+        # use_cookies=False: gdown would otherwise keep Drive's cookies under ~/.cache.
+        got = _call(gdown.download, url=_DRIVE_FILE_URL.format(id=source.ref), output=output,
+                    quiet=quiet, resume=True, timeout=timeout, use_cookies=False)
+    except Exception as e:  # gdown's errors (quota, permissions) and requests' alike
+        raise _SourceFailed(f"gdown: {_one_line(e)}") from None
+    if not got or not Path(got).is_file():
+        raise _SourceFailed("gdown: no file came back (a private file, or Drive's quota)")
+    got = Path(got)
+    if not source.saves_as and not re.fullmatch(r"[\w][\w .+-]*", got.name):
+        # No usable name from the server (gdown fell back to the URL's last part):
+        # the file id, with .zip when it is one.
+        named = got.with_name(source.ref + (".zip" if zipfile.is_zipfile(got) else ""))
+        os.replace(got, named)
+        got = named
+    return got
+
+
+def _fetch_gdrive_folder(source: Source, staging: Path, timeout: float, quiet: bool) -> Path:
+    """Every file of a Drive folder into ``staging`` (kept as the folder)."""
+    gdown = _gdown()
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        got = _call(gdown.download_folder, id=source.ref, output=str(staging), quiet=quiet,
+                    resume=True, timeout=timeout, use_cookies=False)
+    except Exception as e:
+        raise _SourceFailed(f"gdown: {_one_line(e)}") from None
+    if not got:
+        raise _SourceFailed("gdown: the folder gave no files (private, or Drive's quota)")
+    return staging
+
+
+def kaggle_token_location() -> str | None:
+    """Where the Kaggle client would find an API token, or None: the
+    environment (KAGGLE_API_TOKEN, or KAGGLE_USERNAME + KAGGLE_KEY) or a file
+    in $KAGGLE_CONFIG_DIR, ~/.kaggle or ~/.config/kaggle."""
+    if os.environ.get("KAGGLE_API_TOKEN"):
+        return "KAGGLE_API_TOKEN"
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return "KAGGLE_USERNAME/KAGGLE_KEY"
+    folders = [os.environ.get("KAGGLE_CONFIG_DIR"), Path.home() / ".kaggle",
+               Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"]
+    for folder in filter(None, folders):
+        for name in ("kaggle.json", "access_token"):
+            if (Path(folder) / name).is_file():
+                return str(Path(folder) / name)
+    return None
+
+
+_KAGGLE_HOWTO = ("Kaggle downloads need an API token: create one at "
+                 "https://www.kaggle.com/settings/api, save it as ~/.kaggle/kaggle.json (or set "
+                 "KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN), then rerun")
+
+
+def _fetch_kaggle(source: Source, staging: Path, timeout: float, quiet: bool) -> Path:
+    """The dataset's zip into ``staging`` with the kaggle client (it resumes)."""
+    if kaggle_token_location() is None:
+        raise _SourceFailed(_KAGGLE_HOWTO)
+    try:
+        # Not "import kaggle": that authenticates at import and exits without a token.
+        from kaggle.api.kaggle_api_extended import KaggleApi
+    except ImportError:
+        raise _SourceFailed(f"Kaggle downloads need the kaggle client: {_EXTRA} "
+                            f"(or pip install kaggle)") from None
+    api = KaggleApi()
+    try:
+        api.authenticate()
+    except (Exception, SystemExit) as e:  # the client calls exit(1) on a bad token
+        raise _SourceFailed(f"kaggle: the API token was refused ({_one_line(e)}); "
+                            f"{_KAGGLE_HOWTO}") from None
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        api.dataset_download_files(source.ref, path=str(staging), quiet=quiet, unzip=False)
+    except (Exception, SystemExit) as e:
+        raise _SourceFailed(f"kaggle: {_one_line(e)}") from None
+    got = staging / (source.saves_as or source.ref.split("/")[-1] + ".zip")
+    if not got.is_file():
+        made = sorted(p.name for p in staging.iterdir())
+        raise _SourceFailed(f"kaggle: expected {got.name}, the client wrote {made}")
+    return got
+
+
+# ---- fetch: every source of an entry, checked ----------------------------------------
+
+
+def _staging_dir(dest_dir: Path, source: Source) -> Path:
+    return dest_dir / _STAGING / hashlib.sha1(source.id.encode()).hexdigest()[:12]
+
+
+def _files_under(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.endswith(".part"))
+
+
+def _manifest(dest_dir: Path) -> dict:
+    path = dest_dir / _STAGING / _MANIFEST
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        return {}
+
+
+def _fetch_source(source: Source, dest_dir: Path, timeout: float, quiet: bool) -> Path:
+    """Download one source under ``dest_dir`` and check it; return the final
+    path (a file, or a folder for a Drive folder)."""
+    staging = _staging_dir(dest_dir, source)
+    if source.kind == "https":
+        name = source.saves_as or source.ref.rstrip("/").rsplit("/", 1)[-1]
+        try:
+            return download([source.ref], dest_dir / name, timeout=timeout,
+                            min_bytes=source.min_bytes)
+        except DownloadError as e:
+            raise _SourceFailed(_one_line(e).removeprefix(f"{name}: every mirror failed: "))
+    fetcher = {"gdrive": _fetch_gdrive, "gdrive_folder": _fetch_gdrive_folder,
+               "kaggle": _fetch_kaggle}[source.kind]
+    got = fetcher(source, staging, timeout, quiet)
+    for path in _files_under(got):
+        try:
+            check_payload(path, source.min_bytes if got.is_file() else None)
+        except _NotTheFile as e:
+            path.unlink()
+            raise _SourceFailed(f"{path.name}: refused: {e}; deleted") from None
+    final = dest_dir / (source.saves_as or source.ref if got.is_dir() else got.name)
+    if final.exists():
+        raise _SourceFailed(f"{final} exists already and was not made by this source; move "
+                            f"it away or use another --dest")
+    os.replace(got, final)
+    if got.is_relative_to(staging) and staging.exists() and not any(staging.iterdir()):
+        staging.rmdir()
+    return final
+
+
+def fetch(key: str, dest_dir, *, entry: KnownFile | None = None, timeout: float = 60.0,
+          file=None, record: bool = False, verify: bool = False, only: str | None = None,
+          checksums=None, quiet: bool = False) -> list[Path]:
+    """Get ``KNOWN_FILES[key]`` (or ``entry``) under ``dest_dir`` from its first
+    source that works; return the paths it left there (files; a Drive folder's
+    files inside its folder).
+
+    A source whose files are there already (a finished earlier run) is not
+    downloaded again: their sizes are checked against the checksum file
+    (and their sha256 with ``verify``). Fresh downloads are checked in full.
+    ``record``: write the sha256 and size of every file of the source that
+    delivered to ``checksums`` (default :data:`CHECKSUMS`) instead of
+    enforcing them. ``only``: a source kind or 1-based number to use alone.
+    When no source delivers, the reasons and the manual instructions are
+    printed to ``file`` (stderr) and DownloadError is raised.
+    """
+    entry = entry or KNOWN_FILES[key]
+    dest_dir = Path(dest_dir)
+    checksums_path = Path(checksums or CHECKSUMS)
+    recorded = load_checksums(checksums_path)
+    sources = list(enumerate(entry.sources, 1))
+    if only is not None:
+        sources = [(k, s) for k, s in sources if only in (s.kind, str(k))]
+        if not sources:
+            have = ", ".join(f"{k} {s.kind}" for k, s in enumerate(entry.sources, 1)) or "none"
+            message = f"{key}: no source {only!r}; it has: {have}"
+            print(f"error: {message}", file=file or sys.stderr)
+            raise DownloadError(message)
+    errors = []
+    for k, source in sources:
+        done = _manifest(dest_dir).get(source.id)
+        try:
+            if done and all((dest_dir / p).exists() for p in done["files"]):
+                root, fresh = dest_dir / done["root"], False
+                paths = [dest_dir / p for p in done["files"]]
+            else:
+                if not quiet:
+                    print(f"{key}: source {k} of {len(entry.sources)}, {source.kind} "
+                          f"{source.ref} ({source.cited})", file=file or sys.stderr)
+                dest_dir.mkdir(parents=True, exist_ok=True)
+                final = _fetch_source(source, dest_dir, timeout, quiet)
+                root = final if final.is_dir() else final.parent
+                paths, fresh = _files_under(final), True
+            if not record:
+                _verify_recorded(source, root, paths, recorded, full=fresh or verify)
+        except (_SourceFailed, _NotTheFile) as e:
+            errors.append(f"{k}. {source.kind} {source.ref}: {e}")
+            continue
+        manifest = _manifest(dest_dir)
+        manifest[source.id] = {"root": root.relative_to(dest_dir).as_posix(),
+                               "files": [p.relative_to(dest_dir).as_posix() for p in paths]}
+        _write_json_atomic(dest_dir / _STAGING / _MANIFEST, manifest)
+        if record:
+            _record(source, root, paths, checksums_path, file)
+        elif source.id not in recorded:
+            print(f"note: {key}: no sha256 recorded for {source.kind} {source.ref} yet; "
+                  f"checked only that it is no web page and has its format. Record them "
+                  f"once with --record", file=file or sys.stderr)
+        return paths
+    reason = " | ".join(errors) or "no source is known"
+    print(f"every source of {key} failed:\n" + "\n".join(f"  {e}" for e in errors),
+          file=file or sys.stderr)
+    print(manual_instructions(key, entry, dest_dir), file=file or sys.stderr)
+    raise DownloadError(f"{key}: every source failed: {reason}")
+
+
+def _record(source: Source, root: Path, paths: list[Path], checksums_path: Path, file) -> None:
+    data = load_checksums(checksums_path)
+    files = {p.relative_to(root).as_posix(): {"sha256": _sha256_file(p),
+                                               "size": p.stat().st_size} for p in paths}
+    data[source.id] = {"files": files, "recorded": datetime.date.today().isoformat(),
+                       "cited": source.cited}
+    _write_json_atomic(checksums_path, data)
+    print(f"recorded sha256 and size of {len(files)} file(s) of {source.kind} {source.ref} "
+          f"in {checksums_path}", file=file or sys.stderr)
+
+
 def manual_instructions(key: str, entry: KnownFile, dest_dir, reason: str = "") -> str:
     """The message telling a user where to get ``entry`` by hand and where to put it."""
-    names = ", ".join(r.name for r in entry.files[:6])
+    names = ", ".join(entry.files[:6])
     more = f" (and {len(entry.files) - 6} more like them)" if len(entry.files) > 6 else ""
+    links = "".join(f"\n  or {s.link}  ({s.cited})" for s in entry.sources)
     return (f"cannot download {key}{': ' + reason if reason else ''}\n"
             f"  what:  {entry.description}\n"
-            f"  get it by hand from {entry.page}\n"
+            f"  get it by hand from {entry.page}{links}\n"
             f"  files: {names}{more}\n"
             f"  put them under {Path(dest_dir)}/ (same names); then {entry.then}")
 
 
-def fetch(key: str, dest_dir, *, entry: KnownFile | None = None, timeout: float = 60.0,
-          file=None) -> list[Path]:
-    """Download every file of ``KNOWN_FILES[key]`` (or ``entry``) under ``dest_dir``.
+# ---- from an archive or a folder to SCAN's layout -------------------------------------
 
-    When a file cannot be downloaded (no URL, or every mirror failed) the
-    manual instructions are printed to ``file`` (stderr) and DownloadError is
-    raised.
+
+def _members(path: Path) -> Iterable[tuple[str, object]]:
+    """(path, opener) of every file in a zip, a folder, or zips in a folder; the
+    path starts with the zip's or folder's own name (it may name the dataset)."""
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.is_file() and zipfile.is_zipfile(p):
+                yield from ((f"{path.name}/{p.parent.relative_to(path).as_posix()}/{name}",
+                             opener) for name, opener in _members(p))
+            elif p.is_file():
+                yield f"{path.name}/{p.relative_to(path).as_posix()}", (lambda p=p: open(p, "rb"))
+    elif zipfile.is_zipfile(path):
+        archive = zipfile.ZipFile(path)
+        for info in archive.infolist():
+            if not info.is_dir():
+                yield f"{path.name}/{info.filename}", (lambda i=info: archive.open(i))
+    else:
+        yield path.name, (lambda: open(path, "rb"))
+
+
+def extract_scan_files(sources: Sequence, dataset: str, out_dir, kinds=("features",)) -> list[Path]:
+    """Copy the SCAN-layout files of ``dataset`` ("f30k" or "coco") out of
+    ``sources`` (zips, folders, files) into ``out_dir``; return their paths.
+
+    A file is taken when its name is ``{split}_{name}`` for a split of the
+    dataset and a name of ``kinds`` (:data:`SCAN_NAMES`: "features",
+    "camera", "gsmn"), and its path names the dataset (a folder such as
+    ``f30k_precomp``, ``f30k/precomp`` or ``data/flickr30k``): archives hold
+    both datasets under the same file names. Each file is written to a temp
+    name and renamed (nothing half-written under a final name); a file
+    already in ``out_dir`` with the same size is kept. Raises DownloadError
+    naming the sources when nothing matched.
     """
-    entry = entry or KNOWN_FILES[key]
-    dest_dir = Path(dest_dir)
-    done = []
-    for remote in entry.files:
+    if dataset not in _DATASET_TAGS:
+        raise DownloadError(f"dataset must be one of {', '.join(_DATASET_TAGS)}, got {dataset!r}")
+    wanted = {f"{s}_{n}" for s in _SPLITS[dataset] for k in kinds for n in SCAN_NAMES[k]}
+    out_dir = Path(out_dir)
+    found: dict[str, tuple[str, object]] = {}
+    seen = []
+    for src in map(Path, sources):
+        for rel, opener in _members(src):
+            seen.append(rel)
+            parts = rel.lower().split("/")
+            if parts[-1] in wanted and any(tag in part for part in parts[:-1]
+                                           for tag in _DATASET_TAGS[dataset]):
+                found.setdefault(parts[-1], (rel, opener))
+    if not found:
+        sample = ", ".join(seen[:8]) + (" ..." if len(seen) > 8 else "")
+        raise DownloadError(f"no {dataset} file of {', '.join(kinds)} in "
+                            f"{', '.join(map(str, sources))} (expected names like "
+                            f"{sorted(wanted)[0]} under a folder naming {dataset}; found: "
+                            f"{sample or 'nothing'})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (rel, opener) in sorted(found.items()):
+        final = out_dir / name
+        tmp = out_dir / f".{name}.tmp-{os.getpid()}"
         try:
-            done.append(download(remote.urls, dest_dir / remote.name, remote.sha256,
-                                 timeout=timeout))
-        except DownloadError as e:
-            print(manual_instructions(key, entry, dest_dir, str(e)), file=file or sys.stderr)
-            raise
-    return done
+            with opener() as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 22)
+            check_payload(tmp.with_name(name), None, head=_head(tmp))
+            if final.exists() and final.stat().st_size == tmp.stat().st_size:
+                tmp.unlink()
+            else:
+                os.replace(tmp, final)
+        except _NotTheFile as e:
+            raise DownloadError(f"{rel}: {e}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        written.append(final)
+    return written
