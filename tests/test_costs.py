@@ -1,0 +1,78 @@
+"""The cost model of cccl_lite.costs against independent counts: torch's own
+FLOP counter on the scorer, autograd's saved tensors at a batch size the
+fit did not see, and the bytes arithmetic by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from cccl_lite import costs, fused
+from cccl_lite.model import CCCL, CCCLConfig
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+SMALL = CCCLConfig.lite(region_dim=32, word_dim=16, embed_dim=24, sim_dim=8)
+
+
+def test_macs_per_pair_equal_torchs_flop_counter_on_the_scorer(monkeypatch):
+    monkeypatch.setitem(fused._state, "module", None)  # PyTorch ops only: the counter sees them
+    n, m, b_i, b_t = 5, 7, 3, 4
+    torch.manual_seed(0)
+    model = CCCL(SMALL).eval()
+    x = costs._inputs(SMALL, max(b_i, b_t), n, m)
+    with torch.no_grad():
+        img = model.encode_images(x["regions"][:b_i], x["positions"][:b_i],
+                                  x["region_mask"][:b_i])
+        txt = model.encode_texts(x["words"][:b_t], x["word_mask"][:b_t],
+                                 x["word_adjacency"][:b_t])
+        with FlopCounterMode(display=False) as counter:
+            model.score(img, txt)
+    d, p = SMALL.embed_dim, SMALL.sim_dim
+    per_pair = sum(costs.macs_per_pair(SMALL, n, m).values())
+    # Besides the per-pair count: the masked means' (n + m) x P products per pair, and
+    # each GRU's first step, one (d, 3d) product per item of the other side.
+    expected = 2 * (b_i * b_t * (per_pair + (n + m) * p) + 3 * d * d * (b_i + b_t))
+    assert counter.get_total_flops() == expected
+
+
+def test_saved_bytes_fit_predicts_an_unseen_batch():
+    per_pair, per_item = costs.saved_bytes_per_pair(SMALL, 5, 7)
+    assert per_pair > 0 and per_item > 0
+
+    def measured(batch):
+        torch.manual_seed(0)
+        model = CCCL(SMALL).train()
+        total = [0]
+
+        def pack(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast("cpu", dtype=torch.bfloat16):
+            _, scores = model(**costs._inputs(SMALL, batch, 5, 7))
+            model.loss(tuple(s.float() for s in scores), negatives="all")
+        return total[0]
+
+    # c + a B + b B², with c from B = 2: the prediction for B = 6 must hold exactly
+    c = measured(2) - 2 * per_item - 4 * per_pair
+    assert measured(6) == pytest.approx(c + 6 * per_item + 36 * per_pair, abs=1)
+
+
+def test_bytes_and_times_by_hand_at_the_paper_shape():
+    paper = CCCLConfig.paper()
+    parts = costs.bytes_per_pair(paper, 36, 13)
+    assert costs.GRU_STEP_BYTES_PER_D == 80
+    assert parts["eq 26 GRUs"] == 80 * 1024 * (35 + 12)  # 3,850,240
+    assert parts["eqs 17-19 Branch 2"] == 8 * 49 * 1024 + 4 * 49 * 256
+    h100 = costs.GPUS["H100"]
+    e = costs.estimate(paper, h100, 5_000_000, 36, 13)
+    assert e["memory_s"] == pytest.approx(5e6 * 4_301_824 / 3.35e12)
+    macs = 3 * 1024**2 * 47 + 49 * 1024 * 256 + 3 * 36 * 13 * 1024 + 2 * 1024 * 256 \
+        + 3 * (256**2 + 256)
+    assert e["compute_s"] == pytest.approx(2 * 5e6 * macs / 989e12)
+    assert e["bound_s"] == max(e["compute_s"], e["memory_s"])
+    assert e["estimate_s"] == e["bound_s"] / costs.EFFICIENCY
+    train = costs.estimate(paper, h100, 128 * 128, 36, 13, passes=3)
+    assert train["flops"] == pytest.approx(3 * 2 * 128**2 * macs)
