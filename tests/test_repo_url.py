@@ -1,0 +1,69 @@
+"""The repository's URL lives in one place, _config.yml's repository.url (the
+Colab buttons use it): every chapter's install cell and chapter 9's clone
+must name the same repository."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def config_url() -> str:
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url), url
+    return url
+
+
+def notebook_chapters() -> list[Path]:
+    """The chapters that run code (jupytext MyST notebooks) listed in _toc.yml."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = []
+
+    def walk(entries):
+        for e in entries or []:
+            if "file" in e:
+                files.append(ROOT / (e["file"] + ".md"))
+            walk(e.get("sections"))
+
+    walk(toc.get("chapters"))
+    for part in toc.get("parts", []):
+        walk(part.get("chapters"))
+    return [f for f in files if "jupytext" in f.read_text()[:400]
+            and "```{code-cell}" in f.read_text()]
+
+
+def test_every_install_cell_installs_the_configured_repository():
+    url = config_url()
+    pages = notebook_chapters()
+    numbered = [p for p in pages if re.match(r"\d\d_", p.name)]
+    assert len(numbered) >= 10
+    for chapter in pages:
+        text = chapter.read_text()
+        installs = re.findall(r'pip install[^\n]*"cccl_lite @ git\+([^"\s]+)"', text)
+        if chapter not in numbered and not installs:
+            continue  # a page that installs nothing names no repository
+        assert installs, f"{chapter.name}: no Colab install cell of cccl_lite"
+        assert set(installs) == {url}, f"{chapter.name}: installs {installs}, _config.yml has {url}"
+        # the paired notebook (what Colab opens) says the same
+        ipynb = chapter.with_suffix(".ipynb")
+        assert set(re.findall(r'cccl_lite @ git\+([^"\\\s]+)', ipynb.read_text())) == {url}, \
+            ipynb.name
+
+
+def test_chapter_9_clones_the_configured_repository():
+    text = (ROOT / "book" / "09_flickr30k.md").read_text()
+    clones = re.findall(r'^REPO_URL = "([^"]+)"', text, flags=re.M)
+    assert clones == [config_url()]
+    assert '"git", "clone", "--depth", "1", REPO_URL' in text
+
+
+def test_the_check_catches_a_different_url(tmp_path):
+    # The regular expression must see a mismatch, not pass on anything.
+    line = 'pip install -q "cccl_lite @ git+https://github.com/someone/fork"'
+    assert re.findall(r'pip install[^\n]*"cccl_lite @ git\+([^"\s]+)"', line) == [
+        "https://github.com/someone/fork"]
+    assert "https://github.com/someone/fork" != config_url()
