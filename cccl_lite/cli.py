@@ -45,7 +45,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import ablate, diagnose, evaluate, train
+    from . import ablate, diagnose, evaluate, pretrained, train
 
     parser = OneLineParser(prog="python -m cccl_lite", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "train and test every Table 6 ablation (chapter 7's table)"),
         "diagnose": (diagnose.add_diagnose_arguments, diagnose.run_diagnose,
                      "short runs that each change one thing (chapter 5's diagnosis)"),
+        "ship": (pretrained.add_ship_arguments, pretrained.run_ship,
+                 "make a finished run the package's shipped lite model, with its provenance"),
     }
     for name, (add, run, help_) in commands.items():
         p = sub.add_parser(name, help=help_, description=help_)

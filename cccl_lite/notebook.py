@@ -65,26 +65,39 @@ def setup(seed: int = 0) -> torch.device:
     return device
 
 
-def trained_model(epochs: int = 3, max_steps: int | None = None, seed: int = 0,
-                  device: str | torch.device = "cpu", **config_overrides):
-    """A lite CCCL trained briefly on :func:`default_data` (sum over negatives,
-    the lite recipe), cached under ``data_dir()/runs`` so that chapters that
-    only *inspect* a trained model share one run; returns ``(model, config,
-    best.pt path)``. Smoke mode: one epoch of at most 5 batches."""
-    from .train import TrainOptions, load_model, resolve_config, train
+def trained_model(epochs: int | None = None, max_steps: int | None = None, seed: int = 0,
+                  device: str | torch.device = "cpu", train: bool = False, **config_overrides):
+    """The lite CCCL that chapters inspect: ``(model, config, checkpoint path)``.
 
+    By default the model shipped with the package
+    (:func:`cccl_lite.pretrained.load_pretrained`: trained once with the lite
+    recipe, its provenance in ``cccl_lite/assets/``), so no chapter has to
+    train to be readable. ``train=True`` (or any of ``epochs``, ``max_steps``,
+    config overrides, or a missing shipped file) trains a lite model on
+    :func:`default_data` instead, with the lite preset's recipe, cached under
+    ``data_dir()/runs`` so chapters share one run. Smoke mode trains one epoch
+    of at most 5 batches.
+    """
+    from . import pretrained
+    from .train import load_model, lite_options, resolve_config, train as run
+
+    asked = train or epochs is not None or max_steps is not None or config_overrides
+    if not asked and pretrained.checkpoint_path().exists():
+        model, config, path = pretrained.load_pretrained(device=device)
+        return model, config, path
     if smoke():
         epochs, max_steps = 1, 5
     data = default_data()
-    config = resolve_config("lite", data, epochs=epochs, **config_overrides)
+    config = resolve_config("lite", data, **({"epochs": epochs} if epochs else {}),
+                            **config_overrides)
     extra = "".join(f"-{k}{v}" for k, v in sorted(config_overrides.items()))
-    name = f"{data.stem}-lite-e{epochs}" + (f"-s{max_steps}" if max_steps else "") + extra
+    name = f"{data.stem}-lite-e{config.epochs}" + (f"-s{max_steps}" if max_steps else "") + extra
     out = data_dir() / "runs" / name
     best = out / "best.pt"
     if not best.exists():
-        print(f"training a lite CCCL for {epochs} epoch(s) into {out} (once)...")
-        train(config, data, out, TrainOptions(warmup_epochs=None, seed=seed, device="cpu",
-                                              max_steps=max_steps, quiet=True, overwrite=True))
+        print(f"training a lite CCCL for up to {config.epochs} epoch(s) into {out} (once)...")
+        run(config, data, out, lite_options(seed=seed, device="cpu", max_steps=max_steps,
+                                            quiet=True, overwrite=True))
     model, config, _ = load_model(best, device=device)
     model.eval()
     return model, config, best

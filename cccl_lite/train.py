@@ -92,7 +92,7 @@ from .data.dataset import (CaptionDataset, SiblingSampler, SplitReader, build_vo
 from .data.truth import SplitTruth
 from .data.schema import SchemaError, check_file
 from .files import RunLock, check_output_dir, remove_stale_temps, temp_path
-from .loss import HybridLoss, alignment_term, hybrid_loss
+from .loss import COHERENCE_REDUCTIONS, HybridLoss, alignment_term, hybrid_loss
 from .model import ABLATIONS, CCCL, CCCLConfig
 
 __all__ = [
@@ -108,6 +108,9 @@ __all__ = [
     "prepare_config",
     "alignment_term_all_negatives",
     "warmup_loss",
+    "RECIPES",
+    "recipe_options",
+    "lite_options",
     "add_train_arguments",
     "run_train",
 ]
@@ -1085,8 +1088,32 @@ def train(config: CCCLConfig, data_path, out_dir, options: TrainOptions | None =
 # --------------------------------------------------------------------------
 
 
-# The command line's warm-up per preset (measured: see the module docstring).
-_DEFAULT_WARMUP = {"lite": "all", "paper": 1}
+# Each preset's training recipe: the TrainOptions it trains with unless told
+# otherwise (command line, lite_options). The paper's: Table 1 plus a one-epoch
+# warm-up (VSE∞'s). The lite one is what chapter 5's diagnosis measured on the
+# synthetic scenes: the sum over negatives (eq 33's hardest negatives collapse
+# the lite model from scratch), a group's siblings in every batch (under a
+# shuffle 1.4 % of captions ever meet a binding or relation hard negative),
+# the scenes' truth as positives (a test caption is true of ~13 images), and
+# early stopping on validation R@sum. Data without scenes (Flickr30K) needs
+# --positives image --batching random.
+RECIPES = {
+    "lite": {"warmup_epochs": None, "positives": "truth", "batching": "siblings",
+             "patience": 3},
+    "paper": {"warmup_epochs": 1},
+}
+
+
+def recipe_options(preset: str, **options) -> TrainOptions:
+    """TrainOptions of ``preset``'s recipe (:data:`RECIPES`), ``options`` on top."""
+    if preset not in RECIPES:
+        raise ValueError(f"unknown preset {preset!r}; expected one of: {', '.join(RECIPES)}")
+    return TrainOptions(**{**RECIPES[preset], **options})
+
+
+def lite_options(**options) -> TrainOptions:
+    """The lite preset's recipe (:data:`RECIPES`), ``options`` on top."""
+    return recipe_options("lite", **options)
 
 
 def _warmup_arg(text: str):
@@ -1126,6 +1153,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--coherence-weight", type=nonnegative_float, default=None,
                    help="λ of eq 34; default: the config's (Table 1: 0.5 for Flickr30K, "
                         "0.75 for MS-COCO, see --dataset)")
+    p.add_argument("--coherence-reduction", choices=COHERENCE_REDUCTIONS, default=None,
+                   help="L_c of eq 31 summed over the B² pairs (sum, as printed) or divided "
+                        "by B (per_item); default: the config's")
     p.add_argument("--position-tuple", choices=("ours", "camera"), default=None,
                    help="eq 9's six-tuple: ours or CAMERA's (cccl_lite.perceive."
                         "position_features); default: the config's (ours)")
@@ -1133,6 +1163,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-epochs", type=_warmup_arg, default=None,
                    help="epochs with the sum over all negatives before hardest negatives, "
                         "or 'all' (default: all for lite, 1 for paper; see cccl_lite.train)")
+    p.add_argument("--positives", choices=POSITIVES, default=None,
+                   help="image: a caption matches the image it was written for; truth: every "
+                        "image of the batch it is true of (synthetic scenes); default: the "
+                        "preset's recipe")
+    p.add_argument("--batching", choices=BATCHINGS, default=None,
+                   help="random, or siblings (a scene's rebound and swapped variants in the "
+                        "same batch; synthetic scenes); default: the preset's recipe")
+    p.add_argument("--patience", type=positive_int, default=None,
+                   help="stop after this many epochs without a better val R@sum; default: "
+                        "the preset's recipe")
     p.add_argument("--seed", type=nonnegative_int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:K")
     p.add_argument("--amp", default=d.amp, help=f"{', '.join(AMP_MODES)} (default auto: "
@@ -1163,17 +1203,22 @@ def run_train(args) -> int:
                                    ("lr", args.lr), ("lr_decay_epoch", args.lr_decay_epoch),
                                    ("margin", args.margin),
                                    ("coherence_weight", args.coherence_weight),
+                                   ("coherence_reduction", args.coherence_reduction),
                                    ("position_tuple", args.position_tuple))
                  if v is not None}
     config = resolve_config(args.config, args.data, args.ablation,
                             dataset=getattr(args, "dataset", None), **overrides)
-    warmup = args.warmup_epochs if args.warmup_epochs is not None else _DEFAULT_WARMUP.get(
-        args.config, 1)
-    options = TrainOptions(warmup_epochs=None if warmup == "all" else warmup, seed=args.seed,
-                           device=args.device, amp=args.amp, num_workers=args.num_workers,
-                           max_steps=args.max_steps, log_every=args.log_every, quiet=args.quiet,
-                           resume=args.resume, overwrite=args.overwrite,
-                           eval_batch_size=args.eval_batch_size, pair_chunk=args.pair_chunk,
+    # Unset options come from the preset's recipe (RECIPES).
+    chosen = {k: v for k, v in (("warmup_epochs", args.warmup_epochs),
+                                ("positives", args.positives), ("batching", args.batching),
+                                ("patience", args.patience)) if v is not None}
+    if chosen.get("warmup_epochs") == "all":
+        chosen["warmup_epochs"] = None
+    options = recipe_options(args.config, **chosen, seed=args.seed,
+                             device=args.device, amp=args.amp, num_workers=args.num_workers,
+                             max_steps=args.max_steps, log_every=args.log_every,
+                             quiet=args.quiet, resume=args.resume, overwrite=args.overwrite,
+                             eval_batch_size=args.eval_batch_size, pair_chunk=args.pair_chunk,
                              collapse_steps=args.collapse_steps,
                              stop_on_collapse=args.stop_on_collapse)
     trainer = Trainer(config, args.data, args.out, options)
