@@ -87,6 +87,9 @@ ROWS = (
     # the data's signal
     Row("siblings in batch", "the reference with a group's three images in one batch "
         "(and the truth as positives)", options={**_ALL, **_TRUTH_SIBLINGS}),
+    Row("siblings, L_c per item", "sibling batches and truth positives with the "
+        "coherence term per item: the lite recipe at this budget",
+        {"coherence_reduction": "per_item"}, {**_ALL, **_TRUTH_SIBLINGS}),
     Row("siblings, hardest", "eq 33 on batches that hold the hard negatives",
         options={"warmup_epochs": 0, **_TRUTH_SIBLINGS}),
     Row("siblings, hardest, L_c per item", "the two fixes together, eq 33 from the start",
