@@ -1,21 +1,27 @@
 """Table 6 on the synthetic scenes: train the full model and every ablation, record R@K.
 
-Taught in chapter 7 ("Ablations"). ``python -m cccl_lite ablate --data FILE``
-trains the lite CCCL and each row of the paper's Table 6
-(:data:`cccl_lite.model.ABLATIONS`) with one recipe (lite preset sized to the
-data, the sum over negatives throughout, the same seed and epochs), keeps each
-run's best validation checkpoint, evaluates it on the test split (eqs 35-36)
-and writes one JSON file with the rows and their provenance: commit, date,
-machine, torch, threads, seconds per row and in all.
+Taught in chapter 7 ("Ablations"). ``python -m cccl_lite ablate --data FILE
+--results book/results/ablations.json`` trains the lite CCCL and each row of
+the paper's Table 6 (:data:`cccl_lite.model.ABLATIONS`), each with several
+seeds (``--seeds``, default 3), all with one recipe: the lite preset's
+(``cccl_lite.train.RECIPES``), which stops a run once validation R@sum has
+not improved for a few epochs (the plateau rule). Each run's best validation
+checkpoint is tested on the test split: R@K (eqs 35-36), the truth-aware R@K
+and the binding / relation sibling accuracies
+(:func:`cccl_lite.pretrained.measure`). One JSON file holds every run, the
+mean and standard deviation of each row over its seeds (:func:`summarize`),
+and the provenance: commit (per run too), date, machine, torch, threads,
+seconds.
 
 The results file (``--results``, by default ``OUT/ablations.json``: results
 go where ``--out`` says; chapter 7 reads ``book/results/ablations.json``, so
-pass that to update the book) is rewritten (atomically) after every row, and
-a rerun with the same settings skips the rows it already holds, so an
-interrupted run loses at most the row in progress. A results file of other
-settings is replaced only with ``--overwrite``. A second seed of the full model
-(``--noise-seeds``) shows how far two runs that differ only in their seed lie
-apart: differences between rows smaller than that are noise.
+pass that to update the book) is rewritten (atomically, under a lock) after
+every run, and a rerun with the same settings skips the (row, seed) pairs it
+already holds, so an interrupted study loses at most the run in progress and
+can span sessions; two processes with disjoint ``--only`` lists can share
+one file. A results file of other settings is replaced only with
+``--overwrite``. Differences between rows smaller than their seeds' spread
+are noise.
 """
 
 from __future__ import annotations
@@ -28,14 +34,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .evaluate import evaluate_split
 from .model import ABLATIONS
-from .files import OutputError, check_output_dir, check_output_file
-from .train import TrainOptions, _atomic_write_text, load_model, make_reader, resolve_config, train
+from .files import OutputError, check_output_dir, check_output_file, shared_file
+from .train import RECIPES, _atomic_write_text, lite_options, load_model, resolve_config, train
 
-__all__ = ["PAPER_TABLE6", "GROUPS", "row_names", "provenance", "run_ablations",
+__all__ = ["PAPER_TABLE6", "GROUPS", "row_names", "summarize", "provenance", "run_ablations",
            "add_ablate_arguments", "run_ablate"]
 
 FULL = "CCCL"
@@ -74,13 +80,30 @@ assert sum(GROUPS.values(), ()) == ABLATIONS
 RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 
 
-def row_names(noise_seeds: int = 1) -> list[tuple[str, str | None, int]]:
-    """(row name, ablation or None, seed) for the full model, the extra seeds
-    of the full model, then every Table 6 ablation (seed 0)."""
-    rows = [(FULL, None, 0)]
-    rows += [(f"{FULL} (seed {s})", None, s) for s in range(1, noise_seeds + 1)]
-    rows += [(name, name, 0) for name in ABLATIONS]
-    return rows
+def row_names() -> list[tuple[str, str | None]]:
+    """(row name, ablation or None): the full model, then every Table 6 ablation."""
+    return [(FULL, None)] + [(name, name) for name in ABLATIONS]
+
+
+def summarize(entries: list[dict]) -> list[dict]:
+    """Mean and sample standard deviation over seeds of each row's test R@sum,
+    truth-aware R@sum and binding / relation sibling accuracy (sd None for
+    one seed), in :func:`row_names` order."""
+    out = []
+    for name, _ in row_names():
+        runs = [e for e in entries if e["name"] == name]
+        if not runs:
+            continue
+        stats = {"name": name, "seeds": sorted(e["seed"] for e in runs)}
+        for key, get in (("rsum", lambda e: e["test"]["rsum"]),
+                         ("truth_rsum", lambda e: e["truth"]["rsum"]),
+                         ("binding", lambda e: e["siblings"]["binding"]),
+                         ("relation", lambda e: e["siblings"]["relation"])):
+            v = np.array([get(e) for e in runs], dtype=float)
+            stats[key] = {"mean": round(float(v.mean()), 2),
+                          "sd": round(float(v.std(ddof=1)), 2) if len(v) > 1 else None}
+        out.append(stats)
+    return out
 
 
 def _slug(name: str) -> str:
@@ -113,32 +136,49 @@ def provenance() -> dict:
     }
 
 
-def _settings(data, epochs: int, max_steps: int | None, noise_seeds: int) -> dict:
+def _settings(data, epochs: int | None, max_steps: int | None) -> dict:
     data = Path(data)
     return {"data": data.name, "data_bytes": data.stat().st_size, "config": "lite",
-            "epochs": epochs, "max_steps": max_steps, "negatives": "all (every epoch)",
-            "noise_seeds": noise_seeds, "protocol": "all test images"}
+            "epochs": epochs or "the lite preset's", "max_steps": max_steps,
+            "recipe": {k: v for k, v in RECIPES["lite"].items()},
+            "rule": "best validation R@sum, stopping after `patience` epochs without a "
+                    "better one", "protocol": "all test images"}
 
 
-def run_ablations(data, out_dir, results_path, epochs: int = 2, max_steps: int | None = None,
-                  noise_seeds: int = 1, only: list[str] | None = None, log=print,
-                  overwrite: bool = False) -> dict:
-    """Train and test every row (see :func:`row_names`); return the results dict
-    also written to ``results_path``: {"settings", "provenance", "rows": [{name,
-    ablation, seed, val_rsum, best_epoch, test: {recalls}, seconds}], "seconds"}.
+def _key(name: str, seed: int) -> str:
+    return f"{name} | seed {seed}"
 
-    Rows already in ``results_path`` under the same settings are kept, not
-    rerun. ``only``: train just these row names (the others stay as they are).
+
+def run_ablations(data, out_dir, results_path, epochs: int | None = None,
+                  max_steps: int | None = None, seeds: int = 3,
+                  only: list[str] | None = None, log=print, overwrite: bool = False) -> dict:
+    """Train and test every row (see :func:`row_names`) with seeds 0..seeds-1;
+    return the results dict also written to ``results_path``: {"settings",
+    "provenance", "entries": [{name, ablation, seed, val_rsum, best_epoch,
+    last_epoch, test, truth, siblings, seconds, commit}], "summary"
+    (:func:`summarize`)}.
+
+    Every run trains with the lite preset's recipe (``cccl_lite.train.RECIPES``:
+    at most ``epochs`` epochs, default the preset's, stopping early on
+    validation R@sum) and is tested with its best validation checkpoint.
+    Seeds run outermost (every row with seed 0 first), and each (row, seed)
+    already in ``results_path`` under the same settings is kept, not rerun,
+    so the study resumes where it stopped. ``only``: just these row names.
+    Several processes (each its own ``only``) may share one results file.
     A ``results_path`` of other settings (or unreadable) raises
     :class:`cccl_lite.files.OutputError` before any training, unless
     ``overwrite``: then it is replaced.
     """
+    from .pretrained import measure
+
     results_path = check_output_file(results_path, overwrite=True, what="results file")
     check_output_dir(out_dir, "folder of the training runs (--out)")
     if not Path(data).is_file():
         raise FileNotFoundError(f"{data}: no such data file")
-    settings = _settings(data, epochs, max_steps, noise_seeds)
-    rows = row_names(noise_seeds)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a positive int, got {seeds!r}")
+    settings = _settings(data, epochs, max_steps)
+    rows = row_names()
     names = [r[0] for r in rows]
     unknown = set(only or ()) - set(names)
     if unknown:
@@ -151,45 +191,66 @@ def run_ablations(data, out_dir, results_path, epochs: int = 2, max_steps: int |
         except (ValueError, AttributeError):
             old, same = None, False
         if same:
-            done = {r["name"]: r for r in old["rows"]}
+            done = {_key(e["name"], e["seed"]): e for e in old["entries"]}
         elif not overwrite:
             what = "other settings" if old is not None else "not a results file of ablate"
             raise OutputError(f"{results_path}: holds {what}; pass --overwrite to replace it, "
                               f"or write to another --results / --out")
         else:
             log(f"{results_path}: other settings; starting afresh (--overwrite)")
+            with shared_file(results_path):
+                _write(results_path, settings, {})
     t_all = time.perf_counter()
-    for name, ablation, seed in rows:
-        if (only and name not in only) or (not only and name in done):
-            continue
-        t0 = time.perf_counter()
-        config = resolve_config("lite", data, ablation, epochs=epochs)
-        run_dir = Path(out_dir) / _slug(name)
-        best = train(config, data, run_dir, TrainOptions(
-            warmup_epochs=None, seed=seed, device="cpu", max_steps=max_steps, quiet=True,
-            overwrite=True))
-        model, config, vocab = load_model(best)
-        history = [json.loads(ln) for ln in (run_dir / "log.jsonl").read_text().splitlines()]
-        best_rec = max(history, key=lambda r: r["val"]["rsum"])
-        recalls, _ = evaluate_split(model, make_reader(data, "test", config, vocab))
-        done[name] = {
-            "name": name, "ablation": ablation, "seed": seed,
-            "val_rsum": round(best_rec["val"]["rsum"], 2), "best_epoch": best_rec["epoch"],
-            "last_epoch": history[-1]["epoch"],
-            "test": {k: round(float(recalls[k]), 2) for k in RECALL_KEYS},
-            "seconds": round(time.perf_counter() - t0, 1),
-        }
-        log(f"{name}: test R@sum {recalls['rsum']:.1f} ({done[name]['seconds']:.0f} s)")
-        _write(results_path, settings, done, names)
-    result = _write(results_path, settings, done, names)
-    log(f"{len(done)} rows in {results_path} ({time.perf_counter() - t_all:.0f} s this run)")
+    for seed in range(seeds):
+        for name, ablation in rows:
+            if (only and name not in only) or _key(name, seed) in done:
+                continue
+            t0 = time.perf_counter()
+            config = resolve_config("lite", data, ablation,
+                                    **({"epochs": epochs} if epochs else {}))
+            run_dir = Path(out_dir) / f"{_slug(name)}-seed{seed}"
+            best = train(config, data, run_dir, lite_options(
+                seed=seed, device="cpu", max_steps=max_steps, quiet=True, overwrite=True))
+            model, config, vocab = load_model(best)
+            history = [json.loads(ln) for ln in (run_dir / "log.jsonl").read_text().splitlines()]
+            best_rec = max(history, key=lambda r: r["val"]["rsum"])
+            with torch.no_grad():
+                measured = measure(model, config, vocab, data)
+            entry = {
+                "name": name, "ablation": ablation, "seed": seed,
+                "val_rsum": round(best_rec["val"]["rsum"], 2), "best_epoch": best_rec["epoch"],
+                "last_epoch": history[-1]["epoch"], **measured,
+                "seconds": round(time.perf_counter() - t0, 1),
+                "commit": provenance()["commit"],
+            }
+            log(f"{name}, seed {seed}: test R@sum {entry['test']['rsum']:.1f}, siblings "
+                f"{entry['siblings']} ({entry['seconds']:.0f} s)")
+            with shared_file(results_path):
+                # Re-read under the lock: another process may have added entries.
+                if results_path.exists():
+                    old = json.loads(results_path.read_text())
+                    if old.get("settings") == settings:
+                        for e in old["entries"]:
+                            done.setdefault(_key(e["name"], e["seed"]), e)
+                done[_key(name, seed)] = entry
+                _write(results_path, settings, done)
+    with shared_file(results_path):
+        if results_path.exists():
+            old = json.loads(results_path.read_text())
+            if old.get("settings") == settings:
+                for e in old["entries"]:
+                    done.setdefault(_key(e["name"], e["seed"]), e)
+        result = _write(results_path, settings, done)
+    log(f"{len(done)} runs in {results_path} ({time.perf_counter() - t_all:.0f} s this run)")
     return result
 
 
-def _write(path: Path, settings: dict, done: dict, names: list[str]) -> dict:
-    rows = [done[n] for n in names if n in done]
-    result = {"settings": settings, "provenance": provenance(), "rows": rows,
-              "seconds": round(sum(r["seconds"] for r in rows), 1)}
+def _write(path: Path, settings: dict, done: dict) -> dict:
+    order = {name: i for i, (name, _) in enumerate(row_names())}
+    entries = sorted(done.values(), key=lambda e: (e["seed"], order[e["name"]]))
+    result = {"settings": settings, "provenance": provenance(), "entries": entries,
+              "summary": summarize(entries),
+              "seconds": round(sum(e["seconds"] for e in entries), 1)}
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(json.dumps(result, indent=1) + "\n", path)
     return result
@@ -199,17 +260,19 @@ def add_ablate_arguments(p) -> None:
     """``python -m cccl_lite ablate``'s arguments."""
     p.add_argument("--data", required=True, help="HDF5 file with word vectors (the default "
                                                  "synthetic scenes: data/scenes-small-seed0.h5)")
-    from .cli import nonnegative_int, positive_int
+    from .cli import positive_int
 
     p.add_argument("--out", default="runs/ablations", help="training runs go here")
     p.add_argument("--results", default=None,
                    help="the results table, rewritten after every row (default: "
                         "OUT/ablations.json; chapter 7 reads book/results/ablations.json)")
-    p.add_argument("--epochs", type=positive_int, default=2)
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="at most this many epochs per run (default: the lite preset's; runs "
+                        "stop earlier on validation R@sum)")
     p.add_argument("--max-steps", type=positive_int, default=None,
                    help="batches per epoch (smoke)")
-    p.add_argument("--noise-seeds", type=nonnegative_int, default=1,
-                   help="extra seeds of the full model, to size the noise (default 1)")
+    p.add_argument("--seeds", type=positive_int, default=3,
+                   help="seeds 0..N-1 for every row (default 3), to size the noise")
     p.add_argument("--only", nargs="+", default=None, help="row names to (re)train")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a results file written with other settings")
@@ -218,6 +281,6 @@ def add_ablate_arguments(p) -> None:
 def run_ablate(args) -> int:
     results = args.results if args.results is not None else Path(args.out) / "ablations.json"
     run_ablations(args.data, args.out, results, epochs=args.epochs,
-                  max_steps=args.max_steps, noise_seeds=args.noise_seeds, only=args.only,
+                  max_steps=args.max_steps, seeds=args.seeds, only=args.only,
                   overwrite=args.overwrite)
     return 0

@@ -29,7 +29,6 @@ run as two processes (``--only``) of one thread each.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from .data.difficulty import (StructureProbe, hard_negative_pairs, probe_sims, s
                               train_bag_of_words)
 from .data.truth import SplitTruth
 from .evaluate import evaluate_split
+from .files import shared_file
 from .metrics import recall_at_k, truth_recall_at_k
 from .train import TrainOptions, _atomic_write_text, load_model, make_reader, resolve_config, train
 
@@ -253,14 +253,14 @@ def _slug(name: str) -> str:
 
 def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
                   max_steps: int | None = None, only: list[str] | None = None,
-                  overwrite: bool = False, log=print) -> dict:
+                  overwrite: bool = False, rerun: bool = False, log=print) -> dict:
     """Run every row of :data:`ROWS` (or ``only`` those, in that order) not yet in
     ``results_path`` under the same settings; return the results dict
     {"settings", "provenance", "baselines" (:func:`baselines`, computed once),
     "rows"}, also written there after each row.
 
     An existing results file with other settings is an error unless
-    ``overwrite``; a row already there is rerun only when named in ``only``.
+    ``overwrite``; a row already there is skipped unless ``rerun``.
     """
     results_path = Path(results_path)
     settings = _settings(data, epochs, max_steps, seed)
@@ -281,19 +281,20 @@ def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
             and json.loads(results_path.read_text()).get("baselines")):
         log("bag of words and structure probe (the floor and the ceiling)...")
         base = baselines(data, seed)
-        with _locked(results_path):
+        with shared_file(results_path):
             _write(results_path, settings, _merge(results_path, settings, done), names,
                    base)
     cache: dict = {}
     by_name = {r.name: r for r in ROWS}
     # ``only`` also sets the order: the most telling rows of a long study first.
-    todo = [by_name[n] for n in only] if only else [r for r in ROWS if r.name not in done]
+    todo = [by_name[n] for n in only] if only else list(ROWS)
+    todo = [r for r in todo if rerun or r.name not in done]
     for row in todo:
         rec = run_row(row, data, out_dir, epochs, seed, max_steps, cache)
         log(f"{row.name}: val R@sum {rec['val_rsum']:.1f}, test {rec['test']['rsum']:.1f}, "
             f"truth {rec['truth']['rsum']:.1f}, siblings {rec['siblings']}, "
             f"{rec['seconds']:.0f} s")
-        with _locked(results_path):
+        with shared_file(results_path):
             # Re-read under the lock: another process (--only) may have added rows.
             done = _merge(results_path, settings, done)
             done[row.name] = rec
@@ -309,23 +310,6 @@ def _merge(path: Path, settings: dict, done: dict) -> dict:
         if old.get("settings") == settings:
             done.update({r["name"]: r for r in old["rows"] if r["name"] not in done})
     return done
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive advisory lock on ``path`` + ".lock" (POSIX; elsewhere none)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as f:
-        try:
-            import fcntl
-        except ImportError:  # Windows: one process at a time is the user's job
-            yield
-            return
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _write(path: Path, settings: dict, done: dict, names: list[str],
@@ -352,7 +336,9 @@ def add_diagnose_arguments(p) -> None:
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--max-steps", type=positive_int, default=None,
                    help="batches per epoch (smoke)")
-    p.add_argument("--only", nargs="+", default=None, help="row names to (re)run")
+    p.add_argument("--only", nargs="+", default=None,
+                   help="row names to run, in this order (rows already done are skipped)")
+    p.add_argument("--rerun", action="store_true", help="run rows again that are done")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a results file that holds other settings")
 
@@ -361,5 +347,6 @@ def run_diagnose(args) -> int:
     if args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     run_diagnosis(args.data, args.out, args.results, epochs=args.epochs, seed=args.seed,
-                  max_steps=args.max_steps, only=args.only, overwrite=args.overwrite)
+                  max_steps=args.max_steps, only=args.only, overwrite=args.overwrite,
+                  rerun=args.rerun)
     return 0

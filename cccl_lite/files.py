@@ -39,7 +39,7 @@ except ImportError:  # pragma: no cover - not on the Linux CI
     fcntl = None
 
 __all__ = ["OutputError", "check_output_file", "check_output_dir", "temp_path",
-           "remove_stale_temps", "pid_alive", "RunLock"]
+           "remove_stale_temps", "pid_alive", "RunLock", "shared_file"]
 
 _TMP = ".tmp-"
 
@@ -239,3 +239,22 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def shared_file(path):
+    """``with shared_file(path): read, change, write path``: one process at a
+    time (an exclusive ``flock`` on ``PATH.lock``, waited for), so that
+    several processes of one study (``--only``) can add their rows to one
+    results file without losing each other's. Without ``flock`` (Windows),
+    no lock: run one process at a time there."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)

@@ -13,12 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_rows_cover_table6_once():
-    rows = ablate.row_names(noise_seeds=2)
+    rows = ablate.row_names()
     names = [r[0] for r in rows]
     assert names[0] == "CCCL" and rows[0][1] is None
-    assert len(set(names)) == len(names) == 1 + 2 + len(ABLATIONS)
+    assert len(set(names)) == len(names) == 1 + len(ABLATIONS)
     assert [r[1] for r in rows if r[1]] == list(ABLATIONS)
-    assert [r[2] for r in rows[:3]] == [0, 1, 2]
     # The paper's table has exactly these rows, each with six recalls in percent.
     assert set(ablate.PAPER_TABLE6) == set(ABLATIONS) | {"CCCL"}
     assert all(len(v) == 6 and all(0 < x <= 100 for x in v) for v in ablate.PAPER_TABLE6.values())
@@ -31,38 +30,50 @@ def test_provenance_names_the_commit():
     assert p["cpu_count"] >= 1 and p["torch"] and p["date"].endswith("+00:00")
 
 
-def test_runs_rows_keeps_them_and_switches_each_off(tiny_words_h5, tmp_path):
+def test_runs_rows_and_seeds_keeps_them_and_switches_each_off(tiny_words_h5, tmp_path):
     results = tmp_path / "res.json"
     logs = []
-    kw = dict(epochs=1, max_steps=1, noise_seeds=0, log=logs.append)
+    kw = dict(epochs=1, max_steps=1, seeds=2, log=logs.append)
     out = ablate.run_ablations(tiny_words_h5, tmp_path / "runs", results,
                                only=["CCCL", "w/o POS"], **kw)
-    assert [r["name"] for r in out["rows"]] == ["CCCL", "w/o POS"]
+    # Seeds outermost: every row with seed 0 first.
+    assert [(e["name"], e["seed"]) for e in out["entries"]] == [
+        ("CCCL", 0), ("w/o POS", 0), ("CCCL", 1), ("w/o POS", 1)]
     assert json.loads(results.read_text()) == out
-    for row in out["rows"]:
-        t = row["test"]
+    for e in out["entries"]:
+        t = e["test"]
         # eq 36: R@sum is the sum of the six recalls (rounded to 2 places each)
         six = sum(t[k] for k in ablate.RECALL_KEYS[:-1])
         assert t["rsum"] == pytest.approx(six, abs=0.05)
+        assert set(e["siblings"]) == {"binding", "relation", "random"}
+    # The summary: mean and sample sd over the seeds, computed here by hand.
+    for row in out["summary"]:
+        runs = [e for e in out["entries"] if e["name"] == row["name"]]
+        a, b = (e["test"]["rsum"] for e in runs)
+        assert row["rsum"]["mean"] == pytest.approx((a + b) / 2, abs=0.01)
+        assert row["rsum"]["sd"] == pytest.approx(abs(a - b) / 2 ** 0.5, abs=0.01)
+        assert row["seeds"] == [0, 1]
     # Each run trained the model its row names: read back what the trainer saved.
-    pos = json.loads((tmp_path / "runs" / "w-o-pos" / "config.json").read_text())["config"]
-    full = json.loads((tmp_path / "runs" / "cccl" / "config.json").read_text())["config"]
-    assert full["use_position"] and not pos["use_position"]
+    pos = json.loads((tmp_path / "runs" / "w-o-pos-seed1" / "config.json").read_text())
+    full = json.loads((tmp_path / "runs" / "cccl-seed0" / "config.json").read_text())
+    assert full["config"]["use_position"] and not pos["config"]["use_position"]
+    assert pos["options"]["seed"] == 1 and pos["options"]["batching"] == "siblings"
 
-    # A rerun with the same settings retrains only what `only` names.
-    first = {r["name"]: r for r in out["rows"]}
-    again = ablate.run_ablations(tiny_words_h5, tmp_path / "runs", results,
-                                 only=["w/o POS"], **kw)
-    assert {r["name"]: r for r in again["rows"]}["CCCL"] == first["CCCL"]
+    # A rerun with the same settings trains nothing it already holds.
+    again = ablate.run_ablations(tiny_words_h5, tmp_path / "runs", results, **kw,
+                                 only=["CCCL"])
+    assert again["entries"] == out["entries"]
     # Other settings: refused without overwrite (the file is a result), and
-    # with it the old rows are not mixed in.
+    # with it the old entries are not mixed in.
     with pytest.raises(ValueError, match="other settings.*--overwrite"):
         ablate.run_ablations(tiny_words_h5, tmp_path / "runs", results,
                              only=["w/o B-2"], **{**kw, "epochs": 2})
-    assert json.loads(results.read_text())["rows"] == again["rows"]
+    assert json.loads(results.read_text())["entries"] == out["entries"]
     other = ablate.run_ablations(tiny_words_h5, tmp_path / "runs", results,
-                                 only=["w/o B-2"], overwrite=True, **{**kw, "epochs": 2})
-    assert [r["name"] for r in other["rows"]] == ["w/o B-2"]
+                                 only=["w/o B-2"], overwrite=True, **{**kw, "epochs": 2,
+                                                                      "seeds": 1})
+    assert [e["name"] for e in other["entries"]] == ["w/o B-2"]
+    assert other["summary"][0]["rsum"]["sd"] is None  # one seed: no spread
     assert any("other settings" in line for line in logs)
 
 

@@ -233,11 +233,11 @@ def test_ablate_never_touches_the_books_table(tiny_words_h5, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "smoke"
     args = ["ablate", "--data", str(tiny_words_h5), "--out", str(out), "--epochs", "1",
-            "--max-steps", "1", "--noise-seeds", "0", "--only", "w/o POS"]
+            "--max-steps", "1", "--seeds", "1", "--only", "w/o POS"]
     assert main(args) == 0
     assert book.read_text() == '{"rows": ["the committed table"]}\n'
     written = json.loads((out / "ablations.json").read_text())
-    assert [r["name"] for r in written["rows"]] == ["w/o POS"]
+    assert [e["name"] for e in written["entries"]] == ["w/o POS"]
     capsys.readouterr()
 
     # Other settings never replace a results file without --overwrite ...
@@ -550,7 +550,7 @@ def test_train_refuses_bad_numbers_in_one_line(option, value, tiny_words_h5, tmp
     assert not out.exists()
 
 
-@pytest.mark.parametrize("argv", [["ablate", "--epochs", "0"], ["ablate", "--noise-seeds", "-1"],
+@pytest.mark.parametrize("argv", [["ablate", "--epochs", "0"], ["ablate", "--seeds", "0"],
                                   ["evaluate", "--checkpoint", "x.pt", "--fold-size", "0"],
                                   ["diagnose", "--results", "r.json", "--max-steps", "0"],
                                   ["diagnose", "--results", "r.json", "--seed", "-3"]])
