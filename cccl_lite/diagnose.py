@@ -90,6 +90,15 @@ ROWS = (
     Row("siblings, L_c per item", "sibling batches and truth positives with the "
         "coherence term per item: the lite recipe at this budget",
         {"coherence_reduction": "per_item"}, {**_ALL, **_TRUTH_SIBLINGS}),
+    # positions (relations need them)
+    Row("siblings, L_c per item, w/o POS", "do positions reach the score at all? the row "
+        "above without eq 9's position gate", {"coherence_reduction": "per_item",
+                                               "ablation": "w/o POS"},
+        {**_ALL, **_TRUTH_SIBLINGS}),
+    Row("siblings, L_c per item, CAMERA positions", "CAMERA's six-tuple (x/W, y/H, w/W, h/H, "
+        "w/h, area) instead of ours in eq 9", {"coherence_reduction": "per_item",
+                                               "position_tuple": "camera"},
+        {**_ALL, **_TRUTH_SIBLINGS}),
     Row("siblings, hardest", "eq 33 on batches that hold the hard negatives",
         options={"warmup_epochs": 0, **_TRUTH_SIBLINGS}),
     Row("siblings, hardest, L_c per item", "the two fixes together, eq 33 from the start",
