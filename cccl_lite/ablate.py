@@ -226,23 +226,24 @@ def run_ablations(data, out_dir, results_path, epochs: int | None = None,
             log(f"{name}, seed {seed}: test R@sum {entry['test']['rsum']:.1f}, siblings "
                 f"{entry['siblings']} ({entry['seconds']:.0f} s)")
             with shared_file(results_path):
-                # Re-read under the lock: another process may have added entries.
-                if results_path.exists():
-                    old = json.loads(results_path.read_text())
-                    if old.get("settings") == settings:
-                        for e in old["entries"]:
-                            done.setdefault(_key(e["name"], e["seed"]), e)
+                _merge(results_path, settings, done)
                 done[_key(name, seed)] = entry
                 _write(results_path, settings, done)
     with shared_file(results_path):
-        if results_path.exists():
-            old = json.loads(results_path.read_text())
-            if old.get("settings") == settings:
-                for e in old["entries"]:
-                    done.setdefault(_key(e["name"], e["seed"]), e)
+        _merge(results_path, settings, done)
         result = _write(results_path, settings, done)
     log(f"{len(done)} runs in {results_path} ({time.perf_counter() - t_all:.0f} s this run)")
     return result
+
+
+def _merge(path: Path, settings: dict, done: dict) -> None:
+    """Add to ``done`` the entries another process (``--only``) wrote to
+    ``path`` meanwhile; call under :func:`~cccl_lite.files.shared_file`."""
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("settings") == settings:
+            for e in old["entries"]:
+                done.setdefault(_key(e["name"], e["seed"]), e)
 
 
 def _write(path: Path, settings: dict, done: dict) -> dict:

@@ -139,3 +139,16 @@ def test_sibling_exposure_counts_captions_that_meet_a_false_sibling(tiny_words_h
             > 3 * diagnose.sibling_exposure(tiny_words_h5, "random", 9))
     with pytest.raises(ValueError, match="batching"):
         diagnose.sibling_exposure(tiny_words_h5, "groups", 9)
+
+
+def test_sibling_gap_by_hand():
+    from cccl_lite.data.difficulty import sibling_gap
+
+    sims = np.array([[0.9, 0.2, 0.5], [0.4, 0.8, 0.6]])  # 2 images x 3 captions
+    caption_image = np.array([0, 1, 0])
+    pairs = {"relation": [(0, 1), (2, 1)], "binding": [(1, 0)], "random": []}
+    got = sibling_gap(sims, pairs, caption_image)
+    # caption 0: 0.9 - 0.4 = 0.5; caption 2: 0.5 - 0.6 = -0.1; caption 1: 0.8 - 0.2 = 0.6
+    assert got["relation"] == pytest.approx({"mean_abs": 0.3, "mean": 0.2})
+    assert got["binding"] == pytest.approx({"mean_abs": 0.6, "mean": 0.6})
+    assert "random" not in got

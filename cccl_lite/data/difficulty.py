@@ -41,7 +41,7 @@ from .synthetic import COLOURS, OBJECT_SIZES, SHAPES
 
 __all__ = ["Phrase", "Structure", "caption_structure", "structure_holds", "hard_negative_pairs",
            "BagOfWords", "train_bag_of_words", "StructureProbe", "pairwise_accuracy",
-           "sibling_accuracy", "probe_sims",
+           "sibling_accuracy", "sibling_gap", "probe_sims",
            "difficulty_report"]
 
 _RELATION_WORDS = ("left", "right", "above", "below")
@@ -364,12 +364,28 @@ def sibling_accuracy(sims, pairs: dict, caption_image) -> dict[str, float]:
     each pair: does the caption score higher with its own image than with the
     sibling it is false of? Ties count half; 50 % is chance.
     """
+    return {kind: pairwise_accuracy(own, neg)
+            for kind, own, neg in _sibling_scores(sims, pairs, caption_image)}
+
+
+def _sibling_scores(sims, pairs: dict, caption_image):
+    """(kind, own scores, sibling scores) of each non-empty kind of pairs."""
     sims = np.asarray(sims)
     caption_image = np.asarray(caption_image)
-    out = {}
     for kind, p in pairs.items():
-        if not p:
-            continue
-        k, j = np.array(p).T
-        out[kind] = pairwise_accuracy(sims[caption_image[k], k], sims[j, k])
-    return out
+        if p:
+            k, j = np.array(p).T
+            yield kind, sims[caption_image[k], k], sims[j, k]
+
+
+def sibling_gap(sims, pairs: dict, caption_image) -> dict[str, dict[str, float]]:
+    """How differently a model scores a caption with its own image and with a
+    sibling it is false of: {kind: {"mean_abs": mean |ΔF|, "mean": mean ΔF}},
+    ΔF = F(own image, caption) − F(sibling, caption).
+
+    A model blind to the difference gives mean_abs ≈ 0; one that sees the
+    difference but not which image fits the caption gives a large mean_abs
+    with mean ≈ 0; one that knows gives mean ≈ mean_abs > 0.
+    """
+    return {kind: {"mean_abs": float(np.abs(own - neg).mean()), "mean": float((own - neg).mean())}
+            for kind, own, neg in _sibling_scores(sims, pairs, caption_image)}
