@@ -26,11 +26,7 @@ are noise.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -38,6 +34,7 @@ import numpy as np
 import torch
 
 from .model import ABLATIONS
+from .provenance import provenance
 from .files import OutputError, check_output_dir, check_output_file, shared_file
 from .train import RECIPES, _atomic_write_text, lite_options, load_model, resolve_config, train
 
@@ -108,32 +105,6 @@ def summarize(entries: list[dict]) -> list[dict]:
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def provenance() -> dict:
-    """Where and when a result was produced: commit (and whether the tree had
-    uncommitted changes), UTC date, machine, CPU count, torch and its threads."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "commit": _git("rev-parse", "HEAD"),
-        "dirty": None if status is None else bool(status),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
 
 
 def _settings(data, epochs: int | None, max_steps: int | None) -> dict:

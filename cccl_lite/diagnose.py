@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .ablate import provenance
+from .provenance import provenance
 from .data.dataset import SplitReader, build_vocab
 from .data.difficulty import (StructureProbe, hard_negative_pairs, probe_sims, sibling_accuracy,
                               train_bag_of_words)

@@ -12,7 +12,7 @@ recalls and sibling accuracies as measured when it was shipped.
   the JSON.
 * :func:`ship` turns a finished run (``python -m cccl_lite train ... --out
   DIR``) into the shipped pair, measuring on the test split of the data it was
-  trained on; ``python -m cccl_lite ship --run DIR --data FILE`` on the
+  trained on; ``python -m cccl_lite ship --run-dir DIR --data FILE`` on the
   command line. It never replaces the shipped files without ``overwrite``.
 
 ``python -m cccl_lite evaluate --checkpoint cccl_lite/assets/<name>.pt --data
@@ -86,10 +86,15 @@ def measure(model, config, vocab, data, split: str = "test") -> dict:
 
 
 def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
-         overwrite: bool = False) -> dict:
+         overwrite: bool = False, trained_commit: str | None = None) -> dict:
     """Copy ``run_dir/best.pt`` (model and config only) to ``folder/name.pt`` and
-    write ``folder/name.json``: its provenance and test measurements."""
-    from .ablate import provenance as where
+    write ``folder/name.json``: its provenance and test measurements.
+
+    "trained": the provenance the run wrote to its ``config.json`` (runs
+    from before that was recorded: ``trained_commit``, the commit it was
+    trained from); "provenance": where and when it was shipped and measured.
+    """
+    from .provenance import provenance as where
     from .train import _atomic_save, _atomic_write_text, load_checkpoint, load_model
 
     run_dir, data = Path(run_dir), Path(data)
@@ -111,6 +116,7 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
     record = {
         "name": name,
         "provenance": where(),
+        "trained": info.get("provenance") or {"commit": trained_commit},
         "data": {"file": data.name, **scenes,
                  "make": f"python data_scripts/make_synthetic.py --out {data.name} "
                          f"--seed {scenes['seed']} --size {scenes['size']} && "
@@ -134,15 +140,19 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
 
 
 def add_ship_arguments(p) -> None:
-    p.add_argument("--run", required=True, help="a finished training run's folder (best.pt)")
+    p.add_argument("--run-dir", required=True, help="a finished training run's folder (best.pt)")
     p.add_argument("--data", required=True, help="the data file it was trained on")
     p.add_argument("--folder", default=str(ASSET_DIR), help="where the shipped pair goes")
     p.add_argument("--name", default=NAME)
     p.add_argument("--overwrite", action="store_true", help="replace a shipped model")
+    p.add_argument("--trained-commit", default=None,
+                   help="the commit the run was trained from, for a run whose config.json "
+                        "does not record it")
 
 
 def run_ship(args) -> int:
-    rec = ship(args.run, args.data, Path(args.folder), args.name, args.overwrite)
+    rec = ship(args.run_dir, args.data, Path(args.folder), args.name, args.overwrite,
+               args.trained_commit)
     print(f"shipped {checkpoint_path(args.name, Path(args.folder))}: test R@sum "
           f"{rec['test']['rsum']:.1f}, truth R@sum {rec['truth']['rsum']:.1f}, "
           f"siblings {rec['siblings']}")

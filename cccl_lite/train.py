@@ -94,6 +94,7 @@ from .data.schema import SchemaError, check_file
 from .files import RunLock, check_output_dir, remove_stale_temps, temp_path
 from .loss import COHERENCE_REDUCTIONS, HybridLoss, alignment_term, hybrid_loss
 from .model import ABLATIONS, CCCL, CCCLConfig
+from .provenance import provenance
 
 __all__ = [
     "CONFIGS",
@@ -826,6 +827,7 @@ class Trainer:
     # ---- files ------------------------------------------------------------
     def _write_config_json(self) -> None:
         info = {"config": self.config.to_dict(), "options": self.options.to_dict(),
+                "provenance": provenance(),
                 "data": str(self.data_path), "world_size": self.dist.world_size}
         _atomic_write_text(json.dumps(info, indent=2) + "\n", self.out_dir / "config.json")
 
