@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
@@ -47,7 +48,8 @@ from .files import shared_file
 from .metrics import recall_at_k, truth_recall_at_k
 from .train import TrainOptions, _atomic_write_text, load_model, make_reader, resolve_config, train
 
-__all__ = ["Row", "ROWS", "hardest_true_rate", "baselines", "sibling_exposure", "run_diagnosis", "add_diagnose_arguments",
+__all__ = ["Row", "ROWS", "hardest_true_rate", "baselines", "sibling_exposure",
+           "reversed_relations", "run_diagnosis", "add_diagnose_arguments",
            "run_diagnose"]
 
 RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
@@ -199,6 +201,80 @@ def sibling_exposure(data, batching: str, batch_size: int, seed: int = 0,
             if sibs and not truth.truth(sibs, [k]).all():
                 exposed += 1
     return 100.0 * exposed / len(order)
+
+
+def reversed_relations(model, data, split: str = "test", tokenizer=None, encoder=None,
+                       config=None) -> dict:
+    """Does the model read a relation's direction off the caption?
+
+    For every "relation" caption of ``split`` ("a red circle left of a blue
+    square") that is true of its image, the caption with its two noun
+    phrases swapped ("a blue square left of a red circle": the same words,
+    the relation reversed) is built with the scene grammar
+    (:func:`cccl_lite.data.synthetic.build_caption`, with its gold heads),
+    kept when it is false of that image, encoded with the same word encoder
+    (MiniLM by default: ``tokenizer``, ``encoder`` from
+    :func:`cccl_lite.text.load_encoder`), and both are scored against the
+    image. Returns {"pairs": n, "F": stats, "S", "O", "R": stats of each
+    branch}, stats = {"wins": % of pairs where the true caption scores
+    higher, "mean": mean difference, "mean_abs": mean |difference|}: a model
+    that reads the direction wins well above 50 %.
+    """
+    from .data.synthetic import build_caption, caption_holds
+    from .data.truth import parse_caption
+    from .text import encode_words, heads_to_adjacency, load_encoder
+    from .train import make_reader
+
+    config = config or model.config
+    reader = make_reader(data, split, config)
+    truth = SplitTruth(data, split)
+    with h5py.File(data, "r") as f:
+        kinds = f[f"{split}/captions/kind"].asstr()[:]
+    own, reversed_words = [], []
+    for k in np.flatnonzero(kinds == "relation"):
+        cap = parse_caption(reader.tokens[k], "relation")
+        words, heads = build_caption("relation", cap.nps[::-1], cap.rel)
+        i = int(reader.caption_image[k])
+        if not truth.truth([i], [k])[0, 0] or truth.holds(parse_caption(words, "relation"), i):
+            continue
+        own.append(int(k))
+        reversed_words.append((words, heads))
+    if not own:
+        raise ValueError(f"{data}:/{split}: no relation caption whose reversal is false")
+    if tokenizer is None or encoder is None:
+        tokenizer, encoder = load_encoder()
+    vectors = encode_words([w for w, _ in reversed_words], tokenizer, encoder)
+    longest = max(len(w) for w, _ in reversed_words)
+    n = len(own)
+    words = torch.zeros(n, longest, vectors[0].shape[1])
+    mask = torch.zeros(n, longest, dtype=torch.bool)
+    adjacency = torch.zeros(n, longest, longest, dtype=torch.bool)
+    for b, ((w, h), v) in enumerate(zip(reversed_words, vectors)):
+        words[b, :len(w)] = torch.as_tensor(np.asarray(v), dtype=torch.float32)
+        mask[b, :len(w)] = True
+        adjacency[b] = torch.from_numpy(heads_to_adjacency(h, size=longest))
+    images = reader.images(reader.caption_image[own])
+    captions = reader.captions(own)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        img = model.encode_images(images["regions"], images["positions"],
+                                  images["region_mask"])
+        f_own, b_own = model.score_pairs(img, model.encode_texts(
+            captions["words"], captions["word_mask"], captions["word_adjacency"]))
+        f_rev, b_rev = model.score_pairs(img, model.encode_texts(words, mask, adjacency))
+    model.train(was_training)
+
+    def stats(a, b):
+        d = (a - b).double().numpy()
+        return {"wins": float(100 * np.mean(d > 0) + 50 * np.mean(d == 0)),
+                "mean": float(d.mean()), "mean_abs": float(np.abs(d).mean())}
+
+    out = {"pairs": n, "F": stats(f_own, f_rev)}
+    for name, a, b in zip("SOR", b_own, b_rev):
+        if a is not None:
+            out[name] = stats(a, b)
+    return out
 
 
 def _settings(data, epochs: int, max_steps: int | None, seed: int) -> dict:

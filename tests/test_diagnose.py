@@ -152,3 +152,60 @@ def test_sibling_gap_by_hand():
     assert got["relation"] == pytest.approx({"mean_abs": 0.3, "mean": 0.2})
     assert got["binding"] == pytest.approx({"mean_abs": 0.6, "mean": 0.6})
     assert "random" not in got
+
+
+def test_reversed_relations_scores_each_caption_against_its_reversal(tmp_path):
+    """The caption and its reversal, scored through the model's full forward
+    pass (every image x every caption, then the diagonal), independently of
+    score_pairs; the pairs counted by hand from the scene grammar."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from cccl_lite.data.synthetic import build_caption, caption_holds
+    from cccl_lite.data.truth import parse_caption
+    from cccl_lite.pretrained import load_pretrained
+    from cccl_lite.text import cache_word_vectors, encode_words, load_encoder
+    from cccl_lite.data.synthetic import make_synthetic
+
+    path = make_synthetic(tmp_path / "tiny.h5", seed=2, size="tiny")
+    tok, enc = load_encoder()
+    cache_word_vectors(path, splits=["test"])
+    model, config, _ = load_pretrained()
+    got = diagnose.reversed_relations(model, path, "test", tok, enc)
+
+    reader = SplitReader(path, "test")
+    truth = SplitTruth(path, "test")
+    import h5py
+    with h5py.File(path) as f:
+        kinds = f["test/captions/kind"].asstr()[:]
+    keep, rev = [], []
+    for k in range(reader.n_captions):
+        if kinds[k] != "relation":
+            continue
+        cap = parse_caption(reader.tokens[k], "relation")
+        i = int(reader.caption_image[k])
+        words, heads = build_caption("relation", cap.nps[::-1], cap.rel)
+        scene = truth._scenes[i]
+        if caption_holds(cap, scene) and not caption_holds(parse_caption(words, "relation"), scene):
+            keep.append(k)
+            rev.append((words, heads))
+    assert got["pairs"] == len(keep) > 0
+    from cccl_lite.text import heads_to_adjacency
+    imgs = reader.images(reader.caption_image[keep])
+    own = reader.captions(keep)
+    vecs = encode_words([w for w, _ in rev], tok, enc)
+    m = max(len(w) for w, _ in rev)
+    words = torch.zeros(len(rev), m, vecs[0].shape[1])
+    mask = torch.zeros(len(rev), m, dtype=torch.bool)
+    adj = torch.zeros(len(rev), m, m, dtype=torch.bool)
+    for b, ((w, h), v) in enumerate(zip(rev, vecs)):
+        words[b, :len(w)] = torch.as_tensor(np.asarray(v), dtype=torch.float32)
+        mask[b, :len(w)] = True
+        adj[b] = torch.from_numpy(heads_to_adjacency(h, size=m))
+    with torch.no_grad():
+        f_own = model(**imgs, **own)[0].diagonal()
+        f_rev = model(**imgs, words=words, word_mask=mask, word_adjacency=adj)[0].diagonal()
+    d = (f_own - f_rev).double().numpy()
+    assert got["F"]["wins"] == pytest.approx(100 * np.mean(d > 0) + 50 * np.mean(d == 0))
+    assert got["F"]["mean"] == pytest.approx(d.mean(), abs=1e-5)
+    assert got["F"]["mean_abs"] == pytest.approx(np.abs(d).mean(), abs=1e-5)

@@ -208,6 +208,11 @@ class SplitTruth:
     def n_captions(self) -> int:
         return len(self._captions)
 
+    def holds(self, caption: Caption, image: int) -> bool:
+        """Whether ``caption`` (a meaning, e.g. from :func:`parse_caption`) is
+        true of image ``image`` of the split."""
+        return caption_holds(caption, self._scenes[int(image)])
+
     def truth(self, image_idx, caption_idx) -> np.ndarray:
         """(len(image_idx), len(caption_idx)) bool: caption k true of image i."""
         image_idx = np.asarray(image_idx, dtype=np.int64).reshape(-1)
