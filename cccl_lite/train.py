@@ -18,13 +18,14 @@ one or two epochs): after one sum-over-negatives epoch at lr 5e-4, 1.5e-4
 or 5e-5, and with λ = 0 at 5e-4 (score spread 0.15 → 0.003 at 1.5e-4; val
 R@sum 177.5 → 153-172), and after three at 5e-5 (val R@sum 227.5 → 181.4),
 while the sum over negatives keeps improving it (val R@sum 177.5, 206.3,
-227.5, 270.8, 288.0 over epochs 1-5). So the command line trains the lite
-preset with the sum over negatives throughout (``--warmup-epochs all``,
-its default for ``--config lite``) and the paper preset as VSE∞ does (one
-warm-up epoch, then eq 33). A likely cause, not measured: a synthetic
-caption such as "a red circle" is true of many images, so a batch's
-hardest "negative" is often a match, which the sum over all negatives
-tolerates.
+227.5, 270.8, 288.0 over epochs 1-5). So the lite preset's recipe
+(:data:`RECIPES`) uses the sum over negatives throughout, and the paper
+preset trains as VSE∞ does (one warm-up epoch, then eq 33). False negatives
+are not the cause: chapter 5's diagnosis (``python -m cccl_lite
+diagnose``) collapses the model with eq 33 also when the scenes' truth
+marks every true match as a positive (``positives="truth"``); the
+collapse is in the encoders (the similarity vectors of all pairs become
+nearly the same), not in a saturated sigmoid.
 
 Not here: a lower learning rate for a fine-tuned text encoder (VSE∞'s 0.1×).
 The word vectors are cached in the data file (``encode_words.py``), so no
