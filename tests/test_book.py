@@ -12,23 +12,9 @@ import nbclient
 import pytest
 import yaml
 
+from conftest import notebook_chapters
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def chapters() -> list[Path]:
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = []
-
-    def walk(entries):
-        for e in entries or []:
-            if "file" in e:
-                files.append(ROOT / (e["file"] + ".md"))
-            walk(e.get("sections"))
-
-    walk(toc.get("chapters"))
-    for part in toc.get("parts", []):
-        walk(part.get("chapters"))
-    return [f for f in files if "jupytext" in f.read_text()[:400]]
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +30,7 @@ def smoke_env(tmp_path_factory):
             os.environ[k] = v
 
 
-@pytest.mark.parametrize("chapter", chapters(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("chapter", notebook_chapters(), ids=lambda p: p.stem)
 def test_chapter_executes_in_smoke_mode(chapter, smoke_env):
     nb = jupytext.read(chapter)
     nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",

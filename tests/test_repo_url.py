@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from conftest import notebook_chapters
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -18,27 +20,14 @@ def config_url() -> str:
     return url
 
 
-def notebook_chapters() -> list[Path]:
-    """The chapters that run code (jupytext MyST notebooks) listed in _toc.yml."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = []
-
-    def walk(entries):
-        for e in entries or []:
-            if "file" in e:
-                files.append(ROOT / (e["file"] + ".md"))
-            walk(e.get("sections"))
-
-    walk(toc.get("chapters"))
-    for part in toc.get("parts", []):
-        walk(part.get("chapters"))
-    return [f for f in files if "jupytext" in f.read_text()[:400]
-            and "```{code-cell}" in f.read_text()]
+def code_chapters() -> list[Path]:
+    """The notebook chapters that hold code cells."""
+    return [f for f in notebook_chapters() if "```{code-cell}" in f.read_text()]
 
 
 def test_every_install_cell_installs_the_configured_repository():
     url = config_url()
-    pages = notebook_chapters()
+    pages = code_chapters()
     numbered = [p for p in pages if re.match(r"\d\d_", p.name)]
     assert len(numbered) >= 10
     for chapter in pages:
