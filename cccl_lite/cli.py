@@ -45,7 +45,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import ablate, diagnose, evaluate, pretrained, train
+    from . import ablate, diagnose, evaluate, pretrained, student, train
 
     parser = OneLineParser(prog="python -m cccl_lite", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "short runs that each change one thing (chapter 5's diagnosis)"),
         "ship": (pretrained.add_ship_arguments, pretrained.run_ship,
                  "make a finished run the package's shipped lite model, with its provenance"),
+        "student-edition": (student.add_student_arguments, student.run_student,
+                            "notebooks with exercise stubs and no solutions, for students"),
     }
     for name, (add, run, help_) in commands.items():
         p = sub.add_parser(name, help=help_, description=help_)

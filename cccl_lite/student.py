@@ -260,24 +260,34 @@ def make_student_edition(out_dir, book_dir=None, chapters=None) -> list[Path]:
     return written
 
 
-def main(argv=None) -> int:
-    """``python -m cccl_lite.student --out DIR [--book DIR] [--chapter STEM ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m cccl_lite.student",
-                                     description=__doc__.splitlines()[0])
+def add_student_arguments(parser) -> None:
+    """``python -m cccl_lite student-edition``'s arguments."""
     parser.add_argument("--out", required=True, help="folder for the notebooks")
     parser.add_argument("--book", default=None, help="the book's folder (default: this "
                                                      "checkout's book/)")
     parser.add_argument("--chapter", action="append", default=None, metavar="STEM",
                         help="only this chapter, e.g. 02_perceive (repeatable)")
+
+
+def run_student(args) -> int:
+    """Write the student edition; print each notebook's path."""
+    for path in make_student_edition(args.out, args.book, args.chapter):
+        print(path)
+    return 0
+
+
+def main(argv=None) -> int:
+    """``python -m cccl_lite.student --out DIR [--book DIR] [--chapter STEM ...]``
+    (the same as ``python -m cccl_lite student-edition``)."""
+    parser = argparse.ArgumentParser(prog="python -m cccl_lite.student",
+                                     description=__doc__.splitlines()[0])
+    add_student_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        paths = make_student_edition(args.out, args.book, args.chapter)
+        return run_student(args)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    for path in paths:
-        print(path)
-    return 0
 
 
 if __name__ == "__main__":
