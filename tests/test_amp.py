@@ -69,8 +69,12 @@ def trained(tiny_words_h5, tmp_path_factory):
     """A lite "w/o BERT" model trained for 4 epochs on the tiny scenes (word ids,
     so the text side learns: the fixture's word vectors are random per word
     occurrence)."""
+    # coherence_reduction pinned to the printed sum: the model this test's
+    # bound on ε (below 0.01) was measured on; the lite preset's default
+    # (per item) trains larger weights, and bf16's error grows with them.
     cfg = CCCLConfig.lite(region_dim=256, embed_dim=32, sim_dim=32, batch_size=10, epochs=4,
-                          lr=3e-3, lr_decay_epoch=4).with_ablation("w/o BERT")
+                          lr=3e-3, lr_decay_epoch=4,
+                          coherence_reduction="sum").with_ablation("w/o BERT")
     out = tmp_path_factory.mktemp("amp-run")
     trainer = Trainer(cfg, tiny_words_h5, out, TrainOptions(warmup_epochs=None, device="cpu",
                                                             quiet=True))
