@@ -224,7 +224,8 @@ class SiblingSampler(torch.utils.data.Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _tuples(self) -> list[list[int]]:
+    def _order(self) -> list[int]:
+        """This rank's caption indices for the current epoch (tuples laid end to end)."""
         rng = np.random.default_rng([self.seed, self.epoch])
         tuples = []
         for images in self._groups:
@@ -240,7 +241,7 @@ class SiblingSampler(torch.utils.data.Sampler):
         return ranks[self.rank][:size]
 
     def __iter__(self):
-        return iter(self._tuples())
+        return iter(self._order())
 
     def __len__(self) -> int:
-        return len(self._tuples())
+        return len(self._order())
