@@ -172,6 +172,7 @@ def run_ablations(data, out_dir, results_path, epochs: int | None = None,
             with shared_file(results_path):
                 _write(results_path, settings, {})
     t_all = time.perf_counter()
+    cache: dict = {}  # the test split's truth and sibling pairs, computed once
     for seed in range(seeds):
         for name, ablation in rows:
             if (only and name not in only) or _key(name, seed) in done:
@@ -186,7 +187,7 @@ def run_ablations(data, out_dir, results_path, epochs: int | None = None,
             history = [json.loads(ln) for ln in (run_dir / "log.jsonl").read_text().splitlines()]
             best_rec = max(history, key=lambda r: r["val"]["rsum"])
             with torch.no_grad():
-                measured = measure(model, config, vocab, data)
+                measured = measure(model, config, vocab, data, cache=cache)
             entry = {
                 "name": name, "ablation": ablation, "seed": seed,
                 "val_rsum": round(best_rec["val"]["rsum"], 2), "best_epoch": best_rec["epoch"],

@@ -43,16 +43,15 @@ from .data.dataset import SplitReader, build_vocab
 from .data.difficulty import (StructureProbe, hard_negative_pairs, probe_sims, sibling_accuracy,
                               train_bag_of_words)
 from .data.truth import SplitTruth
-from .evaluate import evaluate_split
 from .files import shared_file
 from .metrics import recall_at_k, truth_recall_at_k
-from .train import TrainOptions, _atomic_write_text, load_model, make_reader, resolve_config, train
+from .pretrained import measure_scores
+from .train import TrainOptions, _atomic_write_text, load_model, resolve_config, train
 
 __all__ = ["Row", "ROWS", "hardest_true_rate", "baselines", "sibling_exposure",
            "reversed_relations", "run_diagnosis", "add_diagnose_arguments",
            "run_diagnose"]
 
-RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 
 
 @dataclass(frozen=True)
@@ -307,28 +306,19 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
     model, config, vocab = load_model(best)
     history = [json.loads(ln) for ln in (run_dir / "log.jsonl").read_text().splitlines()]
     best_rec = max(history, key=lambda r: r["val"]["rsum"])
-    reader = make_reader(data, "test", config, vocab)
-    recalls, sims = evaluate_split(model, reader)
-    sims = sims.numpy() if hasattr(sims, "numpy") else np.asarray(sims)
-    if "truth" not in cache:
-        t = SplitTruth(data, "test")
-        cache["truth"] = t.truth(np.arange(t.n_images), np.arange(t.n_captions))
-        cache["pairs"] = hard_negative_pairs(data, "test")
-    truth, pairs = cache["truth"], cache["pairs"]
+    measured, sims, truth, caption_image = measure_scores(model, config, vocab, data, "test",
+                                                          cache)
     full_scale = 2 * config.batch_size * config.margin
     return {
         "name": row.name, "question": row.question, "config": row.config,
         "options": _row_options(row),
         "val_rsum": round(best_rec["val"]["rsum"], 2), "best_epoch": best_rec["epoch"],
         "val_curve": [round(r["val"]["rsum"], 1) for r in history],
-        "test": {k: round(float(recalls[k]), 2) for k in RECALL_KEYS},
-        "truth": {k: round(v, 2) for k, v in truth_recall_at_k(sims, truth).items()},
-        "siblings": {k: round(v, 2) for k, v in
-                     sibling_accuracy(sims, pairs, reader.caption_image).items()},
+        **measured,
         "collapse": {"last_alignment_over_2BΔ": round(history[-1]["losses"]["alignment"]
                                                        / full_scale, 3),
                      "test_score_sd": round(float(sims.std()), 4)},
-        "hardest_true": round(hardest_true_rate(sims, truth, reader.caption_image,
+        "hardest_true": round(hardest_true_rate(sims, truth, caption_image,
                                                 config.batch_size), 1),
         "seconds": round(time.perf_counter() - t0, 1),
         "commit": provenance()["commit"],

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 __all__ = ["ASSET_DIR", "NAME", "checkpoint_path", "provenance", "load_pretrained",
-           "measure", "ship", "add_ship_arguments", "run_ship"]
+           "measure_scores", "measure", "ship", "add_ship_arguments", "run_ship"]
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 NAME = "lite-scenes-small-seed0"
@@ -64,25 +64,40 @@ def load_pretrained(device="cpu", name: str = NAME, folder: Path | None = None):
     return model.eval(), config, path
 
 
-def measure(model, config, vocab, data, split: str = "test") -> dict:
-    """Standard and truth-aware R@K and sibling accuracies of ``model`` on a split."""
+def measure_scores(model, config, vocab, data, split: str = "test", cache: dict | None = None):
+    """(record, sims, truth, caption_image) of ``model`` on a split: the record
+    holds standard and truth-aware R@K and the sibling accuracies; sims
+    (N_img, N_cap) numpy scores; truth the split's (N_img, N_cap) caption
+    truth. ``cache``: a dict kept across calls on the same data and split, so
+    that the truth matrix and the sibling pairs are computed once."""
     from .data.difficulty import hard_negative_pairs, sibling_accuracy
     from .data.truth import SplitTruth
     from .evaluate import evaluate_split
     from .metrics import truth_recall_at_k
     from .train import make_reader
 
+    cache = {} if cache is None else cache
     reader = make_reader(data, split, config, vocab)
     recalls, sims = evaluate_split(model, reader)
     sims = np.asarray(sims)
-    truth = SplitTruth(data, split)
-    t = truth.truth(np.arange(truth.n_images), np.arange(truth.n_captions))
-    return {
+    if "truth" not in cache:
+        t = SplitTruth(data, split)
+        cache["truth"] = t.truth(np.arange(t.n_images), np.arange(t.n_captions))
+        cache["pairs"] = hard_negative_pairs(data, split)
+    truth, pairs = cache["truth"], cache["pairs"]
+    record = {
         "test": {k: round(float(recalls[k]), 2) for k in RECALL_KEYS},
-        "truth": {k: round(v, 2) for k, v in truth_recall_at_k(sims, t).items()},
+        "truth": {k: round(v, 2) for k, v in truth_recall_at_k(sims, truth).items()},
         "siblings": {k: round(v, 2) for k, v in sibling_accuracy(
-            sims, hard_negative_pairs(data, split), reader.caption_image).items()},
+            sims, pairs, reader.caption_image).items()},
     }
+    return record, sims, truth, reader.caption_image
+
+
+def measure(model, config, vocab, data, split: str = "test", cache: dict | None = None) -> dict:
+    """Standard and truth-aware R@K and sibling accuracies of ``model`` on a split
+    (the record of :func:`measure_scores`)."""
+    return measure_scores(model, config, vocab, data, split, cache)[0]
 
 
 def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
