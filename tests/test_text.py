@@ -1,4 +1,4 @@
-"""cccl_lite.text, offline: word vectors pooled from WordPieces (eqs 11-12), stanza
+"""cccl_lite.data.text, offline: word vectors pooled from WordPieces (eqs 11-12), stanza
 dependency graphs (eq 23), the HDF5 caches and the two data_scripts CLIs.
 
 Every expected value comes from an independent computation (the encoder run by
@@ -14,6 +14,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # no network here: never let huggingface_hub
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import h5py  # noqa: E402
@@ -22,12 +23,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from stanza.utils.conll import CoNLL  # noqa: E402
 
-from cccl_lite import text  # noqa: E402
-from cccl_lite.data import SchemaError, atomic_h5, write_split  # noqa: E402
-from cccl_lite.text import (DEFAULT_ENCODER_NAME, ModelUnavailableError, align_heads,  # noqa: E402
-                            cache_word_vectors, dependency_adjacency, encode_words,
-                            load_encoder, load_parser, parse_captions, pool_word_pieces,
-                            read_word_vectors, read_word_vectors_batch)
+from cccl_lite.data import SchemaError, atomic_h5, text, write_split  # noqa: E402
+from cccl_lite.data.dataset import SplitReader  # noqa: E402
+from cccl_lite.data.text import (DEFAULT_ENCODER_NAME, ModelUnavailableError,  # noqa: E402
+                                 align_heads, cache_word_vectors, dependency_adjacency,
+                                 encode_words, load_encoder, load_parser, parse_captions,
+                                 pool_word_pieces)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -264,6 +265,17 @@ def write_file(path, splits=(("train", TRAIN), ("test", TEST))):
     return path
 
 
+def cached_rows(path, split, indices):
+    """The cached E of captions ``indices`` as the model reads them (SplitReader's
+    padded batch), each cut back to its caption's words: (m_k, d_E) float32."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the file has no boxes: not what is tested here
+        reader = SplitReader(path, split, words="vectors", syntax=False)
+    batch = reader.captions(indices)
+    return [batch["words"][b, :int(batch["word_mask"][b].sum())].numpy()
+            for b in range(len(indices))]
+
+
 @pytest.fixture
 def use_loaded_encoder(encoder, monkeypatch):
     """cache_word_vectors gets the module's MiniLM instead of loading it again."""
@@ -288,14 +300,14 @@ def test_cache_word_vectors(tmp_path, encoder, use_loaded_encoder):
             vec = cap["word_vectors"]
             assert vec.shape == (sum(counts), 384) and vec.dtype == np.float16
             assert vec.attrs["encoder"] == DEFAULT_ENCODER_NAME
-            for k in (0, 1, len(captions) - 1):  # first, second, last caption
+            first = [0, 1, len(captions) - 1]  # first, second, last caption
+            for k, got in zip(first, cached_rows(path, split, first)):
                 ref = reference_word_vectors(*encoder, captions[k].split(" "))
-                got = read_word_vectors(f[split], k)
-                assert got.dtype == np.float32
+                assert got.dtype == np.float32 and got.shape == ref.shape
                 np.testing.assert_allclose(got, ref, atol=2e-3, rtol=2e-3)
-            many = read_word_vectors_batch(f[split], [1, 0, 1])
+            many = cached_rows(path, split, [1, 0, 1])
             assert [m.shape[0] for m in many] == [counts[1], counts[0], counts[1]]
-            assert np.array_equal(many[1], read_word_vectors(cap, 0))
+            assert np.array_equal(many[1], cached_rows(path, split, [0])[0])
             assert not any(name.startswith(".") for name in cap)
     # Same encoder again: skipped, the encoder is not even loaded.
     assert cache_word_vectors(path) == {"train": False, "test": False}
@@ -331,7 +343,7 @@ def test_interrupted_cache_leaves_nothing_and_rerun_succeeds(tmp_path, encoder,
     with h5py.File(path) as f:
         assert sorted(f["train/captions"]) == ["image", "text", "tokens", "word_offsets",
                                                "word_vectors"]
-        np.testing.assert_allclose(read_word_vectors(f["train"], 17),
+        np.testing.assert_allclose(cached_rows(path, "train", [17])[0],
                                    reference_word_vectors(*encoder, TRAIN[17].split()),
                                    atol=2e-3, rtol=2e-3)
         before = f["train/captions/word_vectors"][:]
@@ -344,10 +356,11 @@ def test_interrupted_cache_leaves_nothing_and_rerun_succeeds(tmp_path, encoder,
         assert np.array_equal(f["train/captions/word_vectors"][:], before)
 
 
-def test_read_word_vectors_without_cache_says_which_step(tmp_path):
+def test_reading_vectors_without_cache_says_which_step(tmp_path):
     path = write_file(tmp_path / "d.h5")
-    with h5py.File(path) as f, pytest.raises(SchemaError, match="encode_words.py"):
-        read_word_vectors(f["train"], 0)
+    with warnings.catch_warnings(), pytest.raises(SchemaError, match="encode_words.py"):
+        warnings.simplefilter("ignore")  # the file has no boxes: not what is tested here
+        SplitReader(path, "train", words="vectors", syntax=False)
 
 
 PARSES = {("a", "dog", "runs"): DOG, ("i", "don't", "know"): DONT,

@@ -46,7 +46,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..text import simple_tokenize
+from .text import simple_tokenize
 from .schema import SPLITS, atomic_h5, check_file, write_split
 
 __all__ = ["InputError", "SCAN_SPLITS", "BOX_SOURCES", "CAPTIONS_PER_IMAGE", "convert_precomp",

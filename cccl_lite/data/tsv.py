@@ -42,7 +42,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from ..text import simple_tokenize
+from .text import simple_tokenize
 from .precomp import InputError, check_boxes
 from .schema import SPLITS, atomic_h5, write_split
 

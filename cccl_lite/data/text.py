@@ -7,6 +7,8 @@ Branch 3) has exactly one row per word.
 
 Heavy libraries (transformers, stanza) are imported inside the functions that
 need them: the data loader imports this module for :func:`heads_to_adjacency`.
+The cached word vectors are read back by
+:class:`cccl_lite.data.dataset.SplitReader` (``words="vectors"``).
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from .schema import SPLITS, SchemaError, check_file, check_heads, write_heads
+
 if TYPE_CHECKING:
     import stanza
 
 __all__ = ["simple_tokenize", "heads_to_adjacency", "DEFAULT_ENCODER_NAME",
            "PAPER_ENCODER_NAME", "ModelUnavailableError", "default_encoder_path",
            "load_encoder", "pool_word_pieces", "encode_words", "cache_word_vectors",
-           "read_word_vectors", "read_word_vectors_batch", "dependency_adjacency",
-           "align_heads", "load_parser", "parse_heads", "parse_captions"]
+           "dependency_adjacency", "align_heads", "load_parser", "parse_heads", "parse_captions"]
 
 # A word: letters and digits of any script (\w without "_"), optionally an
 # apostrophe and letters ("dog's"). Unicode-aware, so that "café", "São
@@ -286,8 +289,6 @@ def _drop(group, *names: str) -> None:
 
 def _splits_of(path, splits) -> list[str]:
     """The splits to process: ``splits`` (checked to exist) or all the file has."""
-    from .data.schema import SPLITS, SchemaError, check_file
-
     with check_file(path) as f:
         present = [s for s in SPLITS if s in f]
     if splits is None:
@@ -367,49 +368,6 @@ def cache_word_vectors(path: str | os.PathLike, encoder: str | os.PathLike | Non
             cap.move(_TMP_OFFSETS, "word_offsets")
             cap.move(_TMP_VECTORS, "word_vectors")
     return result
-
-
-def _captions_group(group):
-    return group["captions"] if "captions" in group else group
-
-
-def read_word_vectors(split_group, k: int) -> np.ndarray:
-    """Cached E of caption k: (m_k, d_E) float32. ``split_group``: the split's
-    group (``f["train"]``) or its ``captions`` group."""
-    cap = _captions_group(split_group)
-    if "word_vectors" not in cap or "word_offsets" not in cap:
-        from .data.schema import SchemaError
-
-        raise SchemaError(f"{cap.file.filename}:{cap.name}/word_vectors: missing; run "
-                          f"`python data_scripts/encode_words.py {cap.file.filename}` first")
-    off = cap["word_offsets"]
-    if not 0 <= k < off.shape[0] - 1:
-        raise IndexError(f"caption {k} outside [0, {off.shape[0] - 1})")
-    a, b = off[k:k + 2]
-    return cap["word_vectors"][a:b].astype(np.float32)
-
-
-def read_word_vectors_batch(split_group, indices: Sequence[int]) -> list[np.ndarray]:
-    """Cached E of several captions: a list of (m_k, d_E) float32 arrays, in order.
-
-    Reads the offsets once; when the captions' rows lie close together one
-    contiguous read covers them all (fewer HDF5 calls), otherwise one read each.
-    """
-    cap = _captions_group(split_group)
-    if len(indices) == 0:
-        return []
-    read_word_vectors(cap, int(indices[0]))  # same checks and errors as one caption
-    off = cap["word_offsets"][:]
-    idx = np.asarray(indices, dtype=np.int64)
-    if idx.min() < 0 or idx.max() >= len(off) - 1:
-        raise IndexError(f"captions {idx.tolist()} outside [0, {len(off) - 1})")
-    starts, stops = off[idx], off[idx + 1]
-    lo, hi = int(starts.min()), int(stops.max())
-    vec = cap["word_vectors"]
-    if hi - lo <= 4 * int((stops - starts).sum()):
-        block = vec[lo:hi].astype(np.float32)
-        return [block[a - lo:b - lo] for a, b in zip(starts, stops)]
-    return [vec[a:b].astype(np.float32) for a, b in zip(starts, stops)]
 
 
 # --------------------------------------------------------------------------
@@ -577,8 +535,6 @@ def parse_captions(path: str | os.PathLike, parser=None, splits: Sequence[str] |
     written, False if skipped}.
     """
     import h5py
-
-    from .data.schema import check_heads, write_heads
 
     splits = _splits_of(path, splits)
     with h5py.File(path, "r") as f:
