@@ -100,6 +100,10 @@ ROWS = (
         "w/h, area) instead of ours in eq 9", {"coherence_reduction": "per_item",
                                                "position_tuple": "camera"},
         {**_ALL, **_TRUTH_SIBLINGS}),
+    Row("siblings, L_c per item, positions added", "eq 10 with the position embedding "
+        "added to the region embedding instead of gating it", {"coherence_reduction": "per_item",
+                                                               "position_fusion": "sum"},
+        {**_ALL, **_TRUTH_SIBLINGS}),
     Row("siblings, hardest", "eq 33 on batches that hold the hard negatives",
         options={"warmup_epochs": 0, **_TRUTH_SIBLINGS}),
     Row("siblings, hardest, L_c per item", "the two fixes together, eq 33 from the start",

@@ -99,6 +99,9 @@ class CCCLConfig:
     vocab_size: int = 0  # word ids for "w/o BERT"; set from the data's vocabulary
     # Eq 9's six-tuple: "ours" or CAMERA's "camera" (cccl_lite.perceive.position_features).
     position_tuple: str = "ours"
+    # Eq 10: "product" Q̂ ∘ σ(S̃ W_S + b_S) as printed, or "sum" Q̂ + S̃ W_S + b_S
+    # (cccl_lite.perceive.VisualEmbedding; chapter 5 measures both).
+    position_fusion: str = "product"
     # Table 6 switches (all True = the full model).
     use_visual_cpc: bool = True
     use_text_cpc: bool = True
@@ -220,7 +223,8 @@ class CCCL(nn.Module):
         if not (c.use_branch1 or c.use_branch2 or c.use_branch3):
             raise ValueError("CCCLConfig: at least one branch must be on")
         d, p = c.embed_dim, c.sim_dim
-        self.visual = VisualEmbedding(c.region_dim, d, c.use_position, c.use_visual_cpc)
+        self.visual = VisualEmbedding(c.region_dim, d, c.use_position, c.use_visual_cpc,
+                                      c.position_fusion)
         self.textual = TextualEmbedding(c.word_dim, d, c.use_text_cpc,
                                         None if c.use_bert else c.vocab_size)
         # Branch 1's vectors exist whenever Branch 1 scores or Branch 3 reads them.

@@ -28,6 +28,7 @@ __all__ = [
     "ContextPerceivedCell",
     "POSITION_TUPLES",
     "position_features",
+    "POSITION_FUSIONS",
     "VisualEmbedding",
     "BiGRUWordEncoder",
     "TextualEmbedding",
@@ -168,6 +169,10 @@ def position_features(boxes: torch.Tensor, image_size: torch.Tensor,
     return torch.cat([rel, area[..., None], shape[..., None]], dim=-1)
 
 
+# How eq 10 joins a region's embedding and its position (VisualEmbedding).
+POSITION_FUSIONS = ("product", "sum")
+
+
 class VisualEmbedding(nn.Module):
     """Regions to context-perceived visual embeddings V (eqs 8-10).
 
@@ -176,14 +181,24 @@ class VisualEmbedding(nn.Module):
     the region embedding. Ablations: ``use_position=False`` ("w/o POS")
     gives V = CPC(Q̂); ``use_cpc=False`` ("w/o V-CPC") drops the cell.
 
+    ``position_fusion``: "product" is eq 10 as printed; "sum" is a reading
+    of ours, V = CPC(Q̂ + S̃ W_S + b_S) (the position enters as an additive
+    embedding, as in Transformers, with no sigmoid). Chapter 5 measures why:
+    under the product the position weights barely leave their initial values
+    and relations stay at chance (readings appendix, "Eq 10").
+
     ``forward(regions, positions, mask)``: regions (B, n, d_F), positions
     (B, n, 6) from :func:`position_features` (ignored, may be None, without
     position), mask (B, n) bool. Returns V (B, n, d), zero at padded regions.
     """
 
     def __init__(self, region_dim: int, dim: int, use_position: bool = True,
-                 use_cpc: bool = True):
+                 use_cpc: bool = True, position_fusion: str = "product"):
         super().__init__()
+        if position_fusion not in POSITION_FUSIONS:
+            raise ValueError(f"VisualEmbedding: position_fusion must be one of "
+                             f"{POSITION_FUSIONS}, got {position_fusion!r}")
+        self.position_fusion = position_fusion
         self.project = nn.Linear(region_dim, dim)
         self.position = nn.Linear(6, dim) if use_position else None
         self.cpc = ContextPerceivedCell(dim) if use_cpc else None
@@ -193,7 +208,10 @@ class VisualEmbedding(nn.Module):
         if self.position is not None:
             if positions is None:
                 raise ValueError("VisualEmbedding: positions are required (or use 'w/o POS')")
-            x = x * torch.sigmoid(self.position(positions))
+            if self.position_fusion == "product":
+                x = x * torch.sigmoid(self.position(positions))  # eq 10
+            else:
+                x = x + self.position(positions)
         if self.cpc is not None:
             return self.cpc(x, mask)
         return x if mask is None else x * mask[..., None]

@@ -568,3 +568,31 @@ def test_gradients_reach_every_parameter_of_visual_embedding():
     mask = prefix_mask([4, 2], 4)
     (ve(regions, positions, mask) * torch.randn(2, 4, D, dtype=torch.float64)).sum().backward()
     _assert_all_grads(ve)
+
+
+def test_position_fusion_sum_adds_the_linear_position_embedding():
+    """"sum" reading of eq 10: Q̂ + S̃ W_S + b_S, written out by hand (no CPC)."""
+    import torch
+    from cccl_lite.perceive import VisualEmbedding
+    torch.manual_seed(0)
+    emb = VisualEmbedding(5, 3, use_position=True, use_cpc=False, position_fusion="sum")
+    regions, positions = torch.randn(2, 4, 5), torch.rand(2, 4, 6)
+    want = torch.empty(2, 4, 3)
+    for b in range(2):
+        for i in range(4):
+            for k in range(3):
+                q = sum(float(regions[b, i, f]) * float(emb.project.weight[k, f]) for f in range(5))
+                s = sum(float(positions[b, i, f]) * float(emb.position.weight[k, f]) for f in range(6))
+                want[b, i, k] = q + float(emb.project.bias[k]) + s + float(emb.position.bias[k])
+    assert torch.allclose(emb(regions, positions), want, atol=1e-5)
+    product = VisualEmbedding(5, 3, use_position=True, use_cpc=False)
+    product.load_state_dict(emb.state_dict())
+    gate = torch.sigmoid(positions @ emb.position.weight.T + emb.position.bias)
+    assert torch.allclose(product(regions, positions),
+                          (regions @ emb.project.weight.T + emb.project.bias) * gate, atol=1e-5)
+    try:
+        VisualEmbedding(5, 3, position_fusion="concat")
+    except ValueError as e:
+        assert "position_fusion" in str(e)
+    else:
+        raise AssertionError("an unknown position_fusion was accepted")
