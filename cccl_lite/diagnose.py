@@ -40,8 +40,8 @@ import torch
 
 from .provenance import provenance
 from .data.dataset import SplitReader, build_vocab
-from .data.difficulty import (StructureProbe, hard_negative_pairs, probe_sims, sibling_accuracy,
-                              train_bag_of_words)
+from .baselines import StructureProbe, probe_sims, train_bag_of_words
+from .data.difficulty import hard_negative_pairs, sibling_accuracy
 from .data.truth import SplitTruth
 from .files import shared_file
 from .metrics import recall_at_k, truth_recall_at_k
@@ -145,9 +145,9 @@ def hardest_true_rate(sims: np.ndarray, truth: np.ndarray, caption_image: np.nda
 def baselines(data, seed: int = 0) -> dict:
     """The floor and the ceiling on the test split, in the rows' terms.
 
-    "bag of words": :class:`~cccl_lite.data.difficulty.BagOfWords` trained as
+    "bag of words": :class:`~cccl_lite.baselines.BagOfWords` trained as
     chapter 1 does (10 epochs, eq 33); "structure probe": the gold
-    syntax + position scorer (:class:`~cccl_lite.data.difficulty.StructureProbe`,
+    syntax + position scorer (:class:`~cccl_lite.baselines.StructureProbe`,
     gold dependency heads, linear attribute probes on the regions, relations
     read off the matched boxes), the ceiling of what CCCL's inputs allow.
     """

@@ -4,7 +4,8 @@
 
 Prints, for a bag-of-words dual encoder and a structure-aware scorer, how
 often a caption's own image outscores a hard negative (binding, relation)
-and a random negative, then one JSON line. See cccl_lite.data.difficulty.
+and a random negative, then one JSON line. See cccl_lite.baselines and
+cccl_lite.data.difficulty.
 """
 
 import argparse
@@ -19,7 +20,7 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cccl_lite.cli import positive_int, run_script  # noqa: E402
-from cccl_lite.data.difficulty import difficulty_report  # noqa: E402
+from cccl_lite.baselines import difficulty_report  # noqa: E402
 
 PROG = "difficulty.py"
 

@@ -9,8 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-from cccl_lite.data.difficulty import (caption_structure, difficulty_report, hard_negative_pairs,
-                                       pairwise_accuracy, structure_holds)
+from cccl_lite.baselines import difficulty_report
+from cccl_lite.data.difficulty import (caption_structure, hard_negative_pairs, pairwise_accuracy,
+                                       structure_holds)
 from cccl_lite.data.synthetic import make_synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
