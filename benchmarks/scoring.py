@@ -21,7 +21,7 @@ read the same weights, so their scores must agree (``max_abs_diff``).
   what batching alone adds.
 * batched: ``cccl_lite.evaluate.score_matrix`` on every pair, blocks sized
   to the device (under bf16 autocast on CUDA; on the CPU with the fused
-  kernels of ``cccl_lite.fused`` where they build, ``fused_cpu_kernels``).
+  kernels of ``cccl_lite.fast.fused`` where they build, ``fused_cpu_kernels``).
 * train_step: one optimiser step (forward on a batch of B images x B
   captions, the hybrid loss of eq 34, backward, Adam), plain and with
   ``pair_chunk`` (checkpointed blocks of pairs); peak memory on CUDA only.
@@ -45,7 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cccl_lite import evaluate as ev  # noqa: E402
-from cccl_lite import fused  # noqa: E402
+from cccl_lite.fast import fused  # noqa: E402
 from cccl_lite.model import CCCL, CCCLConfig, ImageEncoding, TextEncoding  # noqa: E402
 from cccl_lite.perceive import position_features  # noqa: E402
 

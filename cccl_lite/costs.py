@@ -16,7 +16,7 @@ item and are left out):
 * **Bytes** of memory traffic = :func:`bytes_per_pair`: on a GPU the PyTorch
   path runs (the fused kernels are CPU only), and each GRU step is one
   matrix product and seven elementwise passes over the pair's gates
-  (``CrossGRU.fast_recur``), counted in :data:`GRU_STEP_BYTES_PER_D` bytes
+  (:func:`cccl_lite.fast.relation_recur`), counted in :data:`GRU_STEP_BYTES_PER_D` bytes
   per unit of d under bf16 autocast; Branch 2's attended vectors add about
   eight bytes per element of its (n + m) x d rows. Weights are read once per
   block and are left out.
@@ -76,7 +76,7 @@ GPUS = {
 EFFICIENCY = 0.5
 
 # Bytes moved per GRU step and pair, in units of d, under bf16 autocast
-# (CrossGRU.fast_recur, no fused kernel): the state g cast to bf16 for the
+# (cccl_lite.fast.relation_recur, no fused kernel): the state g cast to bf16 for the
 # product (read 4, write 2) and read by it (2), the product's 3d bf16 gates
 # written (6); add (read 2d bf16, write 2d fp32: 12); sigmoid in place
 # (2d fp32 read and written: 16); the n-gate bias in place (d bf16: 4);

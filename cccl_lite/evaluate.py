@@ -38,7 +38,7 @@ import h5py
 import numpy as np
 import torch
 
-from . import fused
+from .fast import fused
 from .data.dataset import SplitReader
 from .files import check_output_file, remove_stale_temps, temp_path
 from .metrics import KEYS, coco_1k_recall, format_recalls, recall_at_k
@@ -78,7 +78,7 @@ _SEQUENCE_FIELDS = frozenset({"v", "t", "mask", "graph", "gru_input"})
 # PyTorch Branch 2 and GRUs ran fastest per pair in our measurements (larger
 # blocks were slower: their gates no longer stay in cache; smaller ones pay
 # the per-operation cost more often). CPU with the fused kernels
-# (cccl_lite.fused), which tile the pairs themselves: 16 times that, about 16K
+# (cccl_lite.fast.fused), which tile the pairs themselves: 16 times that, about 16K
 # lite pairs, so Python's per-block work is spread over more pairs (1.25x
 # faster here than 1K-pair blocks, at one and at two threads). GPU: 1 GiB,
 # fewer and larger blocks keep it busy. Short text blocks group captions of

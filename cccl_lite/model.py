@@ -9,11 +9,13 @@ split into :meth:`CCCL.encode_images`, :meth:`CCCL.encode_texts` (work that
 depends on one item only) and :meth:`CCCL.score` (work per pair), so an
 evaluator can encode each item once and score in chunks.
 
-Two ways to compute the per-pair work (chapter 10): ``fast=True`` (the
-default of :meth:`CCCL.score` and ``forward``) runs
-``LocalBranch.fast_forward`` and ``CrossGRU.fast_recur``, the same equations
-regrouped for less work; ``fast=False`` runs them as printed (:meth:`CCCL.similarity_vectors`,
-the book's reference). ``pair_chunk=N`` scores at most N pairs at a time and,
+The model chooses how the per-pair work is computed (chapter 10):
+``fast=True`` (the default of :meth:`CCCL.score` and ``forward``) runs
+:func:`cccl_lite.fast.local_similarity` and :func:`cccl_lite.fast.relation_recur`,
+the same equations regrouped for less work (and, on the CPU without autograd,
+run by the fused C++ kernels of :mod:`cccl_lite.fast.fused` where they build);
+``fast=False`` runs them as printed (:meth:`CCCL.similarity_vectors`, the
+book's reference). ``pair_chunk=N`` scores at most N pairs at a time and,
 under autograd, recomputes each block's activations in the backward pass
 (``torch.utils.checkpoint``): the same loss and gradients with the memory of
 one block of pairs instead of all B_i x B_t.
@@ -30,6 +32,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .align import GlobalBranch, LocalBranch, RelationSimilarity
+from .fast import local_similarity, local_similarity_pairs, relation_recur
 from .loss import HybridLoss, SimilarityMLP, fuse_scores, hybrid_loss
 from .perceive import TextualEmbedding, VisualEmbedding
 from .reason import CrossGRU, GraphReasoning
@@ -284,7 +287,7 @@ class CCCL(nn.Module):
     def relation_vectors(self, img: ImageEncoding, txt: TextEncoding, fast: bool = False):
         """v^R, t^R (eq 26) for every pair: each (B_i, B_t, d), or (B_i, 1, d) /
         (1, B_t, d) under "w/o C-GRU" where they no longer depend on the pair.
-        ``fast``: :meth:`CrossGRU.fast_recur` instead of ``recur`` (same result)."""
+        ``fast``: :func:`cccl_lite.fast.relation_recur` instead of ``recur`` (same result)."""
         vg, tg = self.visual_gru, self.text_gru
         if not self.config.use_cross_gru:
             v_r = img.relation if img.relation is not None else vg(img.graph, img.mask)[:, 0]
@@ -293,8 +296,12 @@ class CCCL(nn.Module):
 
         gi_v, gi_t, h_v, h_t = self._gru_inputs(img, txt)
         # Start states (1, B, d) broadcast over the other axis inside recur.
-        v_r = (vg.fast_recur if fast else vg.recur)(gi_v, img.mask, h_v[None])
-        t_r = (tg.fast_recur if fast else tg.recur)(gi_t, txt.mask, h_t[None])
+        if fast:
+            v_r = relation_recur(vg, gi_v, img.mask, h_v[None])
+            t_r = relation_recur(tg, gi_t, txt.mask, h_t[None])
+        else:
+            v_r = vg.recur(gi_v, img.mask, h_v[None])
+            t_r = tg.recur(gi_t, txt.mask, h_t[None])
         return v_r, t_r.transpose(0, 1)
 
     def _gru_inputs(self, img: ImageEncoding, txt: TextEncoding):
@@ -312,15 +319,17 @@ class CCCL(nn.Module):
 
     def similarity_vectors(self, img: ImageEncoding, txt: TextEncoding, fast: bool = False):
         """(sim^S, sim^O, sim^R), each (B_i, B_t, P) or None when ablated.
-        ``fast``: Branch 2's ``fast_forward`` and Branch 3's ``fast_recur`` (same
-        result up to float rounding, less work)."""
+        ``fast``: Branch 2 by :func:`cccl_lite.fast.local_similarity` and Branch 3
+        by :func:`cccl_lite.fast.relation_recur` (same result up to float
+        rounding, less work)."""
         c = self.config
         sim_s = sim_o = sim_r = None
-        if c.use_branch1:  # no fast variant: see align.vsf_all_pairs
+        if c.use_branch1:  # no fast variant: see cccl_lite.fast.vsf_all_pairs
             sim_s = self.global_branch(img.global_vec, txt.global_vec)
         if c.use_branch2:
             lb = self.local_branch
-            sim_o = (lb.fast_forward if fast else lb)(img.v, img.mask, txt.t, txt.mask)
+            sim_o = (local_similarity(lb, img.v, img.mask, txt.t, txt.mask) if fast
+                     else lb(img.v, img.mask, txt.t, txt.mask))
         if c.use_branch3:
             sim_r = self.relation(*self.relation_vectors(img, txt, fast))
             sim_r = sim_r.expand(img.v.shape[0], txt.t.shape[0], -1)
@@ -330,7 +339,8 @@ class CCCL(nn.Module):
         """(F, (S^S, S^O, S^R)) of the aligned pairs (image p, text p) only, each (B,).
 
         ``img`` and ``txt`` hold B items each (e.g. gathered from a shortlist);
-        the same equations as :meth:`score`, without scoring the B x B grid.
+        the same equations as :meth:`score` (Branches 2 and 3 regrouped, as
+        ``fast=True``), without scoring the B x B grid.
         """
         if img.v.shape[0] != txt.t.shape[0]:
             raise ValueError(f"CCCL.score_pairs: {img.v.shape[0]} images but "
@@ -340,13 +350,13 @@ class CCCL(nn.Module):
         if c.use_branch1:
             sim_s = self.global_branch.paired(img.global_vec, txt.global_vec)
         if c.use_branch2:
-            sim_o = self.local_branch.paired(img.v, img.mask, txt.t, txt.mask)
+            sim_o = local_similarity_pairs(self.local_branch, img.v, img.mask, txt.t, txt.mask)
         if c.use_branch3:
             if c.use_cross_gru:
                 gi_v, gi_t, h_v, h_t = self._gru_inputs(img, txt)
                 # (B, 1, d) start states: one recurrence per pair, none across pairs.
-                v_r = self.visual_gru.fast_recur(gi_v, img.mask, h_v[:, None])[:, 0]
-                t_r = self.text_gru.fast_recur(gi_t, txt.mask, h_t[:, None])[:, 0]
+                v_r = relation_recur(self.visual_gru, gi_v, img.mask, h_v[:, None])[:, 0]
+                t_r = relation_recur(self.text_gru, gi_t, txt.mask, h_t[:, None])[:, 0]
             else:
                 v_r, t_r = self.relation_vectors(img, txt)
                 v_r, t_r = v_r[:, 0], t_r[0]

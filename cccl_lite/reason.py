@@ -25,11 +25,7 @@ import math
 import torch
 from torch import nn
 
-from . import fused
 from .perceive import masked_softmax
-
-# Pairs per tile of the fused kernel: at d = 64 a (1024, 3d) GEMM output stays in L2.
-_FUSED_TILE = 1024
 
 __all__ = ["full_adjacency", "GraphEdges", "ResidualGCN", "GraphReasoning", "CrossGRU"]
 
@@ -122,7 +118,8 @@ class CrossGRU(nn.Module):
     is computed once per item; the recurrence then runs for all pairs at once.
     An evaluator keeps :meth:`input_projection` of the nodes and
     :meth:`cross_state` of the cross vectors per item and calls :meth:`recur`
-    (or :meth:`fast_recur`, on the CPU a fused C++ kernel) per block of pairs.
+    (or its regrouped form :func:`cccl_lite.fast.relation_recur`, on the CPU a
+    fused C++ kernel) per block of pairs.
 
     The gates are PyTorch's (``nn.GRUCell`` weights, order r, z, n), so the
     result equals ``nn.GRU`` run on each pair's sequence.
@@ -176,68 +173,6 @@ class CrossGRU(nn.Module):
             h_new = self.step(gi_nodes[:, t, None, :], h)
             h = h_new if full[t] else torch.where(mask[:, t, None, None], h_new, h)
         return h.expand(gi_nodes.shape[0], -1, -1)
-
-    def fast_recur(self, gi_nodes: torch.Tensor, mask: torch.Tensor,
-                   h: torch.Tensor) -> torch.Tensor:
-        """:meth:`recur` with fewer and cheaper passes over the gates per step.
-
-        The same GRU, rewritten with identities that hold in real arithmetic
-        (chapter 10): tanh(x) = 2σ(2x) − 1 (on our CPU torch's tanh ran 5x slower
-        than this form); 1 − z = σ(−a_z), by negating the z rows of W_hh,
-        b_hh and the input projection; and the state is carried as
-        g = (h + 1)/2, so that h' = n + z(h − n) becomes g' = g + (1 − z)(s − g)
-        = lerp(g, s, 1 − z) with s = σ(2(i_n + r∘h_n)), and W_hh h + b_hh =
-        2W_hh g + (b_hh − W_hh 1). Per step: one GEMM, two adds, two sigmoids,
-        one addcmul, one lerp. Without autograd the activations run in place.
-        Under bf16 autocast only the GEMM runs in bf16; the state and gates stay
-        float32. Equal to :meth:`recur` up to float rounding.
-
-        On the CPU without autograd (scoring), the loop runs in the fused C++
-        kernel of :mod:`cccl_lite.fused` when it can be built: the same steps,
-        tile by tile, skipping each item's padded nodes.
-        """
-        valid = mask.any(0).tolist()
-        full = mask.all(0).tolist()
-        steps = max((t + 1 for t, v in enumerate(valid) if v), default=0)
-        d = self.dim
-        inplace = not torch.is_grad_enabled()
-        w_hh, b_hh = self.cell.weight_hh, self.cell.bias_hh
-        # Row scales of the gates: r as is, z negated (gives 1 − z), n doubled (gives 2x).
-        sign = torch.ones(3 * d, dtype=w_hh.dtype, device=w_hh.device)
-        sign[d:2 * d] = -1
-        sign[2 * d:] = 2
-        w_g = (2 * w_hh * sign[:, None]).t()
-        b_g = (b_hh - w_hh.sum(1)) * sign
-        # (B_x, L, 3d), once per item: −i_z and 2 i_n; the r, z biases folded in.
-        gi = gi_nodes[:, :steps] * sign
-        gi[..., :2 * d] += b_g[:2 * d]
-        b_n = b_g[2 * d:]
-        g = (h + 1) / 2
-        if self._fused_ok(gi, g, w_g):
-            # The same loop in C++ (cccl_lite.fused): tiles of pairs, no padded steps.
-            return fused.kernel().cross_gru_recur(gi, mask[:, :steps], g, w_g, b_n, _FUSED_TILE)
-        for t in range(steps):
-            gh = torch.matmul(g, w_g)  # r: a_r, z: −a_z, n: 2 W_hn h, without biases
-            if t == 0:
-                # The state and the gates in the GEMM's dtype, at least float32: under
-                # bf16 autocast g = (h + 1)/2 would lose h's small values in bf16.
-                dt = torch.promote_types(gh.dtype, torch.float32)
-                gi, b_n, g = gi.to(dt), b_n.to(dt), g.to(dt)
-            rq = torch.add(gi[:, t, None, :2 * d], gh[..., :2 * d])  # gi broadcasts over B_y
-            rq = rq.sigmoid_() if inplace else rq.sigmoid()
-            r, q = rq[..., :d], rq[..., d:]  # r and 1 − z
-            h_n = gh[..., 2 * d:].add_(b_n) if inplace else gh[..., 2 * d:] + b_n
-            s = torch.addcmul(gi[:, t, None, 2 * d:], r, h_n)
-            s = s.sigmoid_() if inplace else s.sigmoid()  # (n + 1)/2
-            g_new = torch.lerp(g, s, q)
-            g = g_new if full[t] else torch.where(mask[:, t, None, None], g_new, g)
-        return (2 * g - 1).expand(gi_nodes.shape[0], -1, -1)
-
-    @staticmethod
-    def _fused_ok(gi: torch.Tensor, g: torch.Tensor, w_g: torch.Tensor) -> bool:
-        """Whether fast_recur hands its loop to the fused CPU kernel: start states
-        (1 or B_x, B_y, d), and see :func:`fused.usable`."""
-        return g.dim() == 3 and g.shape[0] in (1, gi.shape[0]) and fused.usable(gi, g, w_g)
 
     def forward(self, nodes: torch.Tensor, mask: torch.Tensor, cross: torch.Tensor | None = None):
         gi_nodes = self.input_projection(nodes)  # (B_x, L, 3d), once per item

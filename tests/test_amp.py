@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from cccl_lite import evaluate as ev
-from cccl_lite import fused
+from cccl_lite.fast import fused
 from cccl_lite.loss import SimilarityMLP, fuse_scores
 from cccl_lite.model import CCCLConfig
 from cccl_lite.train import TrainOptions, Trainer, load_model, make_reader

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cccl_lite import costs, fused
+from cccl_lite import costs
+from cccl_lite.fast import fused
 from cccl_lite.model import CCCL, CCCLConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")

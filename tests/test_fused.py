@@ -1,4 +1,4 @@
-"""The fused CPU kernels (cccl_lite/fused.py, cccl_lite/csrc/fused_cpu.cpp).
+"""The fused CPU kernels (cccl_lite/fast/fused.py, cccl_lite/fast/csrc/fused_cpu.cpp).
 
 References are independent of the kernels: ``CrossGRU.recur`` and
 ``LocalBranch.forward`` (the equations as printed, themselves checked against
@@ -17,7 +17,9 @@ import warnings
 import pytest
 import torch
 
-from cccl_lite import align, evaluate as ev, fused, reason
+from cccl_lite import evaluate as ev
+from cccl_lite.fast import align as fast_align, fused, reason as fast_reason
+from cccl_lite.fast import local_similarity, relation_recur
 from cccl_lite.align import LocalBranch
 from cccl_lite.model import CCCL
 from cccl_lite.reason import CrossGRU
@@ -74,14 +76,14 @@ def random_gru_case(dt, bx, by, length, d=6, shared=True, seed=0):
 @pytest.mark.parametrize("bx,by", [(5, 7), (3, 1), (1, 9), (6, 4)])
 def test_gru_kernel_equals_the_printed_recurrence_float64(spy, monkeypatch, shared, bx, by):
     # Tiles of 5 pairs: several tiles, some cutting an item's pairs in two.
-    monkeypatch.setattr(reason, "_FUSED_TILE", 5)
+    monkeypatch.setattr(fast_reason, "_FUSED_TILE", 5)
     gru, gi, h = random_gru_case(torch.float64, bx, by, 6, shared=shared)
     g = torch.Generator().manual_seed(1)
     mask = torch.rand(bx, 6, generator=g) > 0.3  # holes, not only trailing padding
     mask[0] = False  # an item with no valid node keeps its start state
     with torch.no_grad():
         ref = gru.recur(gi, mask, h)
-        got = gru.fast_recur(gi, mask, h)
+        got = relation_recur(gru, gi, mask, h)
     assert spy["cross_gru_recur"] == 1
     torch.testing.assert_close(got, ref, **TOL64)
     torch.testing.assert_close(got[0], h.expand(bx, by, -1)[0], **TOL64)
@@ -97,7 +99,7 @@ def test_gru_kernel_equals_nn_gru_on_each_pair(spy):
     lengths = [5, 3, 1, 2]
     mask = torch.arange(5)[None] < torch.tensor(lengths)[:, None]
     with torch.no_grad():
-        got = gru.fast_recur(gru.input_projection(nodes), mask, gru.cross_state(cross)[None])
+        got = relation_recur(gru, gru.input_projection(nodes), mask, gru.cross_state(cross)[None])
     assert spy["cross_gru_recur"] == 1
     torch.testing.assert_close(got, nn_gru_states(gru, nodes, cross, lengths), **TOL64)
 
@@ -107,7 +109,7 @@ def test_gru_kernel_float32_within_1e_5_also_when_the_gates_saturate(spy):
     mask = torch.ones(4, 7, dtype=torch.bool)
     for scale in (1.0, 300.0):  # 300: every gate far in a sigmoid's flat tail
         with torch.no_grad():
-            got = gru.fast_recur(gi * scale, mask, h)
+            got = relation_recur(gru, gi * scale, mask, h)
             ref = gru.double().recur(gi.double() * scale, mask, h.double())
         gru.float()
         assert torch.isfinite(got).all()
@@ -118,7 +120,7 @@ def test_gru_kernel_float32_within_1e_5_also_when_the_gates_saturate(spy):
 def test_gru_training_runs_pytorch_with_gradients(spy):
     gru, gi, h = random_gru_case(torch.float64, 3, 4, 5)
     mask = torch.ones(3, 5, dtype=torch.bool)
-    out = gru.fast_recur(gi, mask, h)  # parameters need gradients: no kernel
+    out = relation_recur(gru, gi, mask, h)  # parameters need gradients: no kernel
     assert spy["cross_gru_recur"] == 0 and out.requires_grad
     out.sum().backward()
     assert torch.isfinite(gru.cell.weight_hh.grad).all()
@@ -142,11 +144,11 @@ def branch2_case(dt, d=8, seed=3):
 @pytest.mark.parametrize("d", [8, 64])  # 64: the width compiled as a constant
 def test_branch2_kernel_equals_the_printed_equations_float64(spy, monkeypatch, d):
     # Tiles of 5 pairs over 3 x 4: several tiles; an empty image and an empty text.
-    monkeypatch.setattr(align, "_FUSED_TILE", 5)
+    monkeypatch.setattr(fast_align, "_FUSED_TILE", 5)
     lb, v, v_mask, t, t_mask = branch2_case(torch.float64, d)
     with torch.no_grad():
         ref = lb(v, v_mask, t, t_mask)
-        got = lb.fast_forward(v, v_mask, t, t_mask)
+        got = local_similarity(lb, v, v_mask, t, t_mask)
     assert spy["local_branch"] == 1
     assert torch.isfinite(ref).all()
     torch.testing.assert_close(got, ref, **TOL64)
@@ -155,7 +157,7 @@ def test_branch2_kernel_equals_the_printed_equations_float64(spy, monkeypatch, d
 def test_branch2_kernel_float32_within_1e_5(spy):
     lb, v, v_mask, t, t_mask = branch2_case(torch.float32, 64)
     with torch.no_grad():
-        got = lb.fast_forward(v, v_mask, t, t_mask)
+        got = local_similarity(lb, v, v_mask, t, t_mask)
         ref = lb.double()(v.double(), v_mask, t.double(), t_mask)
     assert spy["local_branch"] == 1
     torch.testing.assert_close(got.double(), ref, **TOL32)
@@ -163,11 +165,11 @@ def test_branch2_kernel_float32_within_1e_5(spy):
 
 def test_branch2_kernel_not_used_for_training_or_a_high_temperature(spy):
     lb, v, v_mask, t, t_mask = branch2_case(torch.float64)
-    out = lb.fast_forward(v, v_mask, t, t_mask)
+    out = local_similarity(lb, v, v_mask, t, t_mask)
     assert out.requires_grad and spy["local_branch"] == 0
     lb.temperature = 80.0  # the kernel subtracts no maximum: PyTorch's path takes it
     with torch.no_grad():
-        torch.testing.assert_close(lb.fast_forward(v, v_mask, t, t_mask),
+        torch.testing.assert_close(local_similarity(lb, v, v_mask, t, t_mask),
                                    lb(v, v_mask, t, t_mask), **TOL64)
     assert spy["local_branch"] == 0
 
@@ -220,7 +222,7 @@ def test_a_failed_build_warns_once_and_scoring_falls_back(monkeypatch):
         assert not fused.available()
         gru, gi, h = random_gru_case(torch.float64, 2, 3, 4)
         with torch.no_grad():
-            torch.testing.assert_close(gru.fast_recur(gi, torch.ones(2, 4, dtype=torch.bool), h),
+            torch.testing.assert_close(relation_recur(gru, gi, torch.ones(2, 4, dtype=torch.bool), h),
                                        gru.recur(gi, torch.ones(2, 4, dtype=torch.bool), h),
                                        **TOL64)
 

@@ -20,7 +20,8 @@ import pytest
 import torch
 from torch import nn
 
-from cccl_lite import evaluate as ev, fused
+from cccl_lite import evaluate as ev
+from cccl_lite.fast import fused, local_similarity, local_similarity_pairs, relation_recur
 from cccl_lite.loss import hybrid_loss
 from cccl_lite.model import ABLATIONS, CCCL, CCCLConfig
 from cccl_lite.reason import CrossGRU
@@ -82,8 +83,8 @@ def test_fast_local_branch_handles_padding_and_empty_items():
     t = t * t_mask[..., None]
     with torch.no_grad():
         ref = lb(v, v_mask, t, t_mask)
-        fast = lb.fast_forward(v, v_mask, t, t_mask)
-        paired = lb.paired(v[[0, 1, 2, 0]], v_mask[[0, 1, 2, 0]], t, t_mask)
+        fast = local_similarity(lb, v, v_mask, t, t_mask)
+        paired = local_similarity_pairs(lb, v[[0, 1, 2, 0]], v_mask[[0, 1, 2, 0]], t, t_mask)
     assert torch.isfinite(ref).all()
     torch.testing.assert_close(fast, ref, **TOL)
     torch.testing.assert_close(paired, ref[[0, 1, 2, 0], [0, 1, 2, 3]], **TOL)
@@ -93,7 +94,8 @@ def test_fast_local_branch_handles_padding_and_empty_items():
     t[0, 0] = -v.sum((0, 1))
     v.requires_grad_(True)
     t.requires_grad_(True)
-    for fn in (lb.fast_forward, lambda *a: lb.paired(*(x[[0, 1, 2, 0]] for x in a[:2]), *a[2:])):
+    for fn in (lambda *a: local_similarity(lb, *a),
+               lambda *a: local_similarity_pairs(lb, *(x[[0, 1, 2, 0]] for x in a[:2]), *a[2:])):
         v.grad = t.grad = None
         fn(v, v_mask, t, t_mask).sum().backward()
         assert torch.isfinite(v.grad).all() and torch.isfinite(t.grad).all()
@@ -116,7 +118,7 @@ def nn_gru_states(gru: CrossGRU, nodes, cross, lengths) -> torch.Tensor:
     return out
 
 
-def test_fast_recur_equals_nn_gru_on_each_pair():
+def test_relation_recur_equals_nn_gru_on_each_pair():
     """v^R of eq 26 = the last valid state of nn.GRU over [cross_y, x_1, ..., x_L]."""
     torch.manual_seed(0)
     gru = CrossGRU(5).double()
@@ -126,7 +128,7 @@ def test_fast_recur_equals_nn_gru_on_each_pair():
     lengths = [4, 2, 1]
     mask = torch.arange(4)[None] < torch.tensor(lengths)[:, None]
     with torch.no_grad():
-        got = gru.fast_recur(gru.input_projection(nodes), mask, gru.cross_state(cross)[None])
+        got = relation_recur(gru, gru.input_projection(nodes), mask, gru.cross_state(cross)[None])
     torch.testing.assert_close(got, nn_gru_states(gru, nodes, cross, lengths), **TOL)
 
 

@@ -23,11 +23,12 @@ import numpy as np
 import pytest
 import torch
 
-from cccl_lite import ablate, fused
+from cccl_lite import ablate
 from cccl_lite.cli import CLIError, main
 from cccl_lite.data.dataset import SplitReader
 from cccl_lite.data.precomp import InputError, convert_precomp, read_captions
 from cccl_lite.data.schema import SchemaError, atomic_h5, check_file
+from cccl_lite.fast import fused
 from cccl_lite.files import OutputError, RunLock, remove_stale_temps
 from cccl_lite.data.text import simple_tokenize
 from cccl_lite.train import Trainer, load_checkpoint, train

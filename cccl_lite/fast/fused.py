@@ -1,14 +1,14 @@
 """Fused CPU kernels for the per-pair work of scoring (chapter 10, benchmarks/).
 
 ``csrc/fused_cpu.cpp`` holds two C++ functions, each the same arithmetic as a
-PyTorch path of the package, regrouped so that a tile of pairs is finished
-while its numbers are in cache:
+regrouped PyTorch path of :mod:`cccl_lite.fast`, regrouped further so that a
+tile of pairs is finished while its numbers are in cache:
 
 * ``cross_gru_recur``: eq 26's per-pair recurrence, the loop of
-  :meth:`cccl_lite.reason.CrossGRU.fast_recur` (per step one GEMM for a tile
+  :func:`cccl_lite.fast.relation_recur` (per step one GEMM for a tile
   of pairs, then its gates in one pass; no step for an item's padded nodes).
 * ``local_branch``: Branch 2's sim^O (eqs 17-20), the rest of
-  :meth:`cccl_lite.align.LocalBranch.fast_forward` after the cosines (per
+  :func:`cccl_lite.fast.local_similarity` after the cosines (per
   pair the attention weights and (u - x)^2 rows, per tile one GEMM with W,
   then the masked mean of the unit vectors).
 
