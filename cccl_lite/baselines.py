@@ -34,10 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.dataset import CaptionDataset, SplitReader, build_vocab, collate
-from .data.difficulty import (Structure, caption_structure, hard_negative_pairs,
-                              pairwise_accuracy, relation_holds)
+from .data.difficulty import hard_negative_pairs, pairwise_accuracy, relation_holds
+from .data.grammar import COLOURS, OBJECT_SIZES, SHAPES, Structure, caption_structure
 from .data.schema import check_file
-from .data.synthetic import COLOURS, OBJECT_SIZES, SHAPES
 from .loss import alignment_term
 from .metrics import recall_at_k
 

@@ -1,7 +1,16 @@
 """Data for cccl_lite: one HDF5 schema (``schema``), the synthetic scenes,
-converters for Flickr30K/COCO features, and the PyTorch dataset.
+converters for Flickr30K/COCO features, text processing, and the PyTorch dataset.
 
-The schema is documented in :mod:`cccl_lite.data.schema`.
+The schema is documented in :mod:`cccl_lite.data.schema`. The synthetic
+scenes: ``synthetic`` writes the file from ``grammar`` (the captions' words,
+templates and meaning), ``layout`` (scenes and region boxes), ``features``
+(the simulated detector) and ``captions`` (which captions each image gets);
+``truth`` and ``difficulty`` read them back. ``text`` turns captions into
+word vectors and dependency heads; ``dataset`` reads a split in batches;
+``precomp``, ``tsv`` and ``download`` bring in Flickr30K and COCO.
+
+One-way layer: nothing here imports the model, the losses, the metrics or
+the engine (scorers that train are in :mod:`cccl_lite.baselines`).
 """
 
 from .schema import (SCHEMA_VERSION, SPLITS, SchemaError, atomic_h5, check_file, check_heads,

@@ -3,9 +3,10 @@
 The synthetic scenes (``cccl_lite.data.synthetic``) come in groups of three
 images: a base, its colours rebound ("binding"), and two objects swapped
 ("relation"). This module reads a caption's structure off its gold
-dependency heads (:func:`caption_structure`), finds the pairs (caption,
-sibling image) of which the caption is false (:func:`hard_negative_pairs`,
-plus an easy comparison with a random image of another group), and measures
+dependency heads (:func:`cccl_lite.data.grammar.caption_structure`,
+re-exported here), finds the pairs (caption, sibling image) of which the
+caption is false (:func:`hard_negative_pairs`, plus an easy comparison with
+a random image of another group), and measures
 how often a score matrix ranks a caption's own image above such a sibling
 (:func:`pairwise_accuracy`, :func:`sibling_accuracy`, :func:`sibling_gap`).
 
@@ -17,85 +18,14 @@ Taught in chapter 1 ("The task"); run by ``data_scripts/difficulty.py``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 import h5py
 import numpy as np
 
-from .synthetic import COLOURS, OBJECT_SIZES, SHAPES
+from .grammar import Phrase, Structure, caption_structure
 
 __all__ = ["Phrase", "Structure", "caption_structure", "relation_holds", "structure_holds",
            "hard_negative_pairs", "pairwise_accuracy", "sibling_accuracy", "sibling_gap"]
-
-_RELATION_WORDS = ("left", "right", "above", "below")
-_GENERIC = ("shape", "shapes", "object", "objects")
-
-
-def _noun(word: str) -> str | None:
-    """The shape a noun names, "" for a generic noun, None for a non-noun."""
-    if word in _GENERIC:
-        return ""
-    for s in SHAPES:
-        if word in (s, s + "s", s + "es"):
-            return s
-    return None
-
-
-@dataclass
-class Phrase:
-    """A noun with its attributes, as the dependency tree attaches them."""
-
-    word: int  # 0-based index of the noun
-    shape: str  # "" for "shape"/"object"
-    colour: str | None = None
-    size: str | None = None
-
-
-@dataclass
-class Structure:
-    """Noun phrases and relations (word, subject phrase, object phrase) of a caption."""
-
-    phrases: list[Phrase] = field(default_factory=list)
-    relations: list[tuple[str, int, int]] = field(default_factory=list)
-
-
-def caption_structure(tokens: list[str], heads) -> Structure:
-    """Read the phrases and relations of a caption off its dependency heads.
-
-    An attribute belongs to the noun that is its head (so "a red circle and a
-    blue square" binds red to circle). A relation word links the two nouns
-    within two arcs of it in the tree, the earlier one as subject; this covers
-    every analysis of the grammar ("left" heading the second noun, "above"
-    as its case marker, copulas and existentials).
-    """
-    heads = [int(h) for h in heads]
-    out = Structure()
-    index = {}
-    for i, w in enumerate(tokens):
-        shape = _noun(w)
-        if shape is not None:
-            index[i] = len(out.phrases)
-            out.phrases.append(Phrase(i, shape))
-    for i, w in enumerate(tokens):
-        h = heads[i] - 1
-        if h in index:
-            if w in COLOURS:
-                out.phrases[index[h]].colour = w
-            elif w in OBJECT_SIZES:
-                out.phrases[index[h]].size = w
-    neighbours = {i: set() for i in range(len(tokens))}
-    for i, h in enumerate(heads):
-        if h:
-            neighbours[i].add(h - 1)
-            neighbours[h - 1].add(i)
-    for r, w in enumerate(tokens):
-        if w not in _RELATION_WORDS:
-            continue
-        near = neighbours[r] | {k for j in neighbours[r] for k in neighbours[j]}
-        nouns = sorted(i for i in near if i in index)
-        if len(nouns) == 2:
-            out.relations.append((w, index[nouns[0]], index[nouns[1]]))
-    return out
 
 
 def _centre(box) -> tuple[float, float]:

@@ -2,11 +2,12 @@
 
 A synthetic caption is written for one image, but many are true of others
 too ("two circles", "a red square"): a scene's siblings share its objects,
-and short captions fit many scenes. The generator knows the rule
-(:func:`cccl_lite.data.synthetic.caption_holds`); this module reads a
-caption's meaning back from its words (:func:`parse_caption`) and applies
-the rule to any scene, so training and evaluation can use the truth instead
-of "the image it was written for" (chapters 5, 6 and 8).
+and short captions fit many scenes. The grammar knows the rule
+(:func:`cccl_lite.data.grammar.caption_holds`) and reads a caption's
+meaning back from its words (:func:`cccl_lite.data.grammar.parse_caption`,
+re-exported here); this module applies the rule to any scene, so training
+and evaluation can use the truth instead of "the image it was written for"
+(chapters 5, 6 and 8).
 
 * :func:`caption_true_of`, :func:`truth_matrix`: one pair, or every pair of
   given scenes and captions.
@@ -24,110 +25,11 @@ from typing import Sequence
 import h5py
 import numpy as np
 
+from .grammar import Caption, caption_holds, parse_caption
+from .layout import GRID
 from .schema import SchemaError
-from .synthetic import COLOURS, GRID, OBJECT_SIZES, RELATIONS, SHAPES, Caption, NounPhrase, \
-    caption_holds
 
 __all__ = ["parse_caption", "caption_true_of", "truth_matrix", "SplitTruth"]
-
-_NUMBERS = {"two": 2, "three": 3, "four": 4, "five": 5}
-_GENERIC = ("shape", "shapes")
-
-
-
-
-
-def _noun(word: str) -> str | None | bool:
-    """The shape a noun names, None for "shape(s)", False for a non-noun."""
-    if word in _GENERIC:
-        return None
-    for s in SHAPES:
-        if word in (s, s + "s", s + "es"):
-            return s
-    return False
-
-
-def parse_caption(tokens: str | Sequence[str], kind: str) -> Caption:
-    """The meaning of a synthetic caption, read back from its words and template.
-
-    tokens: the lower-case words (a string joined by spaces, or a list), as in
-    ``captions/tokens``; kind: its ``captions/kind``. Inverts
-    ``cccl_lite.data.synthetic.build_caption``. Raises ValueError, naming the
-    caption, for words outside the grammar of ``kind``.
-    """
-    words = tokens.split() if isinstance(tokens, str) else list(tokens)
-    pos = 0
-
-    def fail(what: str):
-        return ValueError(f"parse_caption: {' '.join(words)!r} ({kind}): {what} at word "
-                          f"{pos + 1}")
-
-    def take(*expected: str) -> str:
-        nonlocal pos
-        if pos >= len(words) or words[pos] not in expected:
-            raise fail(f"expected {' or '.join(expected)}")
-        pos += 1
-        return words[pos - 1]
-
-    def noun_phrase() -> NounPhrase:
-        nonlocal pos
-        if pos >= len(words):
-            raise fail("expected a noun phrase")
-        det: str | int = words[pos]
-        if det in _NUMBERS:
-            det = _NUMBERS[det]
-        elif det in ("a", "an", "the"):
-            det = "the" if det == "the" else "a"
-        else:
-            raise fail("expected a determiner")
-        pos += 1
-        size = colour = None
-        if pos < len(words) and words[pos] in OBJECT_SIZES:
-            size, pos = words[pos], pos + 1
-        if pos < len(words) and words[pos] in COLOURS:
-            colour, pos = words[pos], pos + 1
-        shape = _noun(words[pos]) if pos < len(words) else False
-        if shape is False:
-            raise fail("expected a shape noun")
-        pos += 1
-        return NounPhrase(det, shape, colour, size)
-
-    def relation() -> str:
-        rel = take("left", "right", "above", "below")
-        if rel in ("left", "right"):
-            take("of")
-            rel += " of"
-        assert rel in RELATIONS
-        return rel
-
-    rel = None
-    if kind in ("single", "count"):
-        nps = [noun_phrase()]
-    elif kind in ("conjunction", "count_conjunction"):
-        first = noun_phrase()
-        take("and")
-        nps = [first, noun_phrase()]
-    elif kind == "relation":
-        first = noun_phrase()
-        rel = relation()
-        nps = [first, noun_phrase()]
-    elif kind == "copula":
-        first = noun_phrase()
-        take("is")
-        rel = relation()
-        nps = [first, noun_phrase()]
-    elif kind in ("existential", "existential_count"):
-        take("there")
-        take("is", "are")
-        nps = [noun_phrase()]
-        if kind == "existential":
-            rel = relation()
-            nps.append(noun_phrase())
-    else:
-        raise ValueError(f"parse_caption: unknown caption kind {kind!r}")
-    if pos != len(words):
-        raise fail("expected the end of the caption")
-    return Caption(kind, tuple(nps), rel)
 
 
 def _with_cells(scene: Sequence[dict], canvas: float) -> list[dict]:
@@ -149,7 +51,7 @@ def caption_true_of(tokens: str | Sequence[str], kind: str, scene: Sequence[dict
 
     scene: the objects of ``images/scene`` (shape, colour, size, box in pixels)
     on a square canvas of side ``canvas``. Uses the generator's own rule
-    (``synthetic.caption_holds``: exact counts, "the" = exactly one, relations
+    (``grammar.caption_holds``: exact counts, "the" = exactly one, relations
     between grid cells).
     """
     return caption_holds(parse_caption(tokens, kind), _with_cells(scene, canvas))
