@@ -1,0 +1,140 @@
+"""What the inputs and parts of CCCL carry about relations, read with probes (chapter 5).
+
+A relation caption ("a red circle left of a blue square") is only true of
+its image if the model knows two things: from the text, which object is on
+which side; from the image, where each object is. Two measurements, one per
+half:
+
+* :func:`word_side_probe`: a linear probe (softmax regression, as in
+  Alain & Bengio's "linear classifier probes") reads each noun's side
+  ("left", "right", "above", "below" of the other object) from its cached
+  word vector — the text half, before any training of CCCL;
+* :func:`position_share`: how far a region's position moves its embedding
+  at eq 10 (before the CPC) — the image half, on a trained model.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from .data.synthetic import SHAPES
+from .data.truth import parse_caption
+
+__all__ = ["SIDES", "noun_sides", "linear_probe_accuracy", "word_side_probe", "position_share"]
+
+# The side of each noun of "X REL Y": X's side, then Y's.
+SIDES = ("left", "right", "above", "below")
+_SIDE_OF = {"left of": (0, 1), "right of": (1, 0), "above": (2, 3), "below": (3, 2)}
+_NOUNS = ({s for s in SHAPES} | {s + "s" for s in SHAPES} | {s + "es" for s in SHAPES}
+          | {"shape", "shapes"})
+
+
+def noun_sides(tokens: Sequence[str], kind: str) -> list[tuple[int, int]]:
+    """[(word index, side index into :data:`SIDES`)] of the two nouns of a
+    relation caption; [] for a caption without a relation.
+
+    tokens: the caption's words; kind: its template (``captions/kind``). The
+    relation is read back with :func:`cccl_lite.data.truth.parse_caption`; its
+    first noun phrase is the subject ("X" of "X left of Y").
+    """
+    cap = parse_caption(list(tokens), kind)
+    if cap.rel is None:
+        return []
+    nouns = [i for i, w in enumerate(tokens) if w in _NOUNS]
+    if len(nouns) != 2:
+        raise ValueError(f"noun_sides: {' '.join(tokens)!r} ({kind}): expected two nouns, "
+                         f"found {len(nouns)}")
+    return list(zip(nouns, _SIDE_OF[cap.rel]))
+
+
+def linear_probe_accuracy(x, y, x_test, y_test, classes: int, steps: int = 500,
+                          lr: float = 1e-2, seed: int = 0) -> tuple[float, float]:
+    """(train, test) accuracy in percent of a softmax regression fitted on (x, y).
+
+    x (N, D), y (N,) int in [0, classes); features standardised with the
+    training set's mean and sd; Adam, full batch, a little weight decay.
+    """
+    x, x_test = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(x_test, dtype=torch.float32)
+    y, y_test = torch.as_tensor(y, dtype=torch.long), torch.as_tensor(y_test, dtype=torch.long)
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    x, x_test = (x - mu) / sd, (x_test - mu) / sd
+    gen = torch.Generator().manual_seed(seed)
+    lin = torch.nn.Linear(x.shape[1], classes)
+    with torch.no_grad():
+        lin.weight.normal_(0, 0.01, generator=gen)
+        lin.bias.zero_()
+    opt = torch.optim.Adam(lin.parameters(), lr=lr, weight_decay=1e-4)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(lin(x), y).backward()
+        opt.step()
+    with torch.no_grad():
+        return tuple(100.0 * float((lin(a).argmax(1) == b).float().mean())
+                     for a, b in ((x, y), (x_test, y_test)))
+
+
+def _noun_rows(path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        c = f[split]["captions"]
+        tokens = [t.split(" ") for t in c["tokens"].asstr()[:]]
+        kinds = list(c["kind"].asstr()[:])
+        offsets = c["word_offsets"][:]
+        rows, sides = [], []
+        for k, (tok, kind) in enumerate(zip(tokens, kinds)):
+            for i, side in noun_sides(tok, kind):
+                rows.append(offsets[k] + i)
+                sides.append(side)
+        vectors = c["word_vectors"][:][np.array(rows, dtype=np.int64)].astype(np.float32)
+    return vectors, np.array(sides, dtype=np.int64)
+
+
+def word_side_probe(path, train: str = "train", test: str = "test") -> dict:
+    """Can the cached word vectors say which side each noun of a relation is on?
+
+    Fits :func:`linear_probe_accuracy` on the nouns of ``train``'s relation
+    captions and tests it on ``test``'s. Returns {"nouns": (train, test)
+    counts, "train", "test": accuracy %, "chance": % of the commonest side in
+    test}.
+    """
+    x, y = _noun_rows(path, train)
+    xt, yt = _noun_rows(path, test)
+    tr, te = linear_probe_accuracy(x, y, xt, yt, classes=len(SIDES))
+    chance = 100.0 * np.bincount(yt, minlength=len(SIDES)).max() / max(len(yt), 1)
+    return {"nouns": (len(y), len(yt)), "train": tr, "test": te, "chance": chance}
+
+
+@torch.no_grad()
+def position_share(model, reader, batch_size: int = 256) -> float:
+    """How far positions move region embeddings, in percent (eq 10, before the CPC).
+
+    For each real region, x(s) is eq 10's fused embedding with its own
+    position s and x(s̄) the same with the split's mean position s̄ (a region
+    "nowhere in particular"); the share is mean ‖x(s) − x(s̄)‖ / mean ‖x(s)‖.
+    0 for a model that ignores positions (or "w/o POS"). Works for either
+    ``position_fusion``.
+    """
+    visual = model.visual
+    if visual.position is None:
+        return 0.0
+    pos_all, feats, masks = [], [], []
+    for start in range(0, reader.n_images, batch_size):
+        batch = reader.images(np.arange(start, min(start + batch_size, reader.n_images)))
+        feats.append(batch["regions"])
+        pos_all.append(batch["positions"])
+        masks.append(batch["region_mask"])
+    regions, positions, mask = torch.cat(feats), torch.cat(pos_all), torch.cat(masks)
+    mean_pos = positions[mask].mean(0).expand_as(positions)
+    visual_cpc, visual.cpc = visual.cpc, None  # the fused embedding, before the CPC
+    try:
+        was = visual.training
+        visual.eval()
+        own = visual(regions, positions)[mask]
+        nowhere = visual(regions, mean_pos)[mask]
+        visual.train(was)
+    finally:
+        visual.cpc = visual_cpc
+    return 100.0 * float((own - nowhere).norm(dim=-1).mean() / own.norm(dim=-1).mean())
