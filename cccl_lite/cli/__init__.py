@@ -14,7 +14,7 @@ import argparse
 import math
 import sys
 
-from .data.schema import SchemaError
+from ..data.schema import SchemaError
 
 
 class CLIError(Exception):
@@ -45,7 +45,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import ablate, diagnose, evaluate, pretrained, student, train
+    from .. import ablate, diagnose, evaluate, pretrained, student, train
 
     parser = OneLineParser(prog="python -m cccl_lite", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
