@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cccl_lite import evaluate as ev  # noqa: E402
 from cccl_lite.fast import fused  # noqa: E402
-from cccl_lite.model import CCCL, CCCLConfig, ImageEncoding, TextEncoding  # noqa: E402
+from cccl_lite.model import CCCL, CCCLConfig, ImageEncoding, TextEncoding, select_rows  # noqa: E402
 from cccl_lite.perceive import position_features  # noqa: E402
 
 # Caption lengths (words) drawn uniformly per shape: the synthetic scenes'
@@ -273,8 +273,8 @@ def main(argv=None) -> int:
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"cpu ({torch.get_num_threads()} threads, {arch})")
     for n_img, n_txt in sizes:
-        sub_i = ev._take(images, torch.arange(n_img, device=device), images.v.shape[1])
-        sub_t = ev._take(texts, torch.arange(n_txt, device=device), texts.t.shape[1])
+        sub_i = select_rows(images, torch.arange(n_img, device=device))
+        sub_t = select_rows(texts, torch.arange(n_txt, device=device))
         result = {
             "device": where,
             "shape": args.shape,

@@ -38,7 +38,7 @@ from .perceive import TextualEmbedding, VisualEmbedding
 from .reason import CrossGRU, GraphReasoning
 
 __all__ = ["ABLATIONS", "PAPER_COHERENCE_WEIGHT", "CCCLConfig", "CCCL", "ImageEncoding",
-           "TextEncoding"]
+           "TextEncoding", "SEQUENCE_FIELDS", "select_rows"]
 
 # Table 6 of the paper, spelled as printed.
 ABLATIONS = (
@@ -199,9 +199,27 @@ class TextEncoding(NamedTuple):
     relation: torch.Tensor | None = None
 
 
-def _rows(enc, start: int, size: int):
-    """Items start..start+size of an encoding (every field is batch-first)."""
-    return type(enc)(*(None if x is None else x[start:start + size] for x in enc))
+# Fields of an encoding laid out (B, L, ...): one entry per region or word.
+SEQUENCE_FIELDS = frozenset({"v", "t", "mask", "graph", "gru_input"})
+
+
+def select_rows(enc, rows, length: int | None = None):
+    """Items ``rows`` of an :class:`ImageEncoding` or :class:`TextEncoding`.
+
+    ``rows``: a slice (the fields come back as views) or a 1-D index tensor
+    (copies), applied to every field's first (batch) axis. ``length``: also
+    cut the sequence fields (:data:`SEQUENCE_FIELDS`, (B, L, ...)) to their
+    first ``length`` positions, e.g. to a block's longest item. None fields
+    stay None. Returns an encoding of the same type.
+    """
+    def pick(name, x):
+        if x is None:
+            return None
+        if length is not None and name in SEQUENCE_FIELDS:
+            x = x[:, :length]
+        return x[rows]
+
+    return type(enc)(*(pick(name, x) for name, x in zip(enc._fields, enc)))
 
 
 class CCCL(nn.Module):
@@ -389,10 +407,10 @@ class CCCL(nn.Module):
         grad = torch.is_grad_enabled()
         blocks = []
         for i in range(0, b_i, rows):
-            sub_i = _rows(img, i, rows)
+            sub_i = select_rows(img, slice(i, i + rows))
             row = []
             for j in range(0, b_t, cols):
-                sub_t = _rows(txt, j, cols)
+                sub_t = select_rows(txt, slice(j, j + cols))
                 if grad:
                     # Non-reentrant: the encodings (NamedTuples) may hold tensors
                     # that need gradients; no RNG is used, so none is saved.

@@ -221,9 +221,9 @@ def test_a_failed_build_warns_once_and_scoring_falls_back(monkeypatch):
         warnings.simplefilter("error")  # the second time: no new warning
         assert not fused.available()
         gru, gi, h = random_gru_case(torch.float64, 2, 3, 4)
+        mask = torch.ones(2, 4, dtype=torch.bool)
         with torch.no_grad():
-            torch.testing.assert_close(relation_recur(gru, gi, torch.ones(2, 4, dtype=torch.bool), h),
-                                       gru.recur(gi, torch.ones(2, 4, dtype=torch.bool), h),
+            torch.testing.assert_close(relation_recur(gru, gi, mask, h), gru.recur(gi, mask, h),
                                        **TOL64)
 
 

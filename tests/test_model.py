@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from cccl_lite.model import ABLATIONS, CCCL, CCCLConfig
+from cccl_lite.model import ABLATIONS, CCCL, CCCLConfig, ImageEncoding, TextEncoding, select_rows
 from cccl_lite.perceive import position_features
 
 VOCAB = 40
@@ -282,3 +282,21 @@ def test_missing_adjacency_is_an_error_not_a_full_graph():
     model, b = build(cfg), make_batch(cfg)
     with pytest.raises(ValueError, match="word_adjacency"):
         model(**{**b, "word_adjacency": None})
+
+
+def test_select_rows_hand_case():
+    """Rows by index (copies) and by slice (views), sequence fields cut to a length."""
+    v = torch.arange(3 * 4 * 2, dtype=torch.float64).view(3, 4, 2)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    glob = torch.tensor([[10.0], [11.0], [12.0]])
+    enc = ImageEncoding(v, mask, glob, None, cross_state=glob * 2)
+    got = select_rows(enc, torch.tensor([2, 0]), length=2)
+    assert type(got) is ImageEncoding and got.graph is None and got.relation is None
+    assert got.v.tolist() == [[[16.0, 17.0], [18.0, 19.0]], [[0.0, 1.0], [2.0, 3.0]]]
+    assert got.mask.tolist() == [[True, False], [True, True]]
+    assert got.global_vec.tolist() == [[12.0], [10.0]]  # not a sequence: only rows
+    assert got.cross_state.tolist() == [[24.0], [20.0]]
+    view = select_rows(TextEncoding(v, mask, glob, v), slice(1, 3))
+    assert type(view) is TextEncoding and view.t.shape == (2, 4, 2)
+    assert view.t.data_ptr() == v[1].data_ptr()  # a view, not a copy
+    assert view.graph.tolist() == v[1:].tolist() and view.mask.tolist() == mask[1:].tolist()

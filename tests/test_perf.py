@@ -21,9 +21,11 @@ import torch
 from torch import nn
 
 from cccl_lite import evaluate as ev
-from cccl_lite.fast import fused, local_similarity, local_similarity_pairs, relation_recur
+from cccl_lite.align import vector_similarity
+from cccl_lite.fast import (fused, local_similarity, local_similarity_pairs, relation_recur,
+                            vsf_all_pairs)
 from cccl_lite.loss import hybrid_loss
-from cccl_lite.model import ABLATIONS, CCCL, CCCLConfig
+from cccl_lite.model import ABLATIONS, CCCL, CCCLConfig, select_rows
 from cccl_lite.reason import CrossGRU
 from cccl_lite.train import TrainOptions, warmup_loss
 
@@ -99,6 +101,19 @@ def test_fast_local_branch_handles_padding_and_empty_items():
         v.grad = t.grad = None
         fn(v, v_mask, t, t_mask).sum().backward()
         assert torch.isfinite(v.grad).all() and torch.isfinite(t.grad).all()
+
+
+def test_vsf_all_pairs_equals_the_direct_vsf():
+    """Branch 1's VSF by matrix products (chapter 10) = eq 15 pair by pair."""
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    b = torch.randn(5, 6, generator=g, dtype=torch.float64)
+    w = torch.rand(4, 6, generator=g, dtype=torch.float64)
+    got = vsf_all_pairs(a, b, w)
+    assert got.shape == (3, 5, 4)
+    for i in range(3):
+        for j in range(5):
+            torch.testing.assert_close(got[i, j], vector_similarity(a[i], b[j], w), **TOL)
 
 
 def nn_gru_states(gru: CrossGRU, nodes, cross, lengths) -> torch.Tensor:
@@ -193,18 +208,14 @@ def test_score_pairs_equals_the_grid(name):
     ii, tt = torch.tensor([0, 2, 1, 2, 0]), torch.tensor([3, 0, 1, 3, 0])
     with torch.no_grad():
         grid = model.score(img, txt, fast=False)
-        f, scores = model.score_pairs(img._replace(**{k: v[ii] for k, v in img._asdict().items()
-                                                      if v is not None}),
-                                      txt._replace(**{k: v[tt] for k, v in txt._asdict().items()
-                                                      if v is not None}))
+        f, scores = model.score_pairs(select_rows(img, ii), select_rows(txt, tt))
     torch.testing.assert_close(f, grid[0][ii, tt], **TOL)
     for a, r in zip(scores, grid[1]):
         assert (a is None) == (r is None)
         if a is not None:
             torch.testing.assert_close(a, r[ii, tt], **TOL)
     with pytest.raises(ValueError, match="2 images but 4 texts"):
-        model.score_pairs(img._replace(**{k: v[:2] for k, v in img._asdict().items()
-                                          if v is not None}), txt)
+        model.score_pairs(select_rows(img, slice(2)), txt)
 
 
 # ---- the memory-saving mode -------------------------------------------------------
