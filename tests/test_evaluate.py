@@ -355,18 +355,6 @@ def test_retrieve_top_k_equals_argsort_of_the_forward(synthetic):
 # ---- command line --------------------------------------------------------------
 
 
-def _load_model_missing() -> str | None:
-    try:
-        from cccl_lite.train import load_model  # noqa: F401
-    except ImportError as e:
-        return f"cccl_lite.train.load_model is not available yet ({e})"
-    return None
-
-
-needs_load_model = pytest.mark.skipif(_load_model_missing() is not None,
-                                      reason=str(_load_model_missing()))
-
-
 def cli(*args):
     """Start ``python -m cccl_lite ARGS`` (a Popen; several run side by side)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -409,7 +397,6 @@ def result_rows(out):
     return [line for line in out.splitlines() if line.split(".")[0].strip().isdigit()]
 
 
-@needs_load_model
 def test_cli_evaluate_and_retrieve_end_to_end(synthetic, checkpoints, capsys):
     root, data = synthetic
     sims_path = root / "cli_sims.npy"
@@ -461,7 +448,6 @@ def test_cli_evaluate_and_retrieve_end_to_end(synthetic, checkpoints, capsys):
     assert [int(r.split("image")[1].split()[0]) for r in result_rows(out)] == list(order)
 
 
-@needs_load_model
 def test_cli_errors_are_one_line_without_traceback(synthetic, checkpoints, capsys):
     root, data = synthetic
     bad = root / "bad.h5"
@@ -506,7 +492,6 @@ def test_cli_errors_are_one_line_without_traceback(synthetic, checkpoints, capsy
     assert f"{WORD_DIM}-d word vectors" in errors["word_dim is 24, "]
 
 
-@needs_load_model
 def test_cli_shortlist(synthetic, checkpoints, capsys):
     """--shortlist with every candidate gives the plain recalls; errors are one line."""
     _, data = synthetic
