@@ -3,7 +3,8 @@
 Taught in chapter 5 ("The hybrid loss"). Scores are (B_i, B_t) matrices:
 row i is an image, column j a text, every image against every text.
 
-Readings taken where the paper is ambiguous (see NOTES.md):
+Readings taken where the paper is ambiguous (the book's readings appendix,
+"Hybrid loss"):
 
 * eq 28 ends in a sigmoid (the prose says softmax, which on one output is
   the constant 1): scores lie in (0, 1).

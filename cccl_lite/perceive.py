@@ -3,7 +3,8 @@
 Taught in chapter 2 ("Perceive"). Shapes use B for a batch, L for a sequence
 (n regions or m words), d for the common embedding size.
 
-Readings taken where the paper is ambiguous (see NOTES.md):
+Readings taken where the paper is ambiguous (the book's readings appendix,
+"Perceive"):
 
 * eq 5 prints ``K̂ = K ∘ G_V``; ``G_K`` is meant.
 * eq 8 prints W as ``n × d_Q``; it is a ``d_F → d`` linear layer.
@@ -249,7 +250,7 @@ class TextualEmbedding(nn.Module):
     """Word vectors to context-perceived textual embeddings T (eqs 11-12).
 
     Ê = E W_E + b_E (eq 11, d_E → d); T = CPC(Ê) (eq 12). E holds one row per
-    *word* (WordPieces mean-pooled, NOTES.md). Ablations: ``use_cpc=False``
+    *word* (WordPieces mean-pooled; readings appendix, "Eqs 11–12"). Ablations: ``use_cpc=False``
     ("w/o T-CPC"); ``vocab_size`` set ("w/o BERT") makes E come from a
     :class:`BiGRUWordEncoder` over word ids instead of pretrained vectors.
 

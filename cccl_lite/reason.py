@@ -5,7 +5,8 @@ modality: a graph over regions (fully connected) and one over words (the
 dependency parse), a residual graph convolution on each, then a GRU that
 reads the other modality's global vector first and the nodes after it.
 
-Readings taken where the paper is ambiguous (see NOTES.md):
+Readings taken where the paper is ambiguous (the book's readings appendix,
+"Reason, Branch 3"):
 
 * eqs 21-23 give unnormalised edge weights (W1 x_i)ᵀ(W2 x_j). We scale them
   by 1/√d and take a row-wise softmax over each node's allowed neighbours
@@ -65,7 +66,7 @@ class ResidualGCN(nn.Module):
     """One residual graph convolution, Ĥ = H + W_R(W_e H W_G) (eqs 24-25).
 
     W_G and W_R are d × d and bias-free, as printed; W_R acts on the feature
-    side (reading of eq 24 in NOTES.md). ``forward(h, edges, mask)``: h
+    side (readings appendix, "Eq 24"). ``forward(h, edges, mask)``: h
     (B, N, d), edges (B, N, N) from :class:`GraphEdges`, mask (B, N) bool.
     Returns (B, N, d), zero at padded nodes.
     """
@@ -100,7 +101,7 @@ class GraphReasoning(nn.Module):
         allowed = full_adjacency(mask)
         if adjacency is not None:
             allowed = allowed & adjacency
-        # Self-loops keep every valid row non-empty (NOTES.md, eq 23).
+        # Self-loops keep every valid row non-empty (readings appendix, "Eq 23").
         eye = torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)
         return self.edges(x, allowed | (eye & mask[:, :, None]))
 

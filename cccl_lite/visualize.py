@@ -15,7 +15,8 @@ caption is in fact true of an image and which regions show the objects a
 caption names, so that retrieval results and attention maps can be judged
 against the ground truth.
 
-Readings taken where the paper is ambiguous (see NOTES.md, "Fig 6 recipe"):
+Readings taken where the paper is ambiguous (the book's readings appendix,
+"Fig. 6: the attention maps"):
 
 * rank_i is 1-based (1 = the most similar region), so the least similar
   valid region scores 0; n counts the image's *valid* regions (the paper's

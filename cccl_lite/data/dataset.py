@@ -170,7 +170,8 @@ class CaptionDataset(torch.utils.data.Dataset):
 def collate(reader: SplitReader, items) -> dict:
     """Batch of (image, caption) pairs → inputs of ``CCCL.forward`` plus
     ``positive_mask`` (B, B): True where two pairs share an image, so a second
-    caption of the same image is never used as a negative (eq 33, NOTES.md)."""
+    caption of the same image is never used as a negative (eq 33; readings
+    appendix, "Eqs 32–33")."""
     image_idx = torch.tensor([i for i, _ in items])
     caption_idx = torch.tensor([k for _, k in items])
     batch = {**reader.images(image_idx.numpy()), **reader.captions(caption_idx.numpy())}
