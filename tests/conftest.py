@@ -1,16 +1,12 @@
-"""Fixtures shared by several test files."""
-
-from pathlib import Path
+"""Fixtures shared by several test files (plain helpers and constants: helpers.py)."""
 
 import h5py
 import numpy as np
 import pytest
-import yaml
 
 from cccl_lite.data.synthetic import make_synthetic
 
-ROOT = Path(__file__).resolve().parent.parent
-WORD_DIM = 16  # random word vectors: the tests need their shape, not their meaning
+from helpers import WORD_DIM
 
 
 @pytest.fixture(scope="session")
@@ -40,20 +36,3 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def notebook_chapters() -> list[Path]:
-    """The chapters that run code (jupytext MyST notebooks) listed in _toc.yml, in order."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = []
-
-    def walk(entries):
-        for e in entries or []:
-            if "file" in e:
-                files.append(ROOT / (e["file"] + ".md"))
-            walk(e.get("sections"))
-
-    walk(toc.get("chapters"))
-    for part in toc.get("parts", []):
-        walk(part.get("chapters"))
-    return [f for f in files if "jupytext" in f.read_text()[:400]]

@@ -12,7 +12,7 @@ import nbclient
 import pytest
 import yaml
 
-from conftest import notebook_chapters
+from helpers import notebook_chapters
 
 ROOT = Path(__file__).resolve().parent.parent
 

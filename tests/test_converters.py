@@ -18,53 +18,10 @@ from cccl_lite.data import precomp
 from cccl_lite.data.precomp import InputError, convert_precomp
 from cccl_lite.data.tsv import convert_tsv
 
+from helpers import CPI, D, IDS, N, R, SIZES, caption, random_boxes, tokens, write_scan
+
 ROOT = Path(__file__).resolve().parent.parent
 N, R, D, CPI = 4, 36, 16, 5
-SIZES = np.array([[500, 375], [640, 480], [333, 500], [1024, 768]], np.float32)
-IDS = [1000092795, 10002456, 1000268201, 1000344755]
-
-
-def caption(i, j):
-    return f"Image {i}: A dog's ball, red (take {j})."
-
-
-def tokens(i, j):  # simple_tokenize of caption(i, j), written out by hand
-    return f"image {i} a dog's ball red take {j}"
-
-
-def random_boxes(rng, sizes, n=R):
-    """Pixel boxes inside each image: (len(sizes), n, 4) x1, y1, x2, y2."""
-    w, h = sizes[:, None, 0], sizes[:, None, 1]
-    x1 = rng.uniform(0, 0.5, (len(sizes), n)) * w
-    y1 = rng.uniform(0, 0.5, (len(sizes), n)) * h
-    x2 = x1 + rng.uniform(0.1, 0.5, (len(sizes), n)) * w
-    y2 = y1 + rng.uniform(0.1, 0.5, (len(sizes), n)) * h
-    return np.stack([x1, y1, x2, y2], -1).astype(np.float32)
-
-
-def write_scan(d: Path, split="test", layout="image", boxes="camera", seed=0):
-    """SCAN files (+ CAMERA or GSMN boxes) for N images; returns what was written."""
-    d.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    feats = rng.normal(size=(N, R, D)).astype(np.float32)
-    bxs = random_boxes(rng, SIZES)
-    rep = (lambda a: np.repeat(a, CPI, axis=0)) if layout == "caption" else (lambda a: a)
-    np.save(d / f"{split}_ims.npy", rep(feats))
-    (d / f"{split}_caps.txt").write_text(
-        "".join(caption(i, j) + "\n" for i in range(N) for j in range(CPI)))
-    ids = [str(i) for i in IDS]
-    (d / f"{split}_ids.txt").write_text("\n".join(rep(np.array(ids)).tolist()) + "\n")
-    if boxes == "camera":
-        np.save(d / f"{split}_boxes.npy", rep(bxs))
-        np.save(d / f"{split}_img_sizes.npy", rep(SIZES))
-    elif boxes == "gsmn":
-        np.save(d / f"{split}_ims_bbx.npy", rep(bxs))
-        # GSMN's size file: a pickled object array of {image_h, image_w} dicts.
-        sz = np.empty(len(rep(SIZES)), dtype=object)
-        for k, (w, h) in enumerate(rep(SIZES)):
-            sz[k] = {"image_h": int(h), "image_w": int(w)}
-        np.save(d / f"{split}_ims_size.npy", sz, allow_pickle=True)
-    return {"features": feats, "boxes": bxs}
 
 
 def assert_split(path, split, truth, has_boxes=True):

@@ -13,7 +13,7 @@ from cccl_lite.train import TrainOptions, Trainer, _Collate
 from cccl_lite.data.dataset import SplitReader
 from cccl_lite.data.truth import SplitTruth
 
-from conftest import WORD_DIM
+from helpers import WORD_DIM
 
 
 def small_config(**kw):

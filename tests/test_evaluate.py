@@ -24,7 +24,8 @@ from cccl_lite.data.dataset import SplitReader
 from cccl_lite.data.synthetic import make_synthetic
 from cccl_lite.metrics import KEYS
 from cccl_lite.model import CCCL, CCCLConfig
-from cccl_lite.perceive import position_features
+
+from helpers import WORD_DIM, MemoryReader, add_word_vectors, brute_force_recalls, synthetic_config
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 30
@@ -42,71 +43,6 @@ def tiny_config(**kw) -> CCCLConfig:
 def build(cfg, seed=0, dtype=torch.float64):
     torch.manual_seed(seed)
     return CCCL(cfg).to(dtype).eval()
-
-
-class MemoryReader:
-    """The parts of SplitReader the evaluator uses, over random in-memory items.
-
-    Ragged lengths; ``captions(idx)`` pads to the longest caption of ``idx`` only,
-    as SplitReader does, so encodings of different batches differ in length.
-    Padded slots hold garbage on purpose.
-    """
-
-    split = "test"
-
-    def __init__(self, cfg, n_img=5, cpi=2, n=5, m=7, seed=0, caption_image=None):
-        g = torch.Generator().manual_seed(seed)
-        self.n_images, self.cfg = n_img, cfg
-        self.caption_image = (np.repeat(np.arange(n_img), cpi) if caption_image is None
-                              else np.asarray(caption_image))
-        n_txt = len(self.caption_image)
-        self.regions = torch.randn(n_img, n, cfg.region_dim, generator=g, dtype=torch.float64)
-        xy = torch.rand(n_img, n, 2, generator=g) * 50
-        wh = torch.rand(n_img, n, 2, generator=g) * 50 + 1
-        self.positions = position_features(torch.cat([xy, xy + wh], -1),
-                                           torch.full((n_img, 2), 100.0)).double()
-        region_len = torch.randint(2, n + 1, (n_img,), generator=g)
-        region_len[0] = n
-        self.region_mask = torch.arange(n)[None] < region_len[:, None]
-        self.word_len = torch.randint(2, m + 1, (n_txt,), generator=g)
-        self.word_len[-1] = m
-        self.word_mask = torch.arange(m)[None] < self.word_len[:, None]
-        if cfg.use_bert:
-            self.words = torch.randn(n_txt, m, cfg.word_dim, generator=g, dtype=torch.float64)
-        else:
-            self.words = torch.randint(2, VOCAB, (n_txt, m), generator=g)
-        # A chain of dependency arcs plus one random arc per caption.
-        self.adjacency = torch.zeros(n_txt, m, m, dtype=torch.bool)
-        for b in range(n_txt):
-            k_last = int(self.word_len[b]) - 1
-            for k in range(k_last):
-                self.adjacency[b, k, k + 1] = self.adjacency[b, k + 1, k] = True
-            j = int(torch.randint(0, k_last + 1, (1,), generator=g))
-            self.adjacency[b, 0, j] = self.adjacency[b, j, 0] = True
-        self.fail = False
-
-    @property
-    def n_captions(self):
-        return len(self.caption_image)
-
-    def images(self, idx):
-        assert not self.fail, "the evaluator read images"
-        idx = torch.as_tensor(np.asarray(idx))
-        return dict(regions=self.regions[idx], positions=self.positions[idx],
-                    region_mask=self.region_mask[idx])
-
-    def captions(self, idx):
-        assert not self.fail, "the evaluator read captions"
-        idx = torch.as_tensor(np.asarray(idx))
-        m = int(self.word_len[idx].max())
-        return dict(words=self.words[idx, :m], word_mask=self.word_mask[idx, :m],
-                    word_adjacency=self.adjacency[idx, :m, :m])
-
-    def forward(self, model):
-        """The training forward on the full batch: F (N_img, N_txt)."""
-        with torch.no_grad():
-            return model(self.regions, self.positions, self.region_mask, self.words,
-                         self.word_mask, self.adjacency)[0]
 
 
 # ---- chunked scoring == the training forward --------------------------------
@@ -158,26 +94,6 @@ def test_bf16_autocast_stays_close_and_returns_float32():
 
 
 # ---- protocols == brute-force ranks -----------------------------------------
-
-
-def brute_force_recalls(sims, owner):
-    """R@1/5/10 both ways and rsum by looping over queries; caption j belongs to
-    image owner[j]; ties count against the model (pessimistic)."""
-    sims = np.asarray(sims, dtype=np.float64)
-    n_img, n_cap = sims.shape
-    i2t, t2i = [], []
-    for i in range(n_img):
-        best = max(sims[i, j] for j in range(n_cap) if owner[j] == i)
-        i2t.append(sum(1 for j in range(n_cap) if owner[j] != i and sims[i, j] >= best))
-    for j in range(n_cap):
-        gt = sims[owner[j], j]
-        t2i.append(sum(1 for i in range(n_img) if i != owner[j] and sims[i, j] >= gt))
-    out = {}
-    for name, ranks in (("i2t", i2t), ("t2i", t2i)):
-        for k in (1, 5, 10):
-            out[f"{name}_r{k}"] = 100.0 * sum(r < k for r in ranks) / len(ranks)
-    out["rsum"] = sum(out.values())
-    return out
 
 
 def random_sims(n_img, cpi, seed):
@@ -275,26 +191,6 @@ def test_save_sims_round_trip(tmp_path):
 
 
 # ---- a tiny synthetic file with random word vectors ---------------------------
-
-WORD_DIM = 16
-
-
-def add_word_vectors(path, dim=WORD_DIM, seed=0):
-    """captions/word_vectors (W, dim) float16 and word_offsets (M + 1,) per split."""
-    rng = np.random.default_rng(seed)
-    with h5py.File(path, "r+") as f:
-        for split in ("train", "val", "test"):
-            cap = f[split]["captions"]
-            lengths = [len(t.split(" ")) for t in cap["tokens"].asstr()[:]]
-            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-            vec = cap.create_dataset("word_vectors", data=rng.normal(
-                size=(int(offsets[-1]), dim)).astype(np.float16))
-            vec.attrs["encoder"] = "random-test-vectors"
-            cap.create_dataset("word_offsets", data=offsets)
-
-
-def synthetic_config(**kw):
-    return CCCLConfig.lite(**{"word_dim": WORD_DIM, "embed_dim": 8, "sim_dim": 8, **kw})
 
 
 def save_checkpoint(path, cfg, seed=0):

@@ -24,8 +24,7 @@ from cccl_lite.align import LocalBranch
 from cccl_lite.model import CCCL
 from cccl_lite.reason import CrossGRU
 
-from test_model import make_batch, tiny_config
-from test_perf import nn_gru_states
+from helpers import make_batch, nn_gru_states, tiny_config
 
 TOL64 = dict(atol=1e-12, rtol=1e-10)
 TOL32 = dict(atol=1e-5, rtol=0)

@@ -6,41 +6,8 @@ import pytest
 import torch
 
 from cccl_lite.model import ABLATIONS, CCCL, CCCLConfig, ImageEncoding, TextEncoding, select_rows
-from cccl_lite.perceive import position_features
 
-VOCAB = 40
-
-
-def tiny_config(**kw):
-    return CCCLConfig.lite(region_dim=10, word_dim=8, embed_dim=6, sim_dim=12,
-                           vocab_size=VOCAB, **kw)
-
-
-def make_batch(cfg, n_img=3, n_txt=4, n=5, m=6, seed=0):
-    """Random inputs with ragged masks; padded slots hold garbage on purpose."""
-    g = torch.Generator().manual_seed(seed)
-    regions = torch.randn(n_img, n, cfg.region_dim, generator=g, dtype=torch.float64)
-    xy = torch.rand(n_img, n, 2, generator=g) * 50
-    wh = torch.rand(n_img, n, 2, generator=g) * 50 + 1
-    positions = position_features(torch.cat([xy, xy + wh], -1), torch.full((n_img, 2), 100.0))
-    region_len = torch.randint(2, n + 1, (n_img,), generator=g)
-    region_len[0] = n
-    region_mask = torch.arange(n)[None] < region_len[:, None]
-    word_len = torch.randint(2, m + 1, (n_txt,), generator=g)
-    word_len[0] = m
-    word_mask = torch.arange(m)[None] < word_len[:, None]
-    if cfg.use_bert:
-        words = torch.randn(n_txt, m, cfg.word_dim, generator=g, dtype=torch.float64)
-    else:
-        words = torch.randint(1, VOCAB, (n_txt, m), generator=g) * word_mask
-    # A chain of dependency arcs (word k linked to k+1) plus one random arc.
-    adjacency = torch.zeros(n_txt, m, m, dtype=torch.bool)
-    for b in range(n_txt):
-        for k in range(int(word_len[b]) - 1):
-            adjacency[b, k, k + 1] = adjacency[b, k + 1, k] = True
-        adjacency[b, 0, int(word_len[b]) - 1] = adjacency[b, int(word_len[b]) - 1, 0] = True
-    return dict(regions=regions, positions=positions.double(), region_mask=region_mask,
-                words=words, word_mask=word_mask, word_adjacency=adjacency)
+from helpers import make_batch, tiny_config
 
 
 def build(cfg, seed=0):

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from cccl_lite import evaluate as ev
 from cccl_lite.align import vector_similarity
@@ -29,8 +28,8 @@ from cccl_lite.model import ABLATIONS, CCCL, CCCLConfig, select_rows
 from cccl_lite.reason import CrossGRU
 from cccl_lite.train import TrainOptions, warmup_loss
 
-from test_evaluate import MemoryReader, brute_force_recalls
-from test_model import make_batch, tiny_config
+from helpers import MemoryReader, brute_force_recalls, make_batch, nn_gru_states, tiny_config
+
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = dict(atol=1e-10, rtol=1e-9)
@@ -114,23 +113,6 @@ def test_vsf_all_pairs_equals_the_direct_vsf():
     for i in range(3):
         for j in range(5):
             torch.testing.assert_close(got[i, j], vector_similarity(a[i], b[j], w), **TOL)
-
-
-def nn_gru_states(gru: CrossGRU, nodes, cross, lengths) -> torch.Tensor:
-    """(B_x, B_y, d): the last state of torch's own nn.GRU, with gru's weights, run
-    on each pair's sequence [cross_y, x_1, ..., x_{lengths[x]}] one at a time."""
-    d = gru.dim
-    ref = nn.GRU(d, d, batch_first=True).to(nodes.dtype)
-    out = torch.empty(nodes.shape[0], cross.shape[0], d, dtype=nodes.dtype)
-    with torch.no_grad():
-        for ours, theirs in (("weight_ih", "weight_ih_l0"), ("weight_hh", "weight_hh_l0"),
-                             ("bias_ih", "bias_ih_l0"), ("bias_hh", "bias_hh_l0")):
-            getattr(ref, theirs).copy_(getattr(gru.cell, ours))
-        for x in range(nodes.shape[0]):
-            for y in range(cross.shape[0]):
-                _, h = ref(torch.cat([cross[y:y + 1], nodes[x, :lengths[x]]])[None])
-                out[x, y] = h[0, 0]
-    return out
 
 
 def test_relation_recur_equals_nn_gru_on_each_pair():
@@ -453,7 +435,7 @@ def synthetic_reader(tmp_path_factory):
     """A tiny synthetic split (retrieve reads caption texts from the file)."""
     from cccl_lite.data.dataset import SplitReader
     from cccl_lite.data.synthetic import make_synthetic
-    from test_evaluate import add_word_vectors, synthetic_config
+    from helpers import add_word_vectors, synthetic_config
 
     data = make_synthetic(tmp_path_factory.mktemp("perf") / "tiny.h5", seed=0, size="tiny")
     add_word_vectors(data)

@@ -16,7 +16,7 @@ from cccl_lite import pretrained
 from cccl_lite.model import CCCLConfig
 from cccl_lite.train import TrainOptions, train
 
-from conftest import WORD_DIM
+from helpers import WORD_DIM
 
 ROOT = Path(__file__).resolve().parent.parent
 # One image of the 201 test images moves an i2t recall by 0.50 points, one

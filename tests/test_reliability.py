@@ -33,8 +33,7 @@ from cccl_lite.files import OutputError, RunLock, remove_stale_temps
 from cccl_lite.data.text import simple_tokenize
 from cccl_lite.train import Trainer, load_checkpoint, train
 
-from test_converters import write_scan
-from test_train import quick, small_config
+from helpers import quick, small_config, write_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 

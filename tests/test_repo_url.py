@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import notebook_chapters
+from helpers import notebook_chapters
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,11 +18,13 @@ import torch
 from cccl_lite.data.dataset import CaptionDataset, SplitReader, collate, model_inputs
 from cccl_lite.evaluate import evaluate_split
 from cccl_lite.metrics import KEYS
-from cccl_lite.model import CCCL, CCCLConfig
+from cccl_lite.model import CCCL
 from cccl_lite.train import (TrainOptions, Trainer, _restore_rng, _rng_states,
                              alignment_term_all_negatives, load_checkpoint, load_model, train)
 
-from conftest import WORD_DIM as D_E  # random word vectors in the tiny file (no MiniLM)
+from helpers import WORD_DIM as D_E  # random word vectors in the tiny file (no MiniLM)
+from helpers import quick, small_config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,16 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_h5(tiny_words_h5):
     """The tiny scenes with random D_E-d word vectors (tests/conftest.py)."""
     return tiny_words_h5
-
-
-def small_config(**kw):
-    base = dict(region_dim=256, word_dim=D_E, embed_dim=16, sim_dim=16, batch_size=8,
-                epochs=2, lr=1e-3, lr_decay_epoch=1)
-    return CCCLConfig.lite(**{**base, **kw})
-
-
-def quick(**kw):
-    return TrainOptions(**{**dict(max_steps=3, quiet=True, device="cpu"), **kw})
 
 
 @pytest.fixture
