@@ -35,11 +35,13 @@ import torch
 
 from .model import ABLATIONS
 from .provenance import provenance
-from .files import OutputError, check_output_dir, check_output_file, shared_file
-from .train import RECIPES, _atomic_write_text, lite_options, load_model, resolve_config, train
+from .checkpoint import load_model, resolve_config
+from .files import (OutputError, check_output_dir, check_output_file, shared_file,
+                    write_text_atomic)
+from .recipes import RECIPES, lite_options
+from .train import train
 
-__all__ = ["PAPER_TABLE6", "GROUPS", "row_names", "summarize", "provenance", "run_ablations",
-           "add_ablate_arguments", "run_ablate"]
+__all__ = ["PAPER_TABLE6", "GROUPS", "row_names", "summarize", "provenance", "run_ablations"]
 
 FULL = "CCCL"
 
@@ -225,35 +227,5 @@ def _write(path: Path, settings: dict, done: dict) -> dict:
               "summary": summarize(entries),
               "seconds": round(sum(e["seconds"] for e in entries), 1)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(json.dumps(result, indent=1) + "\n", path)
+    write_text_atomic(json.dumps(result, indent=1) + "\n", path)
     return result
-
-
-def add_ablate_arguments(p) -> None:
-    """``python -m cccl_lite ablate``'s arguments."""
-    p.add_argument("--data", required=True, help="HDF5 file with word vectors (the default "
-                                                 "synthetic scenes: data/scenes-small-seed0.h5)")
-    from .cli import positive_int
-
-    p.add_argument("--out", default="runs/ablations", help="training runs go here")
-    p.add_argument("--results", default=None,
-                   help="the results table, rewritten after every row (default: "
-                        "OUT/ablations.json; chapter 7 reads book/results/ablations.json)")
-    p.add_argument("--epochs", type=positive_int, default=None,
-                   help="at most this many epochs per run (default: the lite preset's; runs "
-                        "stop earlier on validation R@sum)")
-    p.add_argument("--max-steps", type=positive_int, default=None,
-                   help="batches per epoch (smoke)")
-    p.add_argument("--seeds", type=positive_int, default=3,
-                   help="seeds 0..N-1 for every row (default 3), to size the noise")
-    p.add_argument("--only", nargs="+", default=None, help="row names to (re)train")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a results file written with other settings")
-
-
-def run_ablate(args) -> int:
-    results = args.results if args.results is not None else Path(args.out) / "ablations.json"
-    run_ablations(args.data, args.out, results, epochs=args.epochs,
-                  max_steps=args.max_steps, seeds=args.seeds, only=args.only,
-                  overwrite=args.overwrite)
-    return 0

@@ -43,14 +43,15 @@ from .data.dataset import SplitReader, build_vocab
 from .baselines import StructureProbe, probe_sims, train_bag_of_words
 from .data.difficulty import hard_negative_pairs, sibling_accuracy
 from .data.truth import SplitTruth
-from .files import shared_file
 from .metrics import recall_at_k, truth_recall_at_k
 from .pretrained import measure_scores
-from .train import TrainOptions, _atomic_write_text, load_model, resolve_config, train
+from .checkpoint import load_model, make_reader, resolve_config
+from .files import shared_file, write_text_atomic
+from .recipes import RECIPES, recipe_options
+from .train import train
 
 __all__ = ["Row", "ROWS", "hardest_true_rate", "baselines", "sibling_exposure",
-           "reversed_relations", "run_diagnosis", "add_diagnose_arguments",
-           "run_diagnose"]
+           "reversed_relations", "run_diagnosis"]
 
 
 
@@ -226,7 +227,6 @@ def reversed_relations(model, data, split: str = "test", tokenizer=None, encoder
     from .data.synthetic import build_caption, caption_holds
     from .data.truth import parse_caption
     from .data.text import encode_words, heads_to_adjacency, load_encoder
-    from .train import make_reader
 
     config = config or model.config
     reader = make_reader(data, split, config)
@@ -288,7 +288,9 @@ def _settings(data, epochs: int, max_steps: int | None, seed: int) -> dict:
 
 
 def _row_options(row: Row) -> dict:
-    return {"warmup_epochs": 1, **row.options}
+    # Every row starts from the paper's recipe (one warm-up epoch, then eq 33;
+    # image positives, random batches) and changes what it names.
+    return {**RECIPES["paper"], **row.options}
 
 
 def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
@@ -304,8 +306,8 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
     config = resolve_config("lite", data, ablation, epochs=epochs, lr_decay_epoch=epochs,
                             **overrides)
     run_dir = Path(out_dir) / _slug(row.name)
-    best = train(config, data, run_dir, TrainOptions(
-        seed=seed, device="cpu", max_steps=max_steps, quiet=True, overwrite=True,
+    best = train(config, data, run_dir, recipe_options(
+        "paper", seed=seed, device="cpu", max_steps=max_steps, quiet=True, overwrite=True,
         **_row_options(row)))
     model, config, vocab = load_model(best)
     history = [json.loads(ln) for ln in (run_dir / "log.jsonl").read_text().splitlines()]
@@ -402,33 +404,5 @@ def _write(path: Path, settings: dict, done: dict, names: list[str],
     result = {"settings": settings, "provenance": provenance(), "baselines": base,
               "rows": [done[n] for n in names if n in done]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", path)
+    write_text_atomic(json.dumps(result, indent=1, ensure_ascii=False) + "\n", path)
     return result
-
-
-def add_diagnose_arguments(p) -> None:
-    """``python -m cccl_lite diagnose``'s arguments."""
-    p.add_argument("--data", required=True, help="HDF5 synthetic scenes with word vectors")
-    p.add_argument("--out", default="runs/diagnosis", help="training runs go here")
-    p.add_argument("--results", required=True,
-                   help="JSON results file (chapter 5 reads book/results/diagnosis.json)")
-    from .cli import nonnegative_int, positive_int  # every number checked here (issue 14)
-
-    p.add_argument("--epochs", type=positive_int, default=3, help="the budget of every row")
-    p.add_argument("--seed", type=nonnegative_int, default=0)
-    p.add_argument("--max-steps", type=positive_int, default=None,
-                   help="batches per epoch (smoke)")
-    p.add_argument("--only", nargs="+", default=None,
-                   help="row names to run, in this order (rows already done are skipped)")
-    p.add_argument("--rerun", action="store_true", help="run rows again that are done")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a results file that holds other settings")
-
-
-def run_diagnose(args) -> int:
-    if args.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-    run_diagnosis(args.data, args.out, args.results, epochs=args.epochs, seed=args.seed,
-                  max_steps=args.max_steps, only=args.only, overwrite=args.overwrite,
-                  rerun=args.rerun)
-    return 0

@@ -39,7 +39,8 @@ except ImportError:  # pragma: no cover - not on the Linux CI
     fcntl = None
 
 __all__ = ["OutputError", "check_output_file", "check_output_dir", "temp_path",
-           "remove_stale_temps", "pid_alive", "RunLock", "shared_file"]
+           "remove_stale_temps", "write_atomic", "write_text_atomic", "pid_alive", "RunLock",
+           "shared_file"]
 
 _TMP = ".tmp-"
 
@@ -98,6 +99,31 @@ def remove_stale_temps(path) -> list[Path]:
             except OSError:
                 pass
     return removed
+
+
+def write_atomic(path, write, mode: str = "wb") -> Path:
+    """Write ``path`` through its temp file (:func:`temp_path`), then rename it
+    over ``path``: ``path`` is either the old file or the complete new one,
+    never a part. ``write(f)`` writes to the open temp file (``mode``);
+    temp files of killed writers of ``path`` are removed first. Returns ``path``."""
+    path = Path(path)
+    remove_stale_temps(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_text_atomic(text: str, path) -> Path:
+    """``Path(path).write_text(text)``, atomically (:func:`write_atomic`)."""
+    return write_atomic(path, lambda f: f.write(text), "w")
 
 
 def _first_file_above(folder: Path) -> Path | None:

@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # torch is only needed to type-hint; tensors are duck-typed
 else:
     ArrayLike = Any
 
-__all__ = ["ranks", "recall_at_k", "truth_recall_at_k", "coco_1k_recall", "format_recalls", "KEYS"]
+__all__ = ["ranks", "recall_at_k", "truth_recall_at_k", "coco_1k_recall", "format_recalls", "KEYS",
+           "PROTOCOLS", "COCO_FOLDS", "caption_layout", "check_protocol", "protocol_recalls"]
 
 KS = (1, 5, 10)
 KEYS = (
@@ -266,3 +267,69 @@ def truth_recall_at_k(sims: ArrayLike, truth) -> dict[str, float]:
             out[f"{name}_r{k}"] = float(100.0 * np.mean(r < k))
     out["rsum"] = float(sum(out[k] for k in KEYS[:-1]))
     return out
+
+
+# ---- protocols --------------------------------------------------------------
+# Which images a split's recalls rank against (SCAN's protocols; chapter 6).
+
+PROTOCOLS = ("f30k", "coco1k", "coco5k")
+COCO_FOLDS = 5
+
+
+def caption_layout(caption_image, n_images: int) -> tuple[int, np.ndarray | None]:
+    """(captions_per_image, column order) for the metrics, which want caption j
+    to belong to image j // captions_per_image (``cccl_lite.metrics``).
+
+    The order is None when the split is laid out that way already, else the
+    stable permutation of the captions that groups them by image. Raises
+    ValueError unless every image has the same number (>= 1) of captions.
+    """
+    caption_image = np.asarray(caption_image, dtype=np.int64)
+    counts = np.bincount(caption_image, minlength=n_images)
+    if n_images == 0:
+        raise ValueError("R@K needs at least one image; this split has none")
+    if len(counts) != n_images or counts.min() < 1 or counts.min() != counts.max():
+        raise ValueError(f"R@K needs the same number of captions for every image; this split "
+                         f"has {len(caption_image)} captions for {n_images} images "
+                         f"({int(counts.min())} to {int(counts.max())} per image)")
+    cpi = int(counts[0])
+    if np.array_equal(caption_image, np.arange(len(caption_image)) // cpi):
+        return cpi, None
+    return cpi, np.argsort(caption_image, kind="stable")
+
+
+def check_protocol(protocol: str | None, n_images: int, n_captions: int,
+                   fold_size: int = 1000) -> str | None:
+    """Check a split's size against ``protocol`` before any scoring.
+
+    f30k expects ``fold_size`` images x 5 captions each, coco5k 5 folds of
+    them; other sizes are evaluated on all images and the returned note says
+    so (None when the size is as expected). coco1k needs exactly
+    ``COCO_FOLDS * fold_size`` images: ValueError otherwise.
+    """
+    if protocol is None:
+        return None
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    if protocol == "coco1k":
+        if n_images != COCO_FOLDS * fold_size:
+            raise ValueError(f"coco1k needs {COCO_FOLDS} folds of {fold_size} images = "
+                             f"{COCO_FOLDS * fold_size} images; this split has {n_images}")
+        return None
+    want = fold_size if protocol == "f30k" else COCO_FOLDS * fold_size
+    if (n_images, n_captions) == (want, 5 * want):
+        return None
+    return (f"{protocol}: expected {want} images x {5 * want} captions, this split has "
+            f"{n_images} x {n_captions}; recalls are over all {n_images} images")
+
+
+def protocol_recalls(sims, captions_per_image: int = 5, protocol: str | None = None,
+                     fold_size: int = 1000) -> tuple[dict[str, float], str | None]:
+    """(recalls, note) of a grouped score matrix (N_img, N_img * captions_per_image)
+    under ``protocol`` (eqs 35-36): coco1k averages :func:`coco_1k_recall` over 5
+    folds of ``fold_size`` images, the others rank against all images. ``note``
+    as :func:`check_protocol`."""
+    note = check_protocol(protocol, sims.shape[0], sims.shape[1], fold_size)
+    if protocol == "coco1k":
+        return coco_1k_recall(sims, COCO_FOLDS, captions_per_image), note
+    return recall_at_k(sims, captions_per_image), note

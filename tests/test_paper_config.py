@@ -9,7 +9,8 @@ import h5py
 import pytest
 
 import cccl_lite.train as train_module
-from cccl_lite.cli import CLIError, main
+from cccl_lite.cli import main
+from cccl_lite.errors import InputError
 from cccl_lite.model import CCCLConfig
 from cccl_lite.train import data_dataset, resolve_config
 
@@ -43,7 +44,7 @@ def test_the_data_file_decides_when_no_dataset_is_given(tiny_words_h5, coco_h5):
     assert resolve_config("paper", coco_h5, dataset="f30k").coherence_weight == 0.5
     assert resolve_config("paper", tiny_words_h5, dataset="coco").coherence_weight == 0.75
     assert resolve_config("paper", coco_h5, coherence_weight=0.3).coherence_weight == 0.3
-    with pytest.raises(CLIError, match="--dataset coco.*paper preset"):
+    with pytest.raises(InputError, match="--dataset coco.*paper preset"):
         resolve_config("lite", tiny_words_h5, dataset="coco")
 
 

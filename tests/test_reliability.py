@@ -24,7 +24,8 @@ import pytest
 import torch
 
 from cccl_lite import ablate
-from cccl_lite.cli import CLIError, main
+from cccl_lite import errors
+from cccl_lite.cli import main
 from cccl_lite.data.dataset import SplitReader
 from cccl_lite.data.precomp import InputError, convert_precomp, read_captions
 from cccl_lite.data.schema import SchemaError, atomic_h5, check_file
@@ -334,7 +335,7 @@ def test_resume_refuses_other_data(tiny_words_h5, run_dir, tmp_path, capsys):
                 src.copy(src[split]["captions"][k], f[split]["captions"], name=k)
     out = tmp_path / "run"
     shutil.copytree(run_dir, out)
-    with pytest.raises(CLIError, match="other data.*seed 0 -> 7"):
+    with pytest.raises(errors.InputError, match="other data.*seed 0 -> 7"):
         Trainer(small_config(epochs=2), other, out, quick(max_steps=1, resume=True))
     # The same dataset, copied elsewhere, resumes (with a note).
     copy = tmp_path / "copy.h5"
@@ -431,7 +432,7 @@ def test_captions_keep_accented_letters(tmp_path):
 def test_an_empty_checkpoint_is_one_clear_line(tmp_path, capsys, tiny_words_h5):
     empty = tmp_path / "best.pt"
     empty.write_bytes(b"")
-    with pytest.raises(CLIError, match="empty file"):
+    with pytest.raises(errors.InputError, match="empty file"):
         load_checkpoint(empty)
     assert main(["evaluate", "--checkpoint", str(empty), "--data", str(tiny_words_h5)]) == 1
     _one_error_line(capsys, str(empty), "empty")
@@ -441,7 +442,7 @@ def test_resume_from_a_best_pt_is_one_clear_line(tiny_words_h5, run_dir, tmp_pat
     out = tmp_path / "run"
     shutil.copytree(run_dir, out)
     shutil.copy(out / "best.pt", out / "last.pt")
-    with pytest.raises(CLIError, match="holds no training state.*best.pt"):
+    with pytest.raises(errors.InputError, match="holds no training state.*best.pt"):
         Trainer(small_config(epochs=2), tiny_words_h5, out, quick(max_steps=1, resume=True))
 
 
@@ -610,7 +611,7 @@ def test_a_random_bytes_checkpoint_never_advises_weights_only_false(tmp_path, ca
                                                                      tiny_words_h5):
     junk = tmp_path / "best.pt"
     junk.write_bytes(np.random.default_rng(0).bytes(4096))
-    with pytest.raises(CLIError) as e:
+    with pytest.raises(errors.InputError) as e:
         load_checkpoint(junk)
     assert "weights_only" not in str(e.value) and "False" not in str(e.value)
     assert str(junk) in str(e.value)

@@ -1,6 +1,6 @@
 """The repository's URL lives in one place, _config.yml's repository.url (the
-Colab buttons use it): every chapter's install cell and chapter 9's clone
-must name the same repository."""
+Colab buttons use it): every chapter's install cell must name it, and chapter
+9 needs nothing but the installed package (no clone)."""
 
 from __future__ import annotations
 
@@ -43,11 +43,13 @@ def test_every_install_cell_installs_the_configured_repository():
             ipynb.name
 
 
-def test_chapter_9_clones_the_configured_repository():
+def test_chapter_9_runs_the_package_not_a_clone():
+    # Every data step is a command of `python -m cccl_lite` (issue 15, point 4).
     text = (ROOT / "book" / "09_flickr30k.md").read_text()
-    clones = re.findall(r'^REPO_URL = "([^"]+)"', text, flags=re.M)
-    assert clones == [config_url()]
-    assert '"git", "clone", "--depth", "1", REPO_URL' in text
+    assert '"git", "clone"' not in text and "REPO_URL" not in text
+    for command in ("download", "prepare-precomp", "encode-words", "parse", "train",
+                    "evaluate"):
+        assert f'"-m", "cccl_lite", "{command}"' in text, command
 
 
 def test_the_check_catches_a_different_url(tmp_path):

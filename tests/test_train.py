@@ -19,8 +19,9 @@ from cccl_lite.data.dataset import CaptionDataset, SplitReader, collate, model_i
 from cccl_lite.evaluate import evaluate_split
 from cccl_lite.metrics import KEYS
 from cccl_lite.model import CCCL
-from cccl_lite.train import (TrainOptions, Trainer, _restore_rng, _rng_states,
-                             alignment_term_all_negatives, load_checkpoint, load_model, train)
+from cccl_lite.runtime import restore_rng, rng_states
+from cccl_lite.train import (TrainOptions, Trainer, alignment_term_all_negatives,
+                             load_checkpoint, load_model, train)
 
 from helpers import WORD_DIM as D_E  # random word vectors in the tiny file (no MiniLM)
 from helpers import quick, small_config
@@ -155,10 +156,10 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
         return (random.random(), np.random.normal(), torch.rand(3).tolist(),
                 torch.rand(3, generator=loader).tolist())
 
-    torch.save(_rng_states(loader), tmp_path / "rng.pt")
+    torch.save(rng_states(loader), tmp_path / "rng.pt")
     expected = draws()
     random.seed(9), np.random.seed(9), torch.manual_seed(9), loader.manual_seed(9)
-    _restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True), loader)
+    restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True), loader)
     assert draws() == expected
 
 
@@ -186,12 +187,12 @@ def test_interrupted_save_keeps_the_previous_last_pt(tiny_h5, tmp_path, monkeypa
 
 
 def test_load_model_refuses_unknown_config_fields(tiny_h5, tmp_path):
-    from cccl_lite.cli import CLIError
+    from cccl_lite.errors import InputError
     best = train(small_config(epochs=1), tiny_h5, tmp_path / "run", quick(max_steps=1))
     ckpt = torch.load(best, weights_only=True)
     ckpt["config"]["use_quantum_pooling"] = True
     torch.save(ckpt, tmp_path / "future.pt")
-    with pytest.raises(CLIError, match="use_quantum_pooling"):
+    with pytest.raises(InputError, match="use_quantum_pooling"):
         load_model(tmp_path / "future.pt")
 
 
@@ -377,3 +378,39 @@ def test_position_tuple_reaches_the_reader_and_the_cli(tiny_h5, tmp_path):
                  "--max-steps", "1", "--batch-size", "8", "--quiet",
                  "--position-tuple", "camera"]) == 0
     assert json.loads((out / "config.json").read_text())["config"]["position_tuple"] == "camera"
+
+
+# ---- one reader rule for training and evaluation ----------------------------------
+
+
+def test_a_model_that_reads_no_heads_trains_and_evaluates_on_unparsed_data(tiny_h5, tmp_path,
+                                                                          capsys):
+    """"w/o B-3" and "w/o S-NLP" never read dependency heads (eq 23), so their
+    checkpoints must evaluate on a file without heads, as they trained on it.
+    The evaluation loader once built its own reader that still asked for heads
+    under "w/o B-3" (``syntax=config.use_syntax``): this is the case it failed."""
+    from cccl_lite.checkpoint import load_for_data, make_reader
+    from cccl_lite.cli import main
+    from cccl_lite.data.schema import SchemaError
+
+    unparsed = tmp_path / "unparsed.h5"
+    unparsed.write_bytes(Path(tiny_h5).read_bytes())
+    with h5py.File(unparsed, "a") as f:
+        for split in ("train", "val", "test"):
+            del f[split]["captions/heads"]
+    for ablation in ("w/o B-3", "w/o S-NLP"):
+        config = small_config(epochs=1).with_ablation(ablation)
+        assert not (config.use_syntax and config.use_branch3)  # the rule's input
+        best = train(config, unparsed, tmp_path / ablation.replace("/", "_"),
+                     quick(max_steps=1))
+        model, loaded, reader = load_for_data(best, unparsed, "test")
+        assert reader.heads is None and loaded == load_model(best)[1]
+        assert main(["evaluate", "--checkpoint", str(best), "--data", str(unparsed)]) == 0
+        capsys.readouterr()
+    # The full model reads heads: the same file is refused, in one line.
+    with pytest.raises(SchemaError, match="heads"):
+        make_reader(unparsed, "test", small_config())
+    full = train(small_config(epochs=1), tiny_h5, tmp_path / "full", quick(max_steps=1))
+    assert main(["evaluate", "--checkpoint", str(full), "--data", str(unparsed)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "heads" in err[0]

@@ -1,30 +1,37 @@
-"""Command line: ``python -m cccl_lite {train,evaluate,retrieve,ablate,diagnose} ...`` (see ``__main__``).
+"""Command line: ``python -m cccl_lite COMMAND ...`` (see ``__main__``); ``--help`` lists them.
 
-Each subcommand lives with the code it drives (``cccl_lite.train``,
-``cccl_lite.evaluate``): the module exposes ``add_<name>_arguments(parser)``
-and ``run_<name>(args) -> int``. Expected failures (a missing file, a wrong
-schema, an unknown config or ablation, a checkpoint from another config)
-raise :class:`CLIError` or one of the errors below and print one line, with
-a non-zero exit status and no traceback.
+The one front door. Engine commands (:mod:`.engine`: train, evaluate,
+retrieve), studies (:mod:`.studies`: ablate, diagnose, ship), the student
+edition, and the data commands (:mod:`.data`: make-synthetic, encode-words,
+parse, prepare-precomp, prepare-tsv, download, difficulty; the scripts in
+``data_scripts/`` are thin wrappers around them). All argparse lives here;
+the package below raises plain exceptions. Expected failures (a missing
+file, a wrong schema, an unknown config or ablation, a checkpoint from
+another config: :class:`cccl_lite.errors.InputError` and the other errors
+below) print one line, with a non-zero exit status and no traceback.
+
+Nothing in the package imports this module (only ``__main__`` and
+``data_scripts/``).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from ..data.schema import SchemaError
+from ..errors import InputError
+from .types import (float_at_least, int_at_least, nonnegative_float, nonnegative_int,
+                    positive_float, positive_int, run_script)
 
-
-class CLIError(Exception):
-    """An expected failure of a command: its message is all the user sees."""
-
+__all__ = ["main", "build_parser", "OneLineParser", "positive_int", "int_at_least",
+           "float_at_least", "nonnegative_int", "positive_float", "nonnegative_float",
+           "run_script"]
 
 # What a user can cause by a wrong argument or file; anything else is a bug
 # and keeps its traceback. OSError: a folder that cannot be written, a full
 # disk: the machine's state, not a bug, and its message names the file.
-_EXPECTED = (CLIError, SchemaError, ValueError, OSError)
+_EXPECTED = (InputError, SchemaError, ValueError, OSError)
 
 
 def _error_line(e: BaseException) -> str:
@@ -44,26 +51,35 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
 
 
+def _data_runner(run, name: str):
+    """A data command's run(args, prog) as the front door's run(args)."""
+    return lambda args: run(args, name)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .. import ablate, diagnose, evaluate, pretrained, student, train
+    from .. import student
+    from . import data, engine, studies
 
     parser = OneLineParser(prog="python -m cccl_lite", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = {
-        "train": (train.add_train_arguments, train.run_train, "train CCCL on an HDF5 dataset"),
-        "evaluate": (evaluate.add_evaluate_arguments, evaluate.run_evaluate,
+        "train": (engine.add_train_arguments, engine.run_train, "train CCCL on an HDF5 dataset"),
+        "evaluate": (engine.add_evaluate_arguments, engine.run_evaluate,
                      "R@K of a checkpoint on a split"),
-        "retrieve": (evaluate.add_retrieve_arguments, evaluate.run_retrieve,
+        "retrieve": (engine.add_retrieve_arguments, engine.run_retrieve,
                      "top-k texts for an image, or images for a caption"),
-        "ablate": (ablate.add_ablate_arguments, ablate.run_ablate,
+        "ablate": (studies.add_ablate_arguments, studies.run_ablate,
                    "train and test every Table 6 ablation (chapter 7's table)"),
-        "diagnose": (diagnose.add_diagnose_arguments, diagnose.run_diagnose,
+        "diagnose": (studies.add_diagnose_arguments, studies.run_diagnose,
                      "short runs that each change one thing (chapter 5's diagnosis)"),
-        "ship": (pretrained.add_ship_arguments, pretrained.run_ship,
+        "ship": (studies.add_ship_arguments, studies.run_ship,
                  "make a finished run the package's shipped lite model, with its provenance"),
         "student-edition": (student.add_student_arguments, student.run_student,
                             "notebooks with exercise stubs and no solutions, for students"),
     }
+    for name, cmd in data.COMMANDS.items():
+        commands[name] = (cmd.add, _data_runner(cmd.run, name),
+                          f"{cmd.help} (data_scripts/{cmd.script})")
     for name, (add, run, help_) in commands.items():
         p = sub.add_parser(name, help=help_, description=help_)
         add(p)
@@ -86,63 +102,5 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-# ---- helpers shared by the scripts in data_scripts/ ---------------------------
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    return int_at_least(1)(text)
-
-
-def int_at_least(low: int):
-    """argparse type: an integer >= ``low`` (its message says so)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < low:
-            what = "a positive integer" if low == 1 else f"an integer >= {low}"
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-    parse.__name__ = "int"  # argparse names the type in some messages
-    return parse
-
-
-def float_at_least(low: float, strict: bool = False):
-    """argparse type: a finite number >= ``low`` (> ``low`` when ``strict``);
-    nan and inf are refused (a nan margin or learning rate trains nothing)."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value < low or (strict and value == low):
-            raise argparse.ArgumentTypeError(
-                f"expected a finite number {'>' if strict else '>='} {low:g}, got {text!r}")
-        return value
-    parse.__name__ = "float"
-    return parse
-
-
-nonnegative_int = int_at_least(0)
-positive_float = float_at_least(0.0, strict=True)
-nonnegative_float = float_at_least(0.0)
-
-
-def run_script(prog: str, work, interrupted: str = "interrupted; nothing was written"):
-    """Run a data script's ``work()``: expected failures print one line
-    ``PROG: error: ...`` (exit 1), Ctrl-C prints ``interrupted`` (exit 130).
-
-    Returns ``(exit_code, result)``; result is None unless the code is 0.
-    """
-    try:
-        return 0, work()
-    except KeyboardInterrupt:
-        print(f"{prog}: {interrupted}", file=sys.stderr)
-        return 130, None
-    except (OSError, ValueError, RuntimeError) as e:  # SchemaError is a ValueError
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1, None
+    except SystemExit as e:  # a usage error found after parsing, already printed
+        return e.code if isinstance(e.code, int) else 2

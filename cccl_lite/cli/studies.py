@@ -1,0 +1,101 @@
+"""``python -m cccl_lite ablate | diagnose | ship``: the studies' commands.
+
+The work is :func:`cccl_lite.ablate.run_ablations` (chapter 7's Table 6),
+:func:`cccl_lite.diagnose.run_diagnosis` (chapter 5's diagnosis) and
+:func:`cccl_lite.pretrained.ship` (the shipped lite model).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..ablate import run_ablations
+from ..diagnose import run_diagnosis
+from ..pretrained import ASSET_DIR, NAME, checkpoint_path, ship
+from .types import nonnegative_int, positive_int
+
+__all__ = ["add_ablate_arguments", "run_ablate", "add_diagnose_arguments", "run_diagnose",
+           "add_ship_arguments", "run_ship"]
+
+
+# ---- ablate -----------------------------------------------------------------
+
+
+def add_ablate_arguments(p) -> None:
+    """``python -m cccl_lite ablate``'s arguments."""
+    p.add_argument("--data", required=True, help="HDF5 file with word vectors (the default "
+                                                 "synthetic scenes: data/scenes-small-seed0.h5)")
+    p.add_argument("--out", default="runs/ablations", help="training runs go here")
+    p.add_argument("--results", default=None,
+                   help="the results table, rewritten after every row (default: "
+                        "OUT/ablations.json; chapter 7 reads book/results/ablations.json)")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="at most this many epochs per run (default: the lite preset's; runs "
+                        "stop earlier on validation R@sum)")
+    p.add_argument("--max-steps", type=positive_int, default=None,
+                   help="batches per epoch (smoke)")
+    p.add_argument("--seeds", type=positive_int, default=3,
+                   help="seeds 0..N-1 for every row (default 3), to size the noise")
+    p.add_argument("--only", nargs="+", default=None, help="row names to (re)train")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a results file written with other settings")
+
+
+def run_ablate(args) -> int:
+    results = args.results if args.results is not None else Path(args.out) / "ablations.json"
+    run_ablations(args.data, args.out, results, epochs=args.epochs,
+                  max_steps=args.max_steps, seeds=args.seeds, only=args.only,
+                  overwrite=args.overwrite)
+    return 0
+
+
+# ---- diagnose ---------------------------------------------------------------
+
+
+def add_diagnose_arguments(p) -> None:
+    """``python -m cccl_lite diagnose``'s arguments."""
+    p.add_argument("--data", required=True, help="HDF5 synthetic scenes with word vectors")
+    p.add_argument("--out", default="runs/diagnosis", help="training runs go here")
+    p.add_argument("--results", required=True,
+                   help="JSON results file (chapter 5 reads book/results/diagnosis.json)")
+    p.add_argument("--epochs", type=positive_int, default=3, help="the budget of every row")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--max-steps", type=positive_int, default=None,
+                   help="batches per epoch (smoke)")
+    p.add_argument("--only", nargs="+", default=None,
+                   help="row names to run, in this order (rows already done are skipped)")
+    p.add_argument("--rerun", action="store_true", help="run rows again that are done")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a results file that holds other settings")
+
+
+def run_diagnose(args) -> int:
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+    run_diagnosis(args.data, args.out, args.results, epochs=args.epochs, seed=args.seed,
+                  max_steps=args.max_steps, only=args.only, overwrite=args.overwrite,
+                  rerun=args.rerun)
+    return 0
+
+
+# ---- ship -------------------------------------------------------------------
+
+
+def add_ship_arguments(p) -> None:
+    p.add_argument("--run-dir", required=True, help="a finished training run's folder (best.pt)")
+    p.add_argument("--data", required=True, help="the data file it was trained on")
+    p.add_argument("--folder", default=str(ASSET_DIR), help="where the shipped pair goes")
+    p.add_argument("--name", default=NAME)
+    p.add_argument("--overwrite", action="store_true", help="replace a shipped model")
+    p.add_argument("--trained-commit", default=None,
+                   help="the commit the run was trained from, for a run whose config.json "
+                        "does not record it")
+
+
+def run_ship(args) -> int:
+    rec = ship(args.run_dir, args.data, Path(args.folder), args.name, args.overwrite,
+               args.trained_commit)
+    print(f"shipped {checkpoint_path(args.name, Path(args.folder))}: test R@sum "
+          f"{rec['test']['rsum']:.1f}, truth R@sum {rec['truth']['rsum']:.1f}, "
+          f"siblings {rec['siblings']}")
+    return 0

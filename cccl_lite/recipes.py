@@ -1,0 +1,147 @@
+"""How to train, as opposed to what: :class:`TrainOptions` and each preset's recipe.
+
+Taught in chapter 6 ("Training and evaluation"). The model and Table 1's
+hyper-parameters live in :class:`~cccl_lite.model.CCCLConfig`; the options
+here say how a run trains them (warm-up, positives, batches, early stopping,
+device, AMP, ...). Each preset carries its own recipe (:data:`RECIPES`):
+:func:`recipe_options` is the one way to get a preset's options, with any
+option changed on top (``recipe_options("lite", max_steps=2)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+__all__ = ["AMP_MODES", "POSITIVES", "BATCHINGS", "TrainOptions", "RECIPES",
+           "recipe_options", "lite_options", "paper_options"]
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+POSITIVES = ("image", "truth")
+BATCHINGS = ("random", "siblings")
+
+
+@dataclass
+class TrainOptions:
+    """How to train, as opposed to what (the model and Table 1's
+    hyper-parameters live in :class:`CCCLConfig`).
+
+    warmup_epochs: epochs with the sum-over-negatives loss before hardest
+    negatives; None: the sum over negatives throughout, which the lite
+    preset needs (module docstring; the CLI's default for it). device:
+    "auto", "cpu", "cuda" or "cuda:K" (under torchrun, "cuda" means
+    cuda:LOCAL_RANK). amp: "auto" (bf16 on a
+    GPU that supports it, else fp16 with a GradScaler; off on the CPU),
+    "bf16", "fp16" (CUDA only) or "off". max_steps: at most this many
+    batches per epoch (smoke runs), None for all. log_every: batches between
+    progress updates (a printed line when there is no progress bar).
+    quiet: no progress bar nor per-batch lines. resume: continue from
+    ``out_dir/last.pt``; overwrite: start afresh even if it exists.
+    deterministic: on the CPU, ``torch.use_deterministic_algorithms``
+    during training. pair_chunk: the memory-saving mode, at most this many
+    (image, text) pairs of a batch scored at once, each block's activations
+    recomputed in the backward pass (``CCCL.score``; the same loss and
+    gradients up to float rounding, for the memory of one block instead of
+    B x B pairs, at about one more forward pass of the per-pair work); None
+    scores the whole batch at once.
+
+    positives: "image" (a caption's positives are the pairs that share its
+    image, eq 33 as in every paper) or "truth" (every image of the batch of
+    which the caption is true, from the synthetic scenes' grammar,
+    :class:`cccl_lite.data.truth.SplitTruth`: such pairs are then never used
+    as negatives). batching: "random" (a shuffle of all captions) or
+    "siblings" (:class:`cccl_lite.data.dataset.SiblingSampler`: the captions of
+    a group's base, rebound and swapped images share a batch; synthetic
+    scenes only). patience: stop when validation R@sum has not improved for
+    this many epochs (None: run every epoch of the config).
+
+    collapse_steps: batches in a row with flat scores (:class:`CollapseGuard`)
+    before one warning; stop_on_collapse: then stop the run (its checkpoints
+    stay those of the last finished epoch; ``Trainer.collapse`` holds the
+    numbers).
+    """
+
+    warmup_epochs: int | None = 1
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    num_workers: int = 0
+    max_steps: int | None = None
+    log_every: int = 50
+    quiet: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    eval_batch_size: int = 256
+    deterministic: bool = True
+    pair_chunk: int | None = None
+    positives: str = "image"
+    batching: str = "random"
+    patience: int | None = None
+    collapse_steps: int = 50
+    stop_on_collapse: bool = False
+
+    def __post_init__(self):
+        if self.positives not in POSITIVES:
+            raise ValueError(f"unknown positives {self.positives!r}; expected one of: "
+                             f"{', '.join(POSITIVES)}")
+        if self.batching not in BATCHINGS:
+            raise ValueError(f"unknown batching {self.batching!r}; expected one of: "
+                             f"{', '.join(BATCHINGS)}")
+        if self.patience is not None and (isinstance(self.patience, bool) or self.patience < 1):
+            raise ValueError(f"patience must be >= 1 or None, got {self.patience!r}")
+        if isinstance(self.collapse_steps, bool) or not isinstance(self.collapse_steps, int) \
+                or self.collapse_steps < 1:
+            raise ValueError(f"collapse_steps must be a positive int, got {self.collapse_steps!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"unknown --amp {self.amp!r}; expected one of: {', '.join(AMP_MODES)}")
+        for name in ("warmup_epochs", "num_workers", "log_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.pair_chunk is not None and (isinstance(self.pair_chunk, bool)
+                                            or not isinstance(self.pair_chunk, int)
+                                            or self.pair_chunk < 1):
+            raise ValueError(f"pair_chunk must be a positive int or None, got {self.pair_chunk!r}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+
+
+# Each preset's training recipe: the TrainOptions it trains with unless told
+# otherwise (command line, lite_options). The paper's: Table 1 plus a one-epoch
+# warm-up (VSE∞'s). The lite one is what chapter 5's diagnosis measured on the
+# synthetic scenes: the sum over negatives (eq 33's hardest negatives collapse
+# the lite model from scratch), a group's siblings in every batch (under a
+# shuffle 1.4 % of captions ever meet a binding or relation hard negative),
+# the scenes' truth as positives (a test caption is true of ~13 images), and
+# early stopping on validation R@sum. Data without scenes (Flickr30K) needs
+# --positives image --batching random.
+RECIPES = {
+    "lite": {"warmup_epochs": None, "positives": "truth", "batching": "siblings",
+             "patience": 3},
+    "paper": {"warmup_epochs": 1},
+}
+
+
+def recipe_options(preset: str, **options) -> TrainOptions:
+    """TrainOptions of ``preset``'s recipe (:data:`RECIPES`), ``options`` on top."""
+    if preset not in RECIPES:
+        raise ValueError(f"unknown preset {preset!r}; expected one of: {', '.join(RECIPES)}")
+    return TrainOptions(**{**RECIPES[preset], **options})
+
+
+def lite_options(**options) -> TrainOptions:
+    """The lite preset's recipe (:data:`RECIPES`), ``options`` on top."""
+    return recipe_options("lite", **options)
+
+
+def paper_options(**options) -> TrainOptions:
+    """The paper preset's recipe (:data:`RECIPES`), ``options`` on top."""
+    return recipe_options("paper", **options)
