@@ -618,3 +618,29 @@ def test_a_random_bytes_checkpoint_never_advises_weights_only_false(tmp_path, ca
     assert main(["evaluate", "--checkpoint", str(junk), "--data", str(tiny_words_h5)]) == 1
     line = _one_error_line(capsys, str(junk))
     assert "weights_only" not in line
+
+
+# ---- 13: one front door ------------------------------------------------------------------
+
+
+def test_every_data_script_is_a_command_of_the_package(tmp_path, capsys):
+    """`python -m cccl_lite --help` lists the data commands, and a command and its
+    data_scripts/ wrapper do the same work (here: the same bytes, the same refusal)."""
+    from cccl_lite.cli.data import COMMANDS
+
+    assert main(["--help"]) == 0
+    listed = capsys.readouterr().out
+    for name, script in (("make-synthetic", "make_synthetic"), ("encode-words", "encode_words"),
+                         ("parse", "parse_captions"), ("prepare-precomp", "prepare_precomp"),
+                         ("prepare-tsv", "prepare_tsv"), ("download", "download"),
+                         ("difficulty", "difficulty")):
+        assert name in listed and COMMANDS[name].script == f"{script}.py"
+        assert f'script_main("{name}"' in (ROOT / "data_scripts" / f"{script}.py").read_text()
+    via_command, via_script = tmp_path / "a.h5", tmp_path / "b.h5"
+    assert main(["make-synthetic", "--out", str(via_command), "--size", "tiny"]) == 0
+    assert _script("make_synthetic").main(["--out", str(via_script), "--size", "tiny"]) == 0
+    assert via_command.read_bytes() == via_script.read_bytes()
+    capsys.readouterr()
+    assert main(["make-synthetic", "--out", str(via_command), "--size", "tiny"]) == 1
+    line = _one_error_line(capsys, str(via_command), "--overwrite")
+    assert line.startswith("make-synthetic: error: ")

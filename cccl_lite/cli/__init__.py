@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .. import student
     from . import data, engine, studies
 
-    parser = OneLineParser(prog="python -m cccl_lite", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m cccl_lite",
+                           description="CCCL lite: train, evaluate and study the model, and "
+                                       "prepare its data; one command each")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = {
         "train": (engine.add_train_arguments, engine.run_train, "train CCCL on an HDF5 dataset"),
