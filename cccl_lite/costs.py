@@ -1,6 +1,7 @@
 """What the paper configuration costs on a GPU: a cost model, for ESTIMATES only.
 
-Used by chapter 9 ("Flickr30K on a GPU") and ``benchmarks/gpu_check.py``. No
+Used by chapter 9 ("Flickr30K on a GPU") and ``benchmarks/gpu_check.py``;
+chapters 3 and 10 also count with it and time with :func:`best_time`. No
 figure computed here is a measurement of a GPU: it is arithmetic on the
 model's shapes and a card's spec sheet, and every place that prints one says
 "estimate".
@@ -36,6 +37,7 @@ item and are left out):
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +45,8 @@ import torch
 from .model import CCCL, CCCLConfig
 
 __all__ = ["GPU", "GPUS", "EFFICIENCY", "GRU_STEP_BYTES_PER_D", "macs_per_pair",
-           "bytes_per_pair", "saved_bytes_per_pair", "estimate", "training_memory_bytes"]
+           "gru_macs_per_pair", "bytes_per_pair", "saved_bytes_per_pair", "estimate",
+           "training_memory_bytes", "best_time"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,36 @@ def macs_per_pair(config: CCCLConfig, n: int, m: int) -> dict[str, int]:
         "eq 17 attention": 3 * n * m * d,
         "eqs 16, 27, 28": 2 * d * p + 3 * (p * p + p),
     }
+
+
+def gru_macs_per_pair(d: int, n: int, m: int) -> int:
+    """Multiply-adds of W_hh h over eq 26's (n + 1) + (m + 1) steps of one pair,
+    3d² per step (three gates), read as printed: every step per pair (chapters
+    3 and 9; :func:`macs_per_pair` counts the n − 1 and m − 1 steps an
+    evaluator cannot share between pairs)."""
+    return 3 * d * d * ((n + 1) + (m + 1))
+
+
+def best_time(fn, repeats: int = 2, threads: int | None = None):
+    """(seconds of the fastest of ``repeats`` runs of fn(), the last run's result).
+
+    The fastest run is the one least disturbed by other programs. ``threads``:
+    run with this many torch threads (then restore the previous count); None
+    keeps the current setting. Chapters 3 and 10 time with it.
+    """
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        best, out = float("inf"), None
+        for _ in range(repeats):
+            start = time.perf_counter()
+            out = fn()
+            best = min(best, time.perf_counter() - start)
+    finally:
+        if threads is not None:
+            torch.set_num_threads(before)
+    return best, out
 
 
 def bytes_per_pair(config: CCCLConfig, n: int, m: int) -> dict[str, int]:

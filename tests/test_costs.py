@@ -77,3 +77,24 @@ def test_bytes_and_times_by_hand_at_the_paper_shape():
     assert e["estimate_s"] == e["bound_s"] / costs.EFFICIENCY
     train = costs.estimate(paper, h100, 128 * 128, 36, 13, passes=3)
     assert train["flops"] == pytest.approx(3 * 2 * 128**2 * macs)
+
+
+def test_gru_macs_per_pair_hand_case():
+    # d = 2: W_hh is 6 x 2, 12 multiply-adds a step; (3 + 1) + (4 + 1) = 9 steps.
+    assert costs.gru_macs_per_pair(2, 3, 4) == 108
+    assert costs.gru_macs_per_pair(1024, 36, 13) == 3 * 1024**2 * 51
+
+
+def test_best_time_keeps_the_fastest_run_and_restores_threads(monkeypatch):
+    clock = iter([0.0, 5.0, 10.0, 11.0, 20.0, 23.0])  # runs of 5, 1 and 3 s
+    monkeypatch.setattr(costs.time, "perf_counter", lambda: next(clock))
+    calls, seen = [], []
+    before = torch.get_num_threads()
+
+    def fn():
+        calls.append(1)
+        seen.append(torch.get_num_threads())
+        return len(calls)
+
+    assert costs.best_time(fn, repeats=3, threads=1) == (1.0, 3)
+    assert seen == [1, 1, 1] and torch.get_num_threads() == before
