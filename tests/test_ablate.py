@@ -30,6 +30,7 @@ def test_provenance_names_the_commit():
     assert p["cpu_count"] >= 1 and p["torch"] and p["date"].endswith("+00:00")
 
 
+@pytest.mark.slow  # trains every row and seed
 def test_runs_rows_and_seeds_keeps_them_and_switches_each_off(tiny_words_h5, tmp_path):
     results = tmp_path / "res.json"
     logs = []

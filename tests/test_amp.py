@@ -121,6 +121,7 @@ def positive_ties(sims: np.ndarray, owner: np.ndarray) -> int:
                for v in sims[i, owner == i])
 
 
+@pytest.mark.slow  # its fixture trains 4 epochs
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_evaluate_split_under_bf16_autocast_ranks_as_float32(trained, split):
     model, config, vocab, path = trained
@@ -146,6 +147,7 @@ def test_evaluate_split_under_bf16_autocast_ranks_as_float32(trained, split):
             assert rec32[name] == pytest.approx(100.0 * (x32 < k).mean())
 
 
+@pytest.mark.slow  # its fixture trains 4 epochs
 def test_fused_kernels_step_aside_under_autocast(trained):
     """float32 encodings scored under autocast: the crash of issue 13
     ("expected scalar type Float but found BFloat16") is gone, and the scores

@@ -15,6 +15,8 @@ import yaml
 from helpers import notebook_chapters
 
 ROOT = Path(__file__).resolve().parent.parent
+# Each chapter runs as a notebook (a kernel, tiny data, MiniLM): minutes in all.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")

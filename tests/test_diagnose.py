@@ -154,6 +154,7 @@ def test_sibling_gap_by_hand():
     assert "random" not in got
 
 
+@pytest.mark.slow  # encodes captions with MiniLM
 def test_reversed_relations_scores_each_caption_against_its_reversal(tmp_path):
     """The caption and its reversal, scored through the model's full forward
     pass (every image x every caption, then the diagonal), independently of

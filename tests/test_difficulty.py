@@ -103,6 +103,7 @@ def test_bag_of_words_is_near_chance_where_structure_is_not(tiny):
     assert r["structure_probe"]["relation"] > r["bag_of_words"]["relation"] + 20
 
 
+@pytest.mark.slow  # trains both baselines in a command-line process
 def test_cli_reports_and_fails_cleanly(tiny, tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "data_scripts/difficulty.py"), "--data",
                           str(tiny), "--bow-epochs", "1"], capture_output=True, text=True)

@@ -293,6 +293,7 @@ def result_rows(out):
     return [line for line in out.splitlines() if line.split(".")[0].strip().isdigit()]
 
 
+@pytest.mark.slow  # trains, then several command-line processes
 def test_cli_evaluate_and_retrieve_end_to_end(synthetic, checkpoints, capsys):
     root, data = synthetic
     sims_path = root / "cli_sims.npy"
@@ -344,6 +345,7 @@ def test_cli_evaluate_and_retrieve_end_to_end(synthetic, checkpoints, capsys):
     assert [int(r.split("image")[1].split()[0]) for r in result_rows(out)] == list(order)
 
 
+@pytest.mark.slow  # one command-line process per error
 def test_cli_errors_are_one_line_without_traceback(synthetic, checkpoints, capsys):
     root, data = synthetic
     bad = root / "bad.h5"

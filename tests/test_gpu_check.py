@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_check  # noqa: E402
 
 
+@pytest.mark.slow  # the benchmark's small run, every row
 def test_runs_small_on_the_cpu_and_prints_every_row():
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"),
                           "--device", "cpu", "--shape", "lite", "--batch", "8",

@@ -30,7 +30,6 @@ from cccl_lite.train import TrainOptions, warmup_loss
 
 from helpers import MemoryReader, brute_force_recalls, make_batch, nn_gru_states, tiny_config
 
-
 ROOT = Path(__file__).resolve().parents[1]
 TOL = dict(atol=1e-10, rtol=1e-9)
 
@@ -211,6 +210,7 @@ def loss_and_grads(model, b, pair_chunk, all_negatives):
     return loss.total.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
 
 
+@pytest.mark.slow  # a training step per ablation, twice
 @pytest.mark.parametrize("name", [None, "w/o B-2", "w/o C-GRU", "w/o B-1", "w/o BERT"])
 def test_pair_chunk_gives_the_same_loss_and_gradients(name):
     cfg = config_of(name)
@@ -462,6 +462,7 @@ def test_evaluate_shortlist_rejects_coco1k_and_bad_values():
 # ---- the benchmark script ---------------------------------------------------------------
 
 
+@pytest.mark.slow  # the benchmark script, every case
 def test_benchmark_prints_one_json_line_per_case():
     cmd = [sys.executable, str(ROOT / "benchmarks" / "scoring.py"), "--sizes", "5x7", "3x4",
            "--naive-captions", "3", "--repeats", "1", "--train-batch", "4", "--threads", "1"]

@@ -38,6 +38,7 @@ def test_the_shipped_model_loads_and_matches_its_provenance():
     assert "optimizer" not in ckpt  # only what evaluation needs
 
 
+@pytest.mark.slow  # regenerates the small scenes and encodes them with MiniLM
 def test_the_shipped_model_reproduces_its_test_recalls(tmp_path):
     """Regenerate the scenes from their seed, encode them with MiniLM, evaluate
     the shipped checkpoint with the command line: the recorded recalls."""

@@ -216,6 +216,7 @@ def _ddp_worker(rank, world_size, port, data, out, config):
     torch.save(trainer.model.state_dict(), Path(out).parent / f"rank{rank}.pt")
 
 
+@pytest.mark.slow  # two processes on gloo
 def test_ddp_on_gloo_matches_one_process_on_the_mean_of_the_half_batch_losses(
         tiny_h5, tmp_path, one_thread):
     """Two gloo ranks, B = 8 captions each, 3 steps of hardest negatives.
@@ -281,6 +282,7 @@ def _no_boxes_copy(src, dst):
     return dst
 
 
+@pytest.mark.slow  # one command-line process per error
 def test_cli_errors_exit_1_with_one_line(tiny_h5, tmp_path):
     resumable = tmp_path / "resumable"
     train(small_config(epochs=1), tiny_h5, resumable, quick(max_steps=1))
@@ -331,6 +333,7 @@ def test_cli_errors_exit_1_with_one_line(tiny_h5, tmp_path):
 
 # ---- the memory-saving mode (pair_chunk) -------------------------------------
 
+@pytest.mark.slow  # trains the model twice
 def test_pair_chunk_trains_the_same_model(tiny_h5, tmp_path, one_thread):
     """Checkpointed blocks of pairs change only the order of float sums."""
     plain = Trainer(small_config(epochs=1), tiny_h5, tmp_path / "a", quick())
