@@ -34,7 +34,7 @@ from .scoring import (TwoStageScores, _check_shortlist, cheap_scores, encode_all
                       encode_all_texts, per_caption_scores, score_matrix, score_pairs,
                       two_stage_scores)
 # Helpers benchmarks/ builds its own encodings with (they were defined here).
-from .scoring import _autocast, _cat, _lean, _take  # noqa: F401
+from .scoring import _autocast, _cat, _lean  # noqa: F401
 
 __all__ = [
     "Hit",

@@ -30,7 +30,7 @@ import torch
 
 from .data.dataset import SplitReader
 from .fast import fused
-from .model import CCCL, ImageEncoding, TextEncoding
+from .model import CCCL, SEQUENCE_FIELDS, ImageEncoding, TextEncoding, select_rows
 
 __all__ = [
     "encode_all_images",
@@ -42,9 +42,6 @@ __all__ = [
     "TwoStageScores",
     "two_stage_scores",
 ]
-
-# Fields of an encoding with a sequence axis (B, L, ...): padded, trimmed, sorted by L.
-_SEQUENCE_FIELDS = frozenset({"v", "t", "mask", "graph", "gru_input"})
 
 # Default blocks: (elements of the largest per-pair tensor, pairs x L x d; most
 # captions per block). CPU: 3 MiB fp32 tensors, about 1K lite pairs, where the
@@ -104,7 +101,7 @@ def _cat(parts, pad_to=None):
         if values[0] is None:
             fields.append(None)
             continue
-        if pad_to is not None and name in _SEQUENCE_FIELDS:
+        if pad_to is not None and name in SEQUENCE_FIELDS:
             values = [torch.cat([v, v.new_zeros(v.shape[0], pad_to - v.shape[1], *v.shape[2:])], 1)
                       for v in values]
         fields.append(torch.cat(values))
@@ -155,23 +152,6 @@ def _lengths(mask: torch.Tensor) -> torch.Tensor:
     return (mask * pos).amax(1).cpu()
 
 
-def _take(enc, idx: torch.Tensor, length: int):
-    """Items ``idx`` of an encoding, sequence fields trimmed to ``length`` steps."""
-    fields = []
-    for name, x in zip(enc._fields, enc):
-        if x is not None and name in _SEQUENCE_FIELDS:
-            x = x[:, :length]
-        fields.append(None if x is None else x[idx])
-    return type(enc)(*fields)
-
-
-def _slice(enc, start: int, size: int, length: int):
-    """Items start..start+size of an encoding as views, sequence fields cut to ``length``."""
-    return type(enc)(*(None if x is None else
-                       x[start:start + size, :length] if name in _SEQUENCE_FIELDS else
-                       x[start:start + size] for name, x in zip(enc._fields, enc)))
-
-
 def _default_chunks(images, texts, device) -> tuple[int, int]:
     """(image_chunk, text_chunk) whose block holds about _BLOCKS' elements in
     its largest per-pair tensor (Branch 2's attended vectors, pairs x L x d)."""
@@ -215,14 +195,14 @@ def score_matrix(model: CCCL, images: ImageEncoding, texts: TextEncoding,
     # gathers are cheap and a second copy of every text would cost memory.
     txt_taken = None
     if torch.device(device).type == "cpu" and len(txt_blocks) > 1 and n_img > image_chunk:
-        txt_taken = [_take(texts, tt, int(txt_len[tt].max())) for tt in txt_blocks]
+        txt_taken = [select_rows(texts, tt, int(txt_len[tt].max())) for tt in txt_blocks]
     with _autocast(device, amp):
         for s in range(0, n_img, image_chunk):
             ii = img_order[s:s + image_chunk]
-            img = _take(images, ii.to(device), int(img_len[ii].max()))
+            img = select_rows(images, ii.to(device), int(img_len[ii].max()))
             for k, tt in enumerate(txt_blocks):
                 txt = txt_taken[k] if txt_taken is not None else \
-                    _take(texts, tt.to(device), int(txt_len[tt].max()))
+                    select_rows(texts, tt.to(device), int(txt_len[tt].max()))
                 sims[ii[:, None], tt[None, :]] = model.score(img, txt)[0].to("cpu", dtype)
     return sims
 
@@ -250,9 +230,9 @@ def per_caption_scores(model: CCCL, images: ImageEncoding, texts: TextEncoding, 
     out = torch.empty(n_img, len(captions), dtype=dtype)
     with _autocast(device, amp):
         for k, j in enumerate(captions):
-            txt = _take(texts, torch.tensor([j], device=device), int(txt_len[j]))
+            txt = select_rows(texts, torch.tensor([j], device=device), int(txt_len[j]))
             for s in range(0, n_img, shard):
-                img = _slice(images, s, shard, int(img_len[s:s + shard].max()))
+                img = select_rows(images, slice(s, s + shard), int(img_len[s:s + shard].max()))
                 out[s:s + shard, k] = model.score(img, txt, fast=fast)[0][:, 0].to("cpu", dtype)
     return out
 
@@ -322,8 +302,8 @@ def score_pairs(model: CCCL, images: ImageEncoding, texts: TextEncoding, image_i
         for s in range(0, len(order), chunk):
             sel = order[s:s + chunk]
             a, b = ii[sel], tt[sel]
-            img = _take(images, a.to(device), int(img_len[a].max()))
-            txt = _take(texts, b.to(device), int(txt_len[b].max()))
+            img = select_rows(images, a.to(device), int(img_len[a].max()))
+            txt = select_rows(texts, b.to(device), int(txt_len[b].max()))
             out[sel] = model.score_pairs(img, txt)[0].to("cpu", dtype)
     return out
 
