@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from cccl_lite import evaluate as ev
+from cccl_lite import scoring
 from cccl_lite.align import vector_similarity
 from cccl_lite.fast import (fused, local_similarity, local_similarity_pairs, relation_recur,
                             vsf_all_pairs)
@@ -395,7 +396,8 @@ def test_two_stage_hand_made_shortlist_that_drops_true_matches(monkeypatch):
     cheap = torch.tensor([[.80, .10, .90, .05, .70, .00],
                           [.20, .60, .30, .90, .10, .20],
                           [.10, .05, .20, .30, .95, .40]])
-    monkeypatch.setattr(ev, "cheap_scores", lambda *a, **kw: cheap.clone())
+    # The two-stage scorer (cccl_lite.scoring) reads its shortlist's cheap scores.
+    monkeypatch.setattr(scoring, "cheap_scores", lambda *a, **kw: cheap.clone())
     cfg = tiny_config()
     model, reader = build(cfg), MemoryReader(cfg, n_img=3, cpi=2, seed=3)
     recalls, sims = ev.evaluate_split(model, reader, shortlist=1)
