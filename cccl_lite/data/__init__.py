@@ -7,7 +7,8 @@ templates and meaning), ``layout`` (scenes and region boxes), ``features``
 (the simulated detector) and ``captions`` (which captions each image gets);
 ``truth`` and ``difficulty`` read them back. ``text`` turns captions into
 word vectors and dependency heads; ``dataset`` reads a split in batches;
-``precomp``, ``tsv`` and ``download`` bring in Flickr30K and COCO.
+``precomp``, ``tsv`` and ``download`` (with its registry,
+``sources``) bring in Flickr30K and COCO.
 
 One-way layer: nothing here imports the model, the losses, the metrics or
 the engine (scorers that train are in :mod:`cccl_lite.baselines`).
