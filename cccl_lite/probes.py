@@ -10,7 +10,10 @@ half:
   ("left", "right", "above", "below" of the other object) from its cached
   word vector — the text half, before any training of CCCL;
 * :func:`position_share`: how far a region's position moves its embedding
-  at eq 10 (before the CPC) — the image half, on a trained model.
+  at eq 10 (before the CPC) — the image half, on a trained model;
+* :func:`encoded_side_probe` and :func:`region_position_r2`: the same two
+  halves read after a trained model's encoders (T of eqs 11-12, V of eq 10):
+  what the model kept of each.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import torch
 from .data.synthetic import SHAPES
 from .data.truth import parse_caption
 
-__all__ = ["SIDES", "noun_sides", "linear_probe_accuracy", "word_side_probe", "position_share"]
+__all__ = ["SIDES", "noun_sides", "linear_probe_accuracy", "word_side_probe", "position_share",
+           "encoded_side_probe", "region_position_r2"]
 
 # The side of each noun of "X REL Y": X's side, then Y's.
 SIDES = ("left", "right", "above", "below")
@@ -138,3 +142,79 @@ def position_share(model, reader, batch_size: int = 256) -> float:
     finally:
         visual.cpc = visual_cpc
     return 100.0 * float((own - nowhere).norm(dim=-1).mean() / own.norm(dim=-1).mean())
+
+
+@torch.no_grad()
+def _encoded_nouns(model, reader, limit: int | None, batch_size: int = 256):
+    """(T rows of the relation nouns (N, d), their sides (N,)) of a reader's captions."""
+    n = reader.n_captions if limit is None else min(limit, reader.n_captions)
+    with h5py.File(reader.path, "r") as f:
+        kinds = list(f[reader.split]["captions/kind"].asstr()[:n])
+    rows, sides = [], []
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(start + batch_size, n))
+        batch = reader.captions(idx)
+        t = model.encode_texts(batch["words"], batch["word_mask"], batch["word_adjacency"]).t
+        for b, k in enumerate(idx):
+            for i, side in noun_sides(reader.tokens[k], kinds[k]):
+                rows.append(t[b, i])
+                sides.append(side)
+    return torch.stack(rows).numpy(), np.array(sides, dtype=np.int64)
+
+
+def encoded_side_probe(model, train_reader, test_reader, limit: int | None = 6000) -> dict:
+    """:func:`word_side_probe` on a trained model's word embeddings T (eqs 11-12).
+
+    The probe reads each relation noun's side from its row of T instead of
+    its cached word vector: how much of what the text encoder was given
+    about "who is left of whom" it kept. ``limit``: at most this many
+    captions of ``train_reader`` (the probe's training set). Returns the
+    same dict as :func:`word_side_probe`.
+    """
+    was = model.training
+    model.eval()
+    try:
+        x, y = _encoded_nouns(model, train_reader, limit)
+        xt, yt = _encoded_nouns(model, test_reader, None)
+    finally:
+        model.train(was)
+    tr, te = linear_probe_accuracy(x, y, xt, yt, classes=len(SIDES))
+    chance = 100.0 * np.bincount(yt, minlength=len(SIDES)).max() / max(len(yt), 1)
+    return {"nouns": (len(y), len(yt)), "train": tr, "test": te, "chance": chance}
+
+
+def _r2(a: np.ndarray, target: np.ndarray, fit: np.ndarray) -> float:
+    """Held-out R² of a least-squares line from a's columns (plus a constant) to target."""
+    a = np.c_[a, np.ones(len(a))]
+    w = np.linalg.lstsq(a[fit], target[fit], rcond=None)[0]
+    rest = ~fit
+    resid = target[rest] - a[rest] @ w
+    return float(1.0 - (resid ** 2).mean() / target[rest].var())
+
+
+@torch.no_grad()
+def region_position_r2(model, reader, batch_size: int = 256) -> dict:
+    """How well a line reads each region's box centre from its row of V (eq 10,
+    after the CPC): {"x": R², "y": R²} on held-out regions (every other image
+    fits the line, the rest test it). 1: V holds where a region is; 0: it does not.
+    """
+    was = model.training
+    model.eval()
+    vs, centres, image_of = [], [], []
+    try:
+        for start in range(0, reader.n_images, batch_size):
+            idx = np.arange(start, min(start + batch_size, reader.n_images))
+            b = reader.images(idx)
+            v = model.encode_images(b["regions"], b["positions"], b["region_mask"]).v
+            mask = b["region_mask"]
+            vs.append(v[mask].numpy())
+            boxes = torch.as_tensor(reader.boxes[idx])[mask].numpy()
+            size = np.repeat(np.asarray(reader.size[idx]), mask.sum(1).numpy(), axis=0)
+            centres.append(np.c_[(boxes[:, 0] + boxes[:, 2]) / 2 / size[:, 0],
+                                 (boxes[:, 1] + boxes[:, 3]) / 2 / size[:, 1]])
+            image_of.append(np.repeat(idx, mask.sum(1).numpy()))
+    finally:
+        model.train(was)
+    v, centre, image_of = np.concatenate(vs), np.concatenate(centres), np.concatenate(image_of)
+    fit = image_of % 2 == 0
+    return {"x": _r2(v, centre[:, 0], fit), "y": _r2(v, centre[:, 1], fit)}

@@ -76,3 +76,88 @@ def test_position_share_zero_without_position_signal():
     assert position_share(types.SimpleNamespace(visual=emb), reader) == pytest.approx(0.0, abs=1e-6)
     off = VisualEmbedding(4, 3, use_position=False)
     assert position_share(types.SimpleNamespace(visual=off), reader) == 0.0
+
+
+CAPTIONS = [("a red circle left of a blue square", "relation"),
+            ("the green cross is above the red circle", "copula"),
+            ("a yellow circle", "single"),
+            ("a blue square right of a red circle", "relation"),
+            ("there is a cross below a large green square", "existential")]
+# Hand-read sides of the nouns (word index -> side) of CAPTIONS.
+HAND = [{2: "left", 7: "right"}, {2: "above", 7: "below"}, {},
+        {2: "right", 7: "left"}, {3: "below", 8: "above"}]
+
+
+class _CaptionReader:
+    def __init__(self, path, words_of):
+        self.path, self.split = path, "train"
+        self.tokens = [t.split(" ") for t, _ in CAPTIONS] * 20
+        self.n_captions = len(self.tokens)
+        self._words_of = words_of
+
+    def captions(self, idx):
+        m = max(len(self.tokens[k]) for k in idx)
+        words = torch.zeros(len(idx), m, 4)
+        for b, k in enumerate(idx):
+            for i in range(len(self.tokens[k])):
+                words[b, i] = self._words_of(k, i)
+        return dict(words=words, word_mask=words.abs().sum(-1) > -1, word_adjacency=None)
+
+
+def _caption_file(tmp_path):
+    import h5py
+    path = tmp_path / "caps.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("train/captions/kind", data=[k for _, k in CAPTIONS] * 20)
+    return path
+
+
+def test_encoded_side_probe_reads_what_the_encoder_kept(tmp_path):
+    from cccl_lite.probes import encoded_side_probe
+    path = _caption_file(tmp_path)
+    identity = types.SimpleNamespace(training=False, eval=lambda: None, train=lambda w: None,
+                                     encode_texts=lambda w, m, a: types.SimpleNamespace(t=w))
+    rng = torch.Generator().manual_seed(0)
+
+    def keeps_side(k, i):  # a one-hot of the hand-read side, plus noise
+        v = 0.1 * torch.randn(4, generator=rng)
+        side = HAND[k % len(CAPTIONS)].get(i)
+        if side is not None:
+            v[SIDES.index(side)] += 1.0
+        return v
+    got = encoded_side_probe(identity, _CaptionReader(path, keeps_side),
+                             _CaptionReader(path, keeps_side))
+    assert got["nouns"] == (160, 160) and got["test"] > 99
+    lost = encoded_side_probe(identity, _CaptionReader(path, lambda k, i: torch.randn(4, generator=rng)),
+                              _CaptionReader(path, lambda k, i: torch.randn(4, generator=rng)))
+    assert lost["test"] < 60
+
+
+class _BoxReader:
+    def __init__(self, n=40, regions=3, seed=0):
+        g = np.random.default_rng(seed)
+        xy = g.uniform(0, 80, size=(n, regions, 2))
+        self.boxes = np.concatenate([xy, xy + 10], axis=-1).astype(np.float32)
+        self.size = np.full((n, 2), 100.0, dtype=np.float32)
+        self.n_images = n
+
+    def images(self, idx):
+        b = torch.from_numpy(self.boxes[idx])
+        return dict(regions=b, positions=None, region_mask=torch.ones(b.shape[:2], dtype=torch.bool))
+
+
+def test_region_position_r2_one_for_centres_zero_for_noise():
+    from cccl_lite.probes import region_position_r2
+    reader = _BoxReader()
+
+    def model_of(encode):
+        return types.SimpleNamespace(training=False, eval=lambda: None, train=lambda w: None,
+                                     encode_images=lambda r, p, m: types.SimpleNamespace(v=encode(r)))
+    # v = 3 * centre + 1, written from the boxes by hand: a line reads it exactly.
+    centres = lambda r: torch.stack([3 * (r[..., 0] + 5) / 100 + 1, 3 * (r[..., 1] + 5) / 100 + 1,
+                                     torch.zeros_like(r[..., 0])], -1)
+    got = region_position_r2(model_of(centres), reader, batch_size=7)
+    assert got["x"] == pytest.approx(1.0, abs=1e-6) and got["y"] == pytest.approx(1.0, abs=1e-6)
+    g = torch.Generator().manual_seed(0)
+    noise = region_position_r2(model_of(lambda r: torch.randn(*r.shape[:2], 2, generator=g)), reader)
+    assert noise["x"] < 0.1 and noise["y"] < 0.1
