@@ -1,6 +1,6 @@
 """The student edition: every chapter as a plain notebook with stubs and no solutions.
 
-    python -m cccl_lite.student --out DIR        # from a checkout of the book
+    python -m cccl_lite student-edition --out DIR        # from a checkout of the book
 
 The book's chapters are MyST-markdown notebooks (``book/NN_*.md``). Opened
 in Jupyter or Colab, their directives arrive as raw text. This module makes,
@@ -25,13 +25,11 @@ solution (``cccl_lite/solutions/``) passes its checker.
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
-import sys
 from pathlib import Path
 
-__all__ = ["myst_to_markdown", "student_notebook", "make_student_edition", "main"]
+__all__ = ["myst_to_markdown", "student_notebook", "make_student_edition"]
 
 SUFFIX = "_empty"
 _DIRECTIVE = re.compile(r"^(?P<fence>`{3,}|:{3,})\{(?P<name>[\w-]+)\}[ \t]*(?P<arg>.*)$")
@@ -258,37 +256,3 @@ def make_student_edition(out_dir, book_dir=None, chapters=None) -> list[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(book_dir / figure, target)
     return written
-
-
-def add_student_arguments(parser) -> None:
-    """``python -m cccl_lite student-edition``'s arguments."""
-    parser.add_argument("--out", required=True, help="folder for the notebooks")
-    parser.add_argument("--book", default=None, help="the book's folder (default: this "
-                                                     "checkout's book/)")
-    parser.add_argument("--chapter", action="append", default=None, metavar="STEM",
-                        help="only this chapter, e.g. 02_perceive (repeatable)")
-
-
-def run_student(args) -> int:
-    """Write the student edition; print each notebook's path."""
-    for path in make_student_edition(args.out, args.book, args.chapter):
-        print(path)
-    return 0
-
-
-def main(argv=None) -> int:
-    """``python -m cccl_lite.student --out DIR [--book DIR] [--chapter STEM ...]``
-    (the same as ``python -m cccl_lite student-edition``)."""
-    parser = argparse.ArgumentParser(prog="python -m cccl_lite.student",
-                                     description=__doc__.splitlines()[0])
-    add_student_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_student(args)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,8 @@ import pytest
 
 import cccl_lite.exercises as exercises
 from cccl_lite.exercises import EXERCISES, _last_value, solution_code, solution_text
-from cccl_lite.student import main, make_student_edition, myst_to_markdown
+from cccl_lite.cli import main as cli_main
+from cccl_lite.student import make_student_edition, myst_to_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
@@ -103,6 +104,8 @@ def test_roles_and_directives_by_hand():
 
 
 def test_command_line(tmp_path, capsys):
+    def main(args):
+        return cli_main(["student-edition", *args])
     assert main(["--out", str(tmp_path / "a"), "--chapter", "01_task"]) == 0
     assert (tmp_path / "a" / "01_task_empty.ipynb").is_file()
     assert main(["--out", str(tmp_path / "b"), "--chapter", "99_nothing"]) == 1

@@ -57,7 +57,6 @@ def _data_runner(run, name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import student
     from . import data, engine, studies
 
     parser = OneLineParser(prog="python -m cccl_lite",
@@ -76,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "short runs that each change one thing (chapter 5's diagnosis)"),
         "ship": (studies.add_ship_arguments, studies.run_ship,
                  "make a finished run the package's shipped lite model, with its provenance"),
-        "student-edition": (student.add_student_arguments, student.run_student,
+        "student-edition": (studies.add_student_arguments, studies.run_student,
                             "notebooks with exercise stubs and no solutions, for students"),
     }
     for name, cmd in data.COMMANDS.items():

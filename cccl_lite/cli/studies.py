@@ -99,3 +99,22 @@ def run_ship(args) -> int:
           f"{rec['test']['rsum']:.1f}, truth R@sum {rec['truth']['rsum']:.1f}, "
           f"siblings {rec['siblings']}")
     return 0
+
+
+def add_student_arguments(parser) -> None:
+    """``python -m cccl_lite student-edition``'s arguments."""
+    parser.add_argument("--out", required=True, help="folder for the notebooks")
+    parser.add_argument("--book", default=None, help="the book's folder (default: this "
+                                                     "checkout's book/)")
+    parser.add_argument("--chapter", action="append", default=None, metavar="STEM",
+                        help="only this chapter, e.g. 02_perceive (repeatable)")
+
+
+def run_student(args) -> int:
+    """Write the student edition (:func:`cccl_lite.student.make_student_edition`);
+    print each notebook's path."""
+    from ..student import make_student_edition
+
+    for path in make_student_edition(args.out, args.book, args.chapter):
+        print(path)
+    return 0

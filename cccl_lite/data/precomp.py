@@ -46,6 +46,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..errors import InputError
 from .text import simple_tokenize
 from .schema import SPLITS, atomic_h5, check_file, write_split
 
@@ -63,8 +64,8 @@ _FULL_CHECK_BYTES = 1 << 26  # arrays up to 64 MiB are compared in full
 _INT = re.compile(r"-?\d+")
 
 
-class InputError(ValueError):
-    """An input file does not have the published format; the message names it."""
+# An input file that does not have the published format raises the package's
+# one InputError (cccl_lite.errors); the message names the file and field.
 
 
 # ---------------------------------------------------------------------------
