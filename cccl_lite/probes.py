@@ -96,16 +96,25 @@ def _noun_rows(path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return vectors, np.array(sides, dtype=np.int64)
 
 
-def word_side_probe(path, train: str = "train", test: str = "test") -> dict:
+def word_side_probe(path, train: str = "train", test: str = "test",
+                    project: int | None = None, seed: int = 0) -> dict:
     """Can the cached word vectors say which side each noun of a relation is on?
 
     Fits :func:`linear_probe_accuracy` on the nouns of ``train``'s relation
-    captions and tests it on ``test``'s. Returns {"nouns": (train, test)
+    captions and tests it on ``test``'s. ``project=d``: first multiply the
+    vectors by a random d × d_E matrix drawn as ``torch.nn.Linear`` draws its
+    weights (uniform in ±1/√d_E, generator seeded with ``seed``): what eq 12's
+    W_E passes on before any training. Returns {"nouns": (train, test)
     counts, "train", "test": accuracy %, "chance": % of the commonest side in
     test}.
     """
     x, y = _noun_rows(path, train)
     xt, yt = _noun_rows(path, test)
+    if project is not None:
+        bound = 1.0 / np.sqrt(x.shape[1])
+        gen = torch.Generator().manual_seed(seed)
+        w = torch.empty(project, x.shape[1]).uniform_(-bound, bound, generator=gen).numpy()
+        x, xt = x @ w.T, xt @ w.T
     tr, te = linear_probe_accuracy(x, y, xt, yt, classes=len(SIDES))
     chance = 100.0 * np.bincount(yt, minlength=len(SIDES)).max() / max(len(yt), 1)
     return {"nouns": (len(y), len(yt)), "train": tr, "test": te, "chance": chance}

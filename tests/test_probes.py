@@ -161,3 +161,25 @@ def test_region_position_r2_one_for_centres_zero_for_noise():
     g = torch.Generator().manual_seed(0)
     noise = region_position_r2(model_of(lambda r: torch.randn(*r.shape[:2], 2, generator=g)), reader)
     assert noise["x"] < 0.1 and noise["y"] < 0.1
+
+
+def test_word_side_probe_projection_keeps_only_what_the_projection_passes(tmp_path, monkeypatch):
+    """A side written in one input dimension: read in full, and lost by a
+    projection that (by construction) has a zero column for that dimension."""
+    import cccl_lite.probes as probes
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, size=400)
+    x = rng.normal(size=(400, 8)).astype(np.float32)
+    x[:, 0] = y  # the side, in dimension 0 only
+    monkeypatch.setattr(probes, "_noun_rows", lambda path, split: (x[:300], y[:300])
+                        if split == "train" else (x[300:], y[300:]))
+    assert probes.word_side_probe("unused")["test"] > 95
+    real_uniform = torch.Tensor.uniform_
+
+    def no_dim0(t, a, b, generator=None):
+        real_uniform(t, a, b, generator=generator)
+        if t.dim() == 2 and t.shape[1] == x.shape[1]:  # the projection, not the probe's Linear
+            t[:, 0] = 0.0
+        return t
+    monkeypatch.setattr(torch.Tensor, "uniform_", no_dim0)
+    assert probes.word_side_probe("unused", project=4)["test"] < 45
