@@ -45,6 +45,7 @@ from .data.difficulty import hard_negative_pairs, sibling_accuracy
 from .data.truth import SplitTruth
 from .metrics import recall_at_k, truth_recall_at_k
 from .pretrained import measure_scores
+from .probes import write_oracle
 from .checkpoint import load_model, make_reader, resolve_config
 from .files import shared_file, write_text_atomic
 from .recipes import RECIPES, recipe_options
@@ -65,6 +66,9 @@ class Row:
     question: str
     config: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+    # Train and test on a copy of the data with relations' halves handed over
+    # (cccl_lite.probes.write_oracle: "side" or "side+centre").
+    oracle: str | None = None
 
 
 _ALL = {"warmup_epochs": None}
@@ -112,6 +116,14 @@ ROWS = (
     Row("siblings, warm-up 1, hardest, L_c per item", "the paper's schedule (one warm-up "
         "epoch, then eq 33) with both fixes",
         {"coherence_reduction": "per_item"}, {"warmup_epochs": 1, **_TRUTH_SIBLINGS}),
+    # relations: hand the model one half, then both (cccl_lite.probes.write_oracle)
+    Row("siblings, L_c per item, side oracle", "does CCCL learn relations when the text "
+        "half is given? each relation noun's side appended to its word vector",
+        {"coherence_reduction": "per_item"}, {**_ALL, **_TRUTH_SIBLINGS}, oracle="side"),
+    Row("siblings, L_c per item, side and centre oracles", "and when both halves are "
+        "given? also each region's box centre appended to its features",
+        {"coherence_reduction": "per_item"}, {**_ALL, **_TRUTH_SIBLINGS},
+        oracle="side+centre"),
     # optimisation
     Row("lr 2e-4", "the paper's learning rate instead of the lite 5e-4", {"lr": 2e-4}, _ALL),
     Row("lr 1e-3", "a larger learning rate", {"lr": 1e-3}, _ALL),
@@ -301,6 +313,11 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
     # Every row starts from the lite config with the paper's L_c (summed over
     # the B² pairs), whatever the lite preset's default: a row changes only
     # what it names, and a rerun at a later commit measures the same thing.
+    if row.oracle is not None:  # made once per out_dir, then reused
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        oracle_file = Path(out_dir) / f"oracle-{_slug(row.oracle)}.h5"
+        data = oracle_file if oracle_file.exists() else write_oracle(data, oracle_file,
+                                                                     row.oracle)
     overrides = {"coherence_reduction": "sum", **row.config}
     ablation = overrides.pop("ablation", None)
     config = resolve_config("lite", data, ablation, epochs=epochs, lr_decay_epoch=epochs,
@@ -317,7 +334,7 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
     full_scale = 2 * config.batch_size * config.margin
     return {
         "name": row.name, "question": row.question, "config": row.config,
-        "options": _row_options(row),
+        "options": _row_options(row), **({"oracle": row.oracle} if row.oracle else {}),
         "val_rsum": round(best_rec["val"]["rsum"], 2), "best_epoch": best_rec["epoch"],
         "val_curve": [round(r["val"]["rsum"], 1) for r in history],
         **measured,

@@ -13,11 +13,18 @@ half:
   at eq 10 (before the CPC) — the image half, on a trained model;
 * :func:`encoded_side_probe` and :func:`region_position_r2`: the same two
   halves read after a trained model's encoders (T of eqs 11-12, V of eq 10):
-  what the model kept of each.
+  what the model kept of each;
+* :func:`write_oracle`: a copy of a scenes file in which the halves are
+  handed to the model (each relation noun's side appended to its word
+  vector; each region's box centre appended to its features), to ask
+  whether CCCL learns relations once neither half has to be found
+  (``python -m cccl_lite diagnose``'s oracle rows).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Sequence
 
 import h5py
@@ -28,7 +35,10 @@ from .data.synthetic import SHAPES
 from .data.truth import parse_caption
 
 __all__ = ["SIDES", "noun_sides", "linear_probe_accuracy", "word_side_probe", "position_share",
-           "encoded_side_probe", "region_position_r2"]
+           "encoded_side_probe", "region_position_r2", "ORACLES", "write_oracle"]
+
+# What write_oracle hands the model: the text half, or both halves.
+ORACLES = ("side", "side+centre")
 
 # The side of each noun of "X REL Y": X's side, then Y's.
 SIDES = ("left", "right", "above", "below")
@@ -227,3 +237,65 @@ def region_position_r2(model, reader, batch_size: int = 256) -> dict:
     v, centre, image_of = np.concatenate(vs), np.concatenate(centres), np.concatenate(image_of)
     fit = image_of % 2 == 0
     return {"x": _r2(v, centre[:, 0], fit), "y": _r2(v, centre[:, 1], fit)}
+
+
+def _append_columns(group, name: str, extra: np.ndarray) -> None:
+    """Replace dataset ``name`` of ``group`` by itself with ``extra`` appended on its last axis."""
+    old = group[name]
+    attrs, dtype = dict(old.attrs), old.dtype
+    data = np.concatenate([old[:].astype(np.float32), extra.astype(np.float32)], axis=-1)
+    del group[name]
+    group.create_dataset(name, data=data.astype(dtype))
+    for key, value in attrs.items():
+        group[name].attrs[key] = value
+
+
+def write_oracle(src, dst, oracle: str = "side") -> Path:
+    """Copy the scenes file ``src`` to ``dst`` with one or both halves of every
+    relation handed to the model, in every split:
+
+    * "side": 4 columns appended to every word vector: for each noun of a
+      relation caption a one-hot of its side (:data:`SIDES`) times half the
+      mean word-vector norm of the split, zeros for every other word;
+    * "side+centre": also 2 columns appended to every region's features: its
+      box centre (x/W − 0.5, y/H − 0.5) times the mean norm of the real
+      regions' features (zeros for padded regions).
+
+    Scenes, boxes, captions and truth are unchanged, so every metric reads the
+    copy as it reads ``src``. Written to a temporary name and renamed: a
+    killed run leaves no half-written ``dst``. Returns ``dst``.
+    """
+    if oracle not in ORACLES:
+        raise ValueError(f"write_oracle: oracle must be one of {ORACLES}, got {oracle!r}")
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(dst.name + ".tmp")
+    try:
+        with h5py.File(src, "r") as f, h5py.File(tmp, "w") as g:
+            for key, value in f.attrs.items():
+                g.attrs[key] = value
+            g.attrs["oracle"] = oracle
+            for split in f:
+                f.copy(f[split], g, name=split)
+                cap, img = g[split]["captions"], g[split]["images"]
+                vectors = cap["word_vectors"][:].astype(np.float32)
+                offsets = cap["word_offsets"][:]
+                extra = np.zeros((len(vectors), len(SIDES)), np.float32)
+                scale = float(np.linalg.norm(vectors, axis=1).mean()) / 2
+                tokens = [t.split(" ") for t in cap["tokens"].asstr()[:]]
+                for k, (tok, kind) in enumerate(zip(tokens, cap["kind"].asstr()[:])):
+                    for i, side in noun_sides(tok, kind):
+                        extra[offsets[k] + i, side] = scale
+                _append_columns(cap, "word_vectors", extra)
+                if oracle == "side+centre":
+                    feats, mask = img["features"][:].astype(np.float32), img["region_mask"][:]
+                    boxes, size = img["boxes"][:], img["size"][:]
+                    cx = (boxes[..., 0] + boxes[..., 2]) / 2 / size[:, None, 0] - 0.5
+                    cy = (boxes[..., 1] + boxes[..., 3]) / 2 / size[:, None, 1] - 0.5
+                    scale = float(np.linalg.norm(feats[mask], axis=1).mean())
+                    _append_columns(img, "features",
+                                    np.stack([cx, cy], -1) * scale * mask[..., None])
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dst

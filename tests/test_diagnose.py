@@ -2,6 +2,7 @@
 sibling batches, early stopping)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,3 +211,24 @@ def test_reversed_relations_scores_each_caption_against_its_reversal(tmp_path):
     assert got["F"]["wins"] == pytest.approx(100 * np.mean(d > 0) + 50 * np.mean(d == 0))
     assert got["F"]["mean"] == pytest.approx(d.mean(), abs=1e-5)
     assert got["F"]["mean_abs"] == pytest.approx(np.abs(d).mean(), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_an_oracle_row_trains_and_tests_on_the_oracle_copy(tiny_words_h5, tmp_path, monkeypatch):
+    import h5py
+    monkeypatch.setattr(diagnose, "ROWS", (
+        diagnose.Row("side oracle", "o", options={"warmup_epochs": None}, oracle="side"),))
+    seen = []
+
+    def resolve(name, data, ablation=None, **kw):
+        with h5py.File(data, "r") as f:
+            word_dim = f["train/captions/word_vectors"].shape[1]
+        seen.append((Path(data).name, word_dim))
+        return CCCLConfig.lite(region_dim=256, word_dim=word_dim, embed_dim=16, sim_dim=8,
+                               batch_size=8, **kw)
+    monkeypatch.setattr(diagnose, "resolve_config", resolve)
+    out = diagnose.run_diagnosis(tiny_words_h5, tmp_path / "runs", tmp_path / "d.json",
+                                 epochs=1, max_steps=1, log=lambda s: None)
+    assert seen == [("oracle-side.h5", WORD_DIM + 4)]
+    assert out["rows"][0]["oracle"] == "side"
+    assert set(out["rows"][0]["siblings"]) == {"binding", "relation", "random"}

@@ -183,3 +183,47 @@ def test_word_side_probe_projection_keeps_only_what_the_projection_passes(tmp_pa
         return t
     monkeypatch.setattr(torch.Tensor, "uniform_", no_dim0)
     assert probes.word_side_probe("unused", project=4)["test"] < 45
+
+
+@pytest.mark.parametrize("oracle", ["side", "side+centre"])
+def test_write_oracle_appends_the_halves(tiny_words_h5, tmp_path, oracle):
+    import h5py
+    from cccl_lite.probes import write_oracle
+    dst = write_oracle(tiny_words_h5, tmp_path / "oracle.h5", oracle)
+    assert not (tmp_path / "oracle.h5.tmp").exists()
+    shapes = {"circle", "square", "triangle", "diamond", "cross"}
+    sides = {"left of": ("left", "right"), "right of": ("right", "left"),
+             "above": ("above", "below"), "below": ("below", "above")}
+    with h5py.File(tiny_words_h5, "r") as f, h5py.File(dst, "r") as g:
+        for split in f:
+            a, b = f[split]["captions"], g[split]["captions"]
+            old, new = a["word_vectors"][:], b["word_vectors"][:]
+            assert new.shape == (old.shape[0], old.shape[1] + 4)
+            assert np.array_equal(new[:, :-4], old)
+            offsets = a["word_offsets"][:]
+            marked = 0
+            for k, text in enumerate(a["tokens"].asstr()[:]):
+                words = text.split(" ")
+                rel = next((r for r in sides if f" {r} " in f" {text} "), None)
+                nouns = [i for i, w in enumerate(words) if w.rstrip("es").rstrip("s") in shapes
+                         or w in shapes or w in ("shape", "shapes")]
+                want = np.zeros((len(words), 4))
+                if rel is not None:
+                    for i, side in zip(nouns, sides[rel]):
+                        want[i, SIDES.index(side)] = 1.0
+                got = new[offsets[k]:offsets[k + 1], -4:].astype(np.float64)
+                assert np.array_equal(got > 0, want > 0), text
+                marked += int(want.sum())
+            assert marked > 0
+            fa, fb = f[split]["images/features"][:], g[split]["images/features"][:]
+            if oracle == "side":
+                assert np.array_equal(fa, fb)
+                continue
+            assert np.array_equal(fb[..., :-2], fa)
+            boxes, size, mask = (f[split][f"images/{n}"][:] for n in ("boxes", "size", "region_mask"))
+            i, r = np.argwhere(mask)[0]
+            cx = (boxes[i, r, 0] + boxes[i, r, 2]) / 2 / size[i, 0] - 0.5
+            cy = (boxes[i, r, 1] + boxes[i, r, 3]) / 2 / size[i, 1] - 0.5
+            ratio = fb[i, r, -1].astype(np.float64) / fb[i, r, -2]
+            assert ratio == pytest.approx(cy / cx, rel=1e-2)
+            assert not fb[~mask][:, -2:].any()
