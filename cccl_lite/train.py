@@ -1162,6 +1162,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--position-tuple", choices=("ours", "camera"), default=None,
                    help="eq 9's six-tuple: ours or CAMERA's (cccl_lite.perceive."
                         "position_features); default: the config's (ours)")
+    p.add_argument("--position-fusion", choices=("product", "sum"), default=None,
+                   help="eq 10: the region embedding times the position gate (product, as "
+                        "printed) or plus a position embedding (sum); default: the config's")
     d = TrainOptions()
     p.add_argument("--warmup-epochs", type=_warmup_arg, default=None,
                    help="epochs with the sum over all negatives before hardest negatives, "
@@ -1207,7 +1210,8 @@ def run_train(args) -> int:
                                    ("margin", args.margin),
                                    ("coherence_weight", args.coherence_weight),
                                    ("coherence_reduction", args.coherence_reduction),
-                                   ("position_tuple", args.position_tuple))
+                                   ("position_tuple", args.position_tuple),
+                                   ("position_fusion", args.position_fusion))
                  if v is not None}
     config = resolve_config(args.config, args.data, args.ablation,
                             dataset=getattr(args, "dataset", None), **overrides)
