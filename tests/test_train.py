@@ -381,6 +381,11 @@ def test_position_tuple_reaches_the_reader_and_the_cli(tiny_h5, tmp_path):
                  "--max-steps", "1", "--batch-size", "8", "--quiet",
                  "--position-tuple", "camera"]) == 0
     assert json.loads((out / "config.json").read_text())["config"]["position_tuple"] == "camera"
+    out = tmp_path / "cli-sum"
+    assert main(["train", "--data", str(tiny_h5), "--out", str(out), "--epochs", "1",
+                 "--max-steps", "1", "--batch-size", "8", "--quiet",
+                 "--position-fusion", "sum"]) == 0
+    assert json.loads((out / "config.json").read_text())["config"]["position_fusion"] == "sum"
 
 
 # ---- one reader rule for training and evaluation ----------------------------------

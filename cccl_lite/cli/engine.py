@@ -25,6 +25,7 @@ from ..evaluate import NO_COCO1K_SHORTLIST, Hit, _check_writable, caption_texts
 from ..data.dataset import SplitReader
 from ..loss import COHERENCE_REDUCTIONS
 from ..metrics import KEYS, PROTOCOLS, caption_layout, check_protocol, format_recalls
+from ..perceive import POSITION_FUSIONS
 from ..recipes import AMP_MODES, BATCHINGS, POSITIVES, TrainOptions, recipe_options
 from .types import nonnegative_float, nonnegative_int, positive_float, positive_int
 
@@ -78,6 +79,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--position-tuple", choices=("ours", "camera"), default=None,
                    help="eq 9's six-tuple: ours or CAMERA's (cccl_lite.perceive."
                         "position_features); default: the config's (ours)")
+    p.add_argument("--position-fusion", choices=POSITION_FUSIONS, default=None,
+                   help="eq 10: the region embedding times the position gate (product, as "
+                        "printed) or plus a position embedding (sum); default: the config's")
     d = TrainOptions()
     p.add_argument("--warmup-epochs", type=_warmup_arg, default=None,
                    help="epochs with the sum over all negatives before hardest negatives, "
@@ -123,7 +127,8 @@ def run_train(args) -> int:
                                    ("margin", args.margin),
                                    ("coherence_weight", args.coherence_weight),
                                    ("coherence_reduction", args.coherence_reduction),
-                                   ("position_tuple", args.position_tuple))
+                                   ("position_tuple", args.position_tuple),
+                                   ("position_fusion", args.position_fusion))
                  if v is not None}
     config = resolve_config(args.config, args.data, args.ablation,
                             dataset=getattr(args, "dataset", None), **overrides)
