@@ -36,7 +36,7 @@ import torch
 from .model import ABLATIONS
 from .provenance import provenance
 from .checkpoint import load_model, resolve_config
-from .files import (OutputError, check_output_dir, check_output_file, shared_file,
+from .files import (OutputError, check_output_dir, check_output_file, shared_file, slug,
                     write_text_atomic)
 from .recipes import RECIPES, lite_options
 from .train import train
@@ -104,9 +104,6 @@ def summarize(entries: list[dict]) -> list[dict]:
         out.append(stats)
     return out
 
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
 
 
 def _settings(data, epochs: int | None, max_steps: int | None) -> dict:
@@ -182,7 +179,7 @@ def run_ablations(data, out_dir, results_path, epochs: int | None = None,
             t0 = time.perf_counter()
             config = resolve_config("lite", data, ablation,
                                     **({"epochs": epochs} if epochs else {}))
-            run_dir = Path(out_dir) / f"{_slug(name)}-seed{seed}"
+            run_dir = Path(out_dir) / f"{slug(name)}-seed{seed}"
             best = train(config, data, run_dir, lite_options(
                 seed=seed, device="cpu", max_steps=max_steps, quiet=True, overwrite=True))
             model, config, vocab = load_model(best)

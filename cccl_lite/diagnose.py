@@ -47,7 +47,7 @@ from .metrics import recall_at_k, truth_recall_at_k
 from .pretrained import measure_scores
 from .probes import write_oracle
 from .checkpoint import load_model, make_reader, resolve_config
-from .files import shared_file, write_text_atomic
+from .files import shared_file, slug, write_text_atomic
 from .recipes import RECIPES, recipe_options
 from .train import train
 
@@ -315,14 +315,14 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
     # what it names, and a rerun at a later commit measures the same thing.
     if row.oracle is not None:  # made once per out_dir, then reused
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        oracle_file = Path(out_dir) / f"oracle-{_slug(row.oracle)}.h5"
+        oracle_file = Path(out_dir) / f"oracle-{slug(row.oracle)}.h5"
         data = oracle_file if oracle_file.exists() else write_oracle(data, oracle_file,
                                                                      row.oracle)
     overrides = {"coherence_reduction": "sum", **row.config}
     ablation = overrides.pop("ablation", None)
     config = resolve_config("lite", data, ablation, epochs=epochs, lr_decay_epoch=epochs,
                             **overrides)
-    run_dir = Path(out_dir) / _slug(row.name)
+    run_dir = Path(out_dir) / slug(row.name)
     best = train(config, data, run_dir, recipe_options(
         "paper", seed=seed, device="cpu", max_steps=max_steps, quiet=True, overwrite=True,
         **_row_options(row)))
@@ -347,9 +347,6 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
         "commit": provenance()["commit"],
     }
 
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
 def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,

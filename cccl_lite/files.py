@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ except ImportError:  # pragma: no cover - not on the Linux CI
 
 __all__ = ["OutputError", "check_output_file", "check_output_dir", "temp_path",
            "remove_stale_temps", "write_atomic", "write_text_atomic", "pid_alive", "RunLock",
-           "shared_file"]
+           "shared_file", "slug"]
 
 _TMP = ".tmp-"
 
@@ -284,3 +285,9 @@ def shared_file(path):
         finally:
             if fcntl is not None:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def slug(name: str) -> str:
+    """A run's name as a folder name: lower case, every run of characters
+    that are not letters or digits one "-" ("w/o B-3" -> "w-o-b-3")."""
+    return "-".join(part for part in re.split(r"[\W_]+", name.lower()) if part)

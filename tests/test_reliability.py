@@ -644,3 +644,11 @@ def test_every_data_script_is_a_command_of_the_package(tmp_path, capsys):
     assert main(["make-synthetic", "--out", str(via_command), "--size", "tiny"]) == 1
     line = _one_error_line(capsys, str(via_command), "--overwrite")
     assert line.startswith("make-synthetic: error: ")
+
+
+def test_slug_names_run_folders_by_hand():
+    from cccl_lite.files import slug
+    assert slug("w/o B-3") == "w-o-b-3"
+    assert slug("siblings, L_c per item") == "siblings-l-c-per-item"
+    assert slug("λ 0") == "λ-0"  # letters of any script stay
+    assert slug("  CCCL  ") == "cccl"
