@@ -72,7 +72,8 @@ def linear_probe_accuracy(x, y, x_test, y_test, classes: int, steps: int = 500,
     x (N, D), y (N,) int in [0, classes); features standardised with the
     training set's mean and sd; Adam, full batch, a little weight decay.
     """
-    x, x_test = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(x_test, dtype=torch.float32)
+    x = torch.as_tensor(x, dtype=torch.float32)
+    x_test = torch.as_tensor(x_test, dtype=torch.float32)
     y, y_test = torch.as_tensor(y, dtype=torch.long), torch.as_tensor(y_test, dtype=torch.long)
     mu, sd = x.mean(0), x.std(0) + 1e-6
     x, x_test = (x - mu) / sd, (x_test - mu) / sd
