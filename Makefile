@@ -23,7 +23,12 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The chapters' data (the small scenes and their MiniLM word vectors: about 8
+# minutes on 2 idle cores, far more on a busy machine) is made first, outside
+# the build, so that no notebook cell spends the build's 600 s cell limit on
+# it; the chapters then find it in data/ (cccl_lite.notebook.default_data).
 book: $(STAMP)
+	$(PY) -c "from cccl_lite.notebook import default_data; print(default_data())"
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 
 clean-book:
