@@ -107,6 +107,13 @@ def _noun_rows(path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return vectors, np.array(sides, dtype=np.int64)
 
 
+def _side_report(x, y, xt, yt) -> dict:
+    """The side probes' record: noun counts, train/test accuracy, commonest side %."""
+    tr, te = linear_probe_accuracy(x, y, xt, yt, classes=len(SIDES))
+    chance = 100.0 * np.bincount(yt, minlength=len(SIDES)).max() / max(len(yt), 1)
+    return {"nouns": (len(y), len(yt)), "train": tr, "test": te, "chance": chance}
+
+
 def word_side_probe(path, train: str = "train", test: str = "test",
                     project: int | None = None, seed: int = 0) -> dict:
     """Can the cached word vectors say which side each noun of a relation is on?
@@ -126,9 +133,7 @@ def word_side_probe(path, train: str = "train", test: str = "test",
         gen = torch.Generator().manual_seed(seed)
         w = torch.empty(project, x.shape[1]).uniform_(-bound, bound, generator=gen).numpy()
         x, xt = x @ w.T, xt @ w.T
-    tr, te = linear_probe_accuracy(x, y, xt, yt, classes=len(SIDES))
-    chance = 100.0 * np.bincount(yt, minlength=len(SIDES)).max() / max(len(yt), 1)
-    return {"nouns": (len(y), len(yt)), "train": tr, "test": te, "chance": chance}
+    return _side_report(x, y, xt, yt)
 
 
 @torch.no_grad()
@@ -198,9 +203,7 @@ def encoded_side_probe(model, train_reader, test_reader, limit: int | None = 600
         xt, yt = _encoded_nouns(model, test_reader, None)
     finally:
         model.train(was)
-    tr, te = linear_probe_accuracy(x, y, xt, yt, classes=len(SIDES))
-    chance = 100.0 * np.bincount(yt, minlength=len(SIDES)).max() / max(len(yt), 1)
-    return {"nouns": (len(y), len(yt)), "train": tr, "test": te, "chance": chance}
+    return _side_report(x, y, xt, yt)
 
 
 def _r2(a: np.ndarray, target: np.ndarray, fit: np.ndarray) -> float:
