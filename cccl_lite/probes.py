@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 import torch
 
-from .data.synthetic import SHAPES
+from .data.grammar import noun_shape
 from .data.truth import parse_caption
 
 __all__ = ["SIDES", "noun_sides", "linear_probe_accuracy", "word_side_probe", "position_share",
@@ -43,8 +43,6 @@ ORACLES = ("side", "side+centre")
 # The side of each noun of "X REL Y": X's side, then Y's.
 SIDES = ("left", "right", "above", "below")
 _SIDE_OF = {"left of": (0, 1), "right of": (1, 0), "above": (2, 3), "below": (3, 2)}
-_NOUNS = ({s for s in SHAPES} | {s + "s" for s in SHAPES} | {s + "es" for s in SHAPES}
-          | {"shape", "shapes"})
 
 
 def noun_sides(tokens: Sequence[str], kind: str) -> list[tuple[int, int]]:
@@ -58,7 +56,7 @@ def noun_sides(tokens: Sequence[str], kind: str) -> list[tuple[int, int]]:
     cap = parse_caption(list(tokens), kind)
     if cap.rel is None:
         return []
-    nouns = [i for i, w in enumerate(tokens) if w in _NOUNS]
+    nouns = [i for i, w in enumerate(tokens) if noun_shape(w) is not False]
     if len(nouns) != 2:
         raise ValueError(f"noun_sides: {' '.join(tokens)!r} ({kind}): expected two nouns, "
                          f"found {len(nouns)}")
