@@ -20,7 +20,11 @@ run's best validation checkpoint is then tested on the test split:
   and the spread (standard deviation) of the test scores;
 * ``hardest_true``: on random test batches of B captions, the percent of
   captions whose hardest in-batch "negative" image (by image id) is one the
-  caption is in fact true of.
+  caption is in fact true of;
+* ``relation_fit`` (rows with ``fit_steps``): after all of the above, the
+  model is asked for relations directly (:func:`cccl_lite.probes.fit_sibling_pairs`
+  on the training split's relation pairs); the curve of relation accuracy on
+  the training pairs and on the test pairs, overall and per branch.
 
 The results file is rewritten (atomically) after each row and a rerun with
 the same settings skips the rows it holds, so a study can span sessions and
@@ -45,7 +49,7 @@ from .data.difficulty import hard_negative_pairs, sibling_accuracy
 from .data.truth import SplitTruth
 from .metrics import recall_at_k, truth_recall_at_k
 from .pretrained import measure_scores
-from .probes import write_oracle
+from .probes import fit_sibling_pairs, write_oracle
 from .checkpoint import load_model, make_reader, resolve_config
 from .files import shared_file, slug, write_text_atomic
 from .recipes import RECIPES, recipe_options
@@ -67,8 +71,11 @@ class Row:
     config: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
     # Train and test on a copy of the data with relations' halves handed over
-    # (cccl_lite.probes.write_oracle: "side" or "side+centre").
+    # (cccl_lite.probes.write_oracle: "side", "centre" or "side+centre").
     oracle: str | None = None
+    # After training and testing, this many steps of
+    # cccl_lite.probes.fit_sibling_pairs on the relation pairs (0: none).
+    fit_steps: int = 0
 
 
 _ALL = {"warmup_epochs": None}
@@ -124,6 +131,19 @@ ROWS = (
         "given? also each region's box centre appended to its features",
         {"coherence_reduction": "per_item"}, {**_ALL, **_TRUTH_SIBLINGS},
         oracle="side+centre"),
+    # relations asked for directly: train as the row named, then fit the training
+    # split's relation pairs alone (cccl_lite.probes.fit_sibling_pairs)
+    *(Row(f"relation fit, {label}", f"trained as 'siblings, L_c per item'{what}: can the "
+          "model fit the training split's relation pairs when asked for them alone, and "
+          "does what it learns hold on the test pairs?", {"coherence_reduction": "per_item",
+                                                          **extra},
+          {**_ALL, **_TRUTH_SIBLINGS}, oracle=oracle, fit_steps=2000)
+      for label, what, extra, oracle in (
+          ("reference", "", {}, None),
+          ("side oracle", ", with the side oracle", {}, "side"),
+          ("centre oracle", ", with the centre oracle (the image half only)", {}, "centre"),
+          ("side and centre oracles", ", with both oracles", {}, "side+centre"),
+          ("positions added", ", eq 10 as a sum", {"position_fusion": "sum"}, None))),
     # optimisation
     Row("lr 2e-4", "the paper's learning rate instead of the lite 5e-4", {"lr": 2e-4}, _ALL),
     Row("lr 1e-3", "a larger learning rate", {"lr": 1e-3}, _ALL),
@@ -332,6 +352,14 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
     measured, sims, truth, caption_image = measure_scores(model, config, vocab, data, "test",
                                                           cache)
     full_scale = 2 * config.batch_size * config.margin
+    fit = {}
+    if row.fit_steps:
+        splits = [(make_reader(data, split, config, vocab),
+                   hard_negative_pairs(data, split, seed)["relation"])
+                  for split in ("train", "test")]
+        fit = {"relation_fit": {"steps": row.fit_steps, "lr": config.lr,
+                                "curve": fit_sibling_pairs(model, *splits, row.fit_steps,
+                                                           lr=config.lr, seed=seed)}}
     return {
         "name": row.name, "question": row.question, "config": row.config,
         "options": _row_options(row), **({"oracle": row.oracle} if row.oracle else {}),
@@ -343,6 +371,7 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
                      "test_score_sd": round(float(sims.std()), 4)},
         "hardest_true": round(hardest_true_rate(sims, truth, caption_image,
                                                 config.batch_size), 1),
+        **fit,
         "seconds": round(time.perf_counter() - t0, 1),
         "commit": provenance()["commit"],
     }

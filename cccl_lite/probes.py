@@ -14,11 +14,15 @@ half:
 * :func:`encoded_side_probe` and :func:`region_position_r2`: the same two
   halves read after a trained model's encoders (T of eqs 11-12, V of eq 10):
   what the model kept of each;
-* :func:`write_oracle`: a copy of a scenes file in which the halves are
-  handed to the model (each relation noun's side appended to its word
+* :func:`write_oracle`: a copy of a scenes file in which one or both halves
+  are handed to the model (each relation noun's side appended to its word
   vector; each region's box centre appended to its features), to ask
-  whether CCCL learns relations once neither half has to be found
-  (``python -m cccl_lite diagnose``'s oracle rows).
+  whether CCCL learns relations once a half no longer has to be found
+  (``python -m cccl_lite diagnose``'s oracle rows);
+* :func:`fit_sibling_pairs`: after training, ask the model for relations
+  directly: Adam on the hinge of eq 33 over the training split's relation
+  sibling pairs alone, with the accuracy on the training pairs (can it fit
+  them?) and on the test pairs (does what it learns carry over?) as it goes.
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ from .data.grammar import noun_shape
 from .data.truth import parse_caption
 
 __all__ = ["SIDES", "noun_sides", "linear_probe_accuracy", "word_side_probe", "position_share",
-           "encoded_side_probe", "region_position_r2", "ORACLES", "write_oracle"]
+           "encoded_side_probe", "region_position_r2", "ORACLES", "write_oracle",
+           "sibling_pair_scores", "pair_accuracy", "fit_sibling_pairs"]
 
-# What write_oracle hands the model: the text half, or both halves.
-ORACLES = ("side", "side+centre")
+# What write_oracle hands the model: the text half, the image half, or both.
+ORACLES = ("side", "centre", "side+centre")
 
 # The side of each noun of "X REL Y": X's side, then Y's.
 SIDES = ("left", "right", "above", "below")
@@ -259,9 +264,10 @@ def write_oracle(src, dst, oracle: str = "side") -> Path:
     * "side": 4 columns appended to every word vector: for each noun of a
       relation caption a one-hot of its side (:data:`SIDES`) times half the
       mean word-vector norm of the split, zeros for every other word;
-    * "side+centre": also 2 columns appended to every region's features: its
-      box centre (x/W − 0.5, y/H − 0.5) times the mean norm of the real
-      regions' features (zeros for padded regions).
+    * "centre": 2 columns appended to every region's features: its box
+      centre (x/W − 0.5, y/H − 0.5) times the mean norm of the real regions'
+      features (zeros for padded regions); word vectors unchanged;
+    * "side+centre": both.
 
     Scenes, boxes, captions and truth are unchanged, so every metric reads the
     copy as it reads ``src``. Written to a temporary name and renamed: a
@@ -279,16 +285,17 @@ def write_oracle(src, dst, oracle: str = "side") -> Path:
             for split in f:
                 f.copy(f[split], g, name=split)
                 cap, img = g[split]["captions"], g[split]["images"]
-                vectors = cap["word_vectors"][:].astype(np.float32)
-                offsets = cap["word_offsets"][:]
-                extra = np.zeros((len(vectors), len(SIDES)), np.float32)
-                scale = float(np.linalg.norm(vectors, axis=1).mean()) / 2
-                tokens = [t.split(" ") for t in cap["tokens"].asstr()[:]]
-                for k, (tok, kind) in enumerate(zip(tokens, cap["kind"].asstr()[:])):
-                    for i, side in noun_sides(tok, kind):
-                        extra[offsets[k] + i, side] = scale
-                _append_columns(cap, "word_vectors", extra)
-                if oracle == "side+centre":
+                if "side" in oracle:
+                    vectors = cap["word_vectors"][:].astype(np.float32)
+                    offsets = cap["word_offsets"][:]
+                    extra = np.zeros((len(vectors), len(SIDES)), np.float32)
+                    scale = float(np.linalg.norm(vectors, axis=1).mean()) / 2
+                    tokens = [t.split(" ") for t in cap["tokens"].asstr()[:]]
+                    for k, (tok, kind) in enumerate(zip(tokens, cap["kind"].asstr()[:])):
+                        for i, side in noun_sides(tok, kind):
+                            extra[offsets[k] + i, side] = scale
+                    _append_columns(cap, "word_vectors", extra)
+                if "centre" in oracle:
                     feats, mask = img["features"][:].astype(np.float32), img["region_mask"][:]
                     boxes, size = img["boxes"][:], img["size"][:]
                     cx = (boxes[..., 0] + boxes[..., 2]) / 2 / size[:, None, 0] - 0.5
@@ -301,3 +308,98 @@ def write_oracle(src, dst, oracle: str = "side") -> Path:
         if tmp.exists():
             tmp.unlink()
     return dst
+
+
+def sibling_pair_scores(model, reader, pairs):
+    """Scores of caption k with its own image and with image j, for each pair
+    (k, j) of ``pairs`` ((N, 2) int, e.g. ``hard_negative_pairs(...)["relation"]``):
+    two tuples ``(F, (S^S, S^O, S^R))`` of (N,) tensors (None for a branch the
+    model lacks), from :meth:`cccl_lite.model.CCCL.score_pairs`. Under
+    autograd if the caller enables it (:func:`fit_sibling_pairs` trains on them).
+    """
+    pairs = np.asarray(pairs)
+    k, j = pairs[:, 0], pairs[:, 1]
+    own_img = reader.images(np.asarray(reader.caption_image)[k])
+    other_img = reader.images(j)
+    cap = reader.captions(k)
+    texts = model.encode_texts(cap["words"], cap["word_mask"], cap["word_adjacency"])
+
+    def score(img):
+        enc = model.encode_images(img["regions"], img["positions"], img["region_mask"])
+        return model.score_pairs(enc, texts)
+
+    return score(own_img), score(other_img)
+
+
+def pair_accuracy(own, other) -> dict:
+    """Percent of pairs whose caption scores higher with its own image, for
+    the fused score F and each branch's score (S, O, R) that exists; ties
+    count as failures. ``own``, ``other``: :func:`sibling_pair_scores`' tuples."""
+    out = {"F": 100.0 * float((own[0] > other[0]).float().mean())}
+    for name, a, b in zip(("S", "O", "R"), own[1], other[1]):
+        if a is not None:
+            out[name] = 100.0 * float((a > b).float().mean())
+    return {key: round(value, 1) for key, value in out.items()}
+
+
+@torch.no_grad()
+def _eval_pairs(model, reader, pairs, batch_size: int = 300) -> dict:
+    was = model.training
+    model.eval()
+    parts = [sibling_pair_scores(model, reader, pairs[s:s + batch_size])
+             for s in range(0, len(pairs), batch_size)]
+    model.train(was)
+
+    def cat(i, b=None):
+        xs = [p[i][0] if b is None else p[i][1][b] for p in parts]
+        return None if xs[0] is None else torch.cat(xs)
+
+    own = (cat(0), tuple(cat(0, b) for b in range(3)))
+    other = (cat(1), tuple(cat(1, b) for b in range(3)))
+    return pair_accuracy(own, other)
+
+
+def fit_sibling_pairs(model, train, test, steps: int = 2000, lr: float = 5e-4,
+                      batch_size: int = 32, margin: float = 0.2, every: int = 250,
+                      eval_pairs: int = 600, seed: int = 0, log=None) -> list[dict]:
+    """Ask a trained model for relations directly, and see whether it can.
+
+    ``train``, ``test``: (reader, pairs) with pairs (N, 2) of (caption k,
+    sibling image j), e.g. :func:`cccl_lite.data.difficulty.hard_negative_pairs`'
+    "relation" pairs of each split. ``steps`` Adam steps (``lr``) on
+    mean_k [Δ − F(own image, k) + F(image j, k)]_+ over ``batch_size`` training
+    pairs drawn at random: eq 33's hinge with the sibling as the only
+    negative. Dropout and the like are on while fitting (``model.train()``).
+
+    Returns the curve [{"step", "train", "test"}] at step 0 and every
+    ``every`` steps, each a :func:`pair_accuracy` dict over the first
+    ``eval_pairs`` pairs of the split. Changes ``model`` in place.
+    """
+    (train_reader, train_pairs), (test_reader, test_pairs) = train, test
+    train_pairs, test_pairs = np.asarray(train_pairs), np.asarray(test_pairs)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def point(step):
+        rec = {"step": step,
+               "train": _eval_pairs(model, train_reader, train_pairs[:eval_pairs]),
+               "test": _eval_pairs(model, test_reader, test_pairs[:eval_pairs])}
+        if log is not None:
+            log(f"relation fit, step {step}: train {rec['train']}, test {rec['test']}")
+        return rec
+
+    curve = [point(0)]
+    model.train()
+    for step in range(1, steps + 1):
+        batch = train_pairs[rng.choice(len(train_pairs), min(batch_size, len(train_pairs)),
+                                       replace=False)]
+        own, other = sibling_pair_scores(model, train_reader, batch)
+        loss = (margin - own[0] + other[0]).clamp(min=0).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % every == 0 or step == steps:
+            curve.append(point(step))
+    model.eval()
+    return curve

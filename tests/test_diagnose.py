@@ -232,3 +232,28 @@ def test_an_oracle_row_trains_and_tests_on_the_oracle_copy(tiny_words_h5, tmp_pa
     assert seen == [("oracle-side.h5", WORD_DIM + 4)]
     assert out["rows"][0]["oracle"] == "side"
     assert set(out["rows"][0]["siblings"]) == {"binding", "relation", "random"}
+
+
+@pytest.mark.slow
+def test_a_fit_row_fits_the_relation_pairs_of_each_split(tiny_words_h5, tmp_path, monkeypatch):
+    from cccl_lite.data.difficulty import hard_negative_pairs
+    monkeypatch.setattr(diagnose, "ROWS", (
+        diagnose.Row("fit", "f", options={"warmup_epochs": None}, fit_steps=2),))
+    monkeypatch.setattr(diagnose, "resolve_config", lambda name, data, ablation=None, **kw:
+                        CCCLConfig.lite(region_dim=256, word_dim=WORD_DIM, embed_dim=16,
+                                        sim_dim=8, batch_size=8, **kw))
+    real, seen = diagnose.fit_sibling_pairs, []
+
+    def spy(model, train, test, steps, **kw):
+        seen.append(([list(map(int, p)) for p in train[1]], [list(map(int, p)) for p in test[1]],
+                     train[0].split, test[0].split, steps))
+        return real(model, train, test, steps, every=1, **kw)
+    monkeypatch.setattr(diagnose, "fit_sibling_pairs", spy)
+    out = diagnose.run_diagnosis(tiny_words_h5, tmp_path / "runs", tmp_path / "d.json",
+                                 epochs=1, max_steps=1, log=lambda s: None)
+    want = {s: [list(p) for p in hard_negative_pairs(tiny_words_h5, s)["relation"]]
+            for s in ("train", "test")}
+    assert seen == [(want["train"], want["test"], "train", "test", 2)]
+    fit = out["rows"][0]["relation_fit"]
+    assert fit["steps"] == 2 and [c["step"] for c in fit["curve"]] == [0, 1, 2]
+    assert set(fit["curve"][0]["test"]) == {"F", "S", "O", "R"}

@@ -185,7 +185,7 @@ def test_word_side_probe_projection_keeps_only_what_the_projection_passes(tmp_pa
     assert probes.word_side_probe("unused", project=4)["test"] < 45
 
 
-@pytest.mark.parametrize("oracle", ["side", "side+centre"])
+@pytest.mark.parametrize("oracle", ["side", "centre", "side+centre"])
 def test_write_oracle_appends_the_halves(tiny_words_h5, tmp_path, oracle):
     import h5py
     from cccl_lite.probes import write_oracle
@@ -198,23 +198,27 @@ def test_write_oracle_appends_the_halves(tiny_words_h5, tmp_path, oracle):
         for split in f:
             a, b = f[split]["captions"], g[split]["captions"]
             old, new = a["word_vectors"][:], b["word_vectors"][:]
-            assert new.shape == (old.shape[0], old.shape[1] + 4)
-            assert np.array_equal(new[:, :-4], old)
-            offsets = a["word_offsets"][:]
-            marked = 0
-            for k, text in enumerate(a["tokens"].asstr()[:]):
-                words = text.split(" ")
-                rel = next((r for r in sides if f" {r} " in f" {text} "), None)
-                nouns = [i for i, w in enumerate(words) if w.rstrip("es").rstrip("s") in shapes
-                         or w in shapes or w in ("shape", "shapes")]
-                want = np.zeros((len(words), 4))
-                if rel is not None:
-                    for i, side in zip(nouns, sides[rel]):
-                        want[i, SIDES.index(side)] = 1.0
-                got = new[offsets[k]:offsets[k + 1], -4:].astype(np.float64)
-                assert np.array_equal(got > 0, want > 0), text
-                marked += int(want.sum())
-            assert marked > 0
+            if oracle == "centre":
+                assert np.array_equal(new, old)
+            else:
+                assert new.shape == (old.shape[0], old.shape[1] + 4)
+                assert np.array_equal(new[:, :-4], old)
+                offsets = a["word_offsets"][:]
+                marked = 0
+                for k, text in enumerate(a["tokens"].asstr()[:]):
+                    words = text.split(" ")
+                    rel = next((r for r in sides if f" {r} " in f" {text} "), None)
+                    nouns = [i for i, w in enumerate(words)
+                             if w.rstrip("es").rstrip("s") in shapes
+                             or w in shapes or w in ("shape", "shapes")]
+                    want = np.zeros((len(words), 4))
+                    if rel is not None:
+                        for i, side in zip(nouns, sides[rel]):
+                            want[i, SIDES.index(side)] = 1.0
+                    got = new[offsets[k]:offsets[k + 1], -4:].astype(np.float64)
+                    assert np.array_equal(got > 0, want > 0), text
+                    marked += int(want.sum())
+                assert marked > 0
             fa, fb = f[split]["images/features"][:], g[split]["images/features"][:]
             if oracle == "side":
                 assert np.array_equal(fa, fb)
@@ -227,3 +231,70 @@ def test_write_oracle_appends_the_halves(tiny_words_h5, tmp_path, oracle):
             ratio = fb[i, r, -1].astype(np.float64) / fb[i, r, -2]
             assert ratio == pytest.approx(cy / cx, rel=1e-2)
             assert not fb[~mask][:, -2:].any()
+
+
+# ---- asking for relations directly (fit_sibling_pairs) ---------------------------
+
+
+def test_pair_accuracy_by_hand():
+    from cccl_lite.probes import pair_accuracy
+    t = torch.tensor
+    own = (t([1.0, 0.0, 2.0, 5.0]), (t([1.0, 1.0, 1.0, 1.0]), None, t([3.0, 0.0, 0.0, 0.0])))
+    other = (t([0.0, 1.0, 2.0, 4.0]), (t([0.0, 0.0, 0.0, 2.0]), None, t([0.0, 0.0, 0.0, 0.0])))
+    # F: wins on pairs 0 and 3, pair 2 ties (a failure); S: 3 of 4; R: 1 of 4.
+    assert pair_accuracy(own, other) == {"F": 50.0, "S": 75.0, "R": 25.0}
+
+
+def _tiny_model_and_reader(path, seed=0):
+    from cccl_lite.checkpoint import make_reader
+    from cccl_lite.model import CCCL
+    from helpers import synthetic_config
+
+    torch.manual_seed(seed)
+    config = synthetic_config()
+    return CCCL(config).eval(), make_reader(path, "train", config, None)
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_sibling_pair_scores_match_the_full_grid(tiny_words_h5):
+    """Each pair's scores equal the entries of CCCL.forward's all-pairs grid."""
+    from cccl_lite.probes import sibling_pair_scores
+    model, reader = _tiny_model_and_reader(tiny_words_h5)
+    pairs = np.array([[0, 1], [5, 0], [7, 3]])
+    with torch.no_grad():
+        own, other = sibling_pair_scores(model, reader, pairs)
+    for p, (k, j) in enumerate(pairs):
+        cap = reader.captions(np.array([k]))
+        for img_id, got in ((reader.caption_image[k], own), (j, other)):
+            img = reader.images(np.array([img_id]))
+            with torch.no_grad():
+                f, branches = model(img["regions"], img["positions"], img["region_mask"],
+                                    cap["words"], cap["word_mask"], cap["word_adjacency"])
+            assert float(got[0][p]) == pytest.approx(float(f[0, 0]), abs=1e-5)
+            for want, have in zip(branches, got[1]):
+                assert float(have[p]) == pytest.approx(float(want[0, 0]), abs=1e-5)
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_fit_sibling_pairs_lowers_its_hinge_and_lr_zero_changes_nothing(tiny_words_h5):
+    from cccl_lite.probes import fit_sibling_pairs, sibling_pair_scores
+    pairs = np.array([[0, 1], [5, 0], [7, 3], [2, 4]])
+
+    def hinge(model, reader):
+        with torch.no_grad():
+            own, other = sibling_pair_scores(model, reader, pairs)
+        return float((0.2 - own[0] + other[0]).clamp(min=0).mean())
+
+    model, reader = _tiny_model_and_reader(tiny_words_h5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    curve = fit_sibling_pairs(model, (reader, pairs), (reader, pairs), steps=4, lr=0.0,
+                              every=2)
+    assert [c["step"] for c in curve] == [0, 2, 4]
+    assert all(c["train"] == curve[0]["train"] == c["test"] for c in curve)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    start = hinge(model, reader)
+    assert start > 0.05  # an untrained model: something to fit
+    fit_sibling_pairs(model, (reader, pairs), (reader, pairs), steps=40, lr=1e-2, every=40,
+                      batch_size=len(pairs))
+    assert hinge(model, reader) < 0.5 * start
