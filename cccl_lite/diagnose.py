@@ -143,7 +143,17 @@ ROWS = (
           ("side oracle", ", with the side oracle", {}, "side"),
           ("centre oracle", ", with the centre oracle (the image half only)", {}, "centre"),
           ("side and centre oracles", ", with both oracles", {}, "side+centre"),
-          ("positions added", ", eq 10 as a sum", {"position_fusion": "sum"}, None))),
+          ("positions added", ", eq 10 as a sum", {"position_fusion": "sum"}, None),
+          # each half found by the model itself, the other handed over
+          ("side oracle, positions added", ", with the side oracle and eq 10 as a sum",
+           {"position_fusion": "sum"}, "side"),
+          ("centre oracle, w/o BERT", ", with the centre oracle and learned word embeddings "
+           "read by a Bi-GRU instead of MiniLM", {"ablation": "w/o BERT"}, "centre"))),
+    Row("siblings, warm-up 1, hardest, L_c per item, side and centre oracles", "the paper's "
+        "schedule (one warm-up epoch, then eq 33, whose hardest negative is often the "
+        "sibling) with both halves handed over: does ordinary training then learn relations?",
+        {"coherence_reduction": "per_item"}, {"warmup_epochs": 1, **_TRUTH_SIBLINGS},
+        oracle="side+centre"),
     # optimisation
     Row("lr 2e-4", "the paper's learning rate instead of the lite 5e-4", {"lr": 2e-4}, _ALL),
     Row("lr 1e-3", "a larger learning rate", {"lr": 1e-3}, _ALL),
