@@ -24,7 +24,8 @@ run's best validation checkpoint is then tested on the test split:
 * ``relation_fit`` (rows with ``fit_steps``): after all of the above, the
   model is asked for relations directly (:func:`cccl_lite.probes.fit_sibling_pairs`
   on the training split's relation pairs); the curve of relation accuracy on
-  the training pairs and on the test pairs, overall and per branch.
+  the training pairs and on the test pairs, overall and per branch, and
+  ``after``: ``test``, ``truth`` and ``siblings`` measured again after the fit.
 
 The results file is rewritten (atomically) after each row and a rerun with
 the same settings skips the rows it holds, so a study can span sessions and
@@ -367,9 +368,11 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
         splits = [(make_reader(data, split, config, vocab),
                    hard_negative_pairs(data, split, seed)["relation"])
                   for split in ("train", "test")]
-        fit = {"relation_fit": {"steps": row.fit_steps, "lr": config.lr,
-                                "curve": fit_sibling_pairs(model, *splits, row.fit_steps,
-                                                           lr=config.lr, seed=seed)}}
+        curve = fit_sibling_pairs(model, *splits, row.fit_steps, lr=config.lr, seed=seed)
+        # What asking for relations cost the retrieval: the same test, after the fit.
+        after = measure_scores(model, config, vocab, data, "test", cache)[0]
+        fit = {"relation_fit": {"steps": row.fit_steps, "lr": config.lr, "curve": curve,
+                                "after": after}}
     return {
         "name": row.name, "question": row.question, "config": row.config,
         "options": _row_options(row), **({"oracle": row.oracle} if row.oracle else {}),

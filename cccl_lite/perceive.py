@@ -184,9 +184,10 @@ class VisualEmbedding(nn.Module):
 
     ``position_fusion``: "product" is eq 10 as printed; "sum" is a reading
     of ours, V = CPC(Q̂ + S̃ W_S + b_S) (the position enters as an additive
-    embedding, as in Transformers, with no sigmoid). Chapter 5 measures why:
-    under the product the position weights barely leave their initial values
-    and relations stay at chance (readings appendix, "Eq 10").
+    embedding, as in Transformers, with no sigmoid). Chapter 5 measures both:
+    with either, relations stay at chance in the lite recipe, and neither
+    lets Branch 2 learn them even when asked for them directly (its
+    "relation fit" rows; readings appendix, "Eq 10").
 
     ``forward(regions, positions, mask)``: regions (B, n, d_F), positions
     (B, n, 6) from :func:`position_features` (ignored, may be None, without

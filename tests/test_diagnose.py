@@ -257,3 +257,6 @@ def test_a_fit_row_fits_the_relation_pairs_of_each_split(tiny_words_h5, tmp_path
     fit = out["rows"][0]["relation_fit"]
     assert fit["steps"] == 2 and [c["step"] for c in fit["curve"]] == [0, 1, 2]
     assert set(fit["curve"][0]["test"]) == {"F", "S", "O", "R"}
+    assert set(fit["after"]) == {"test", "truth", "siblings"}
+    assert fit["after"]["siblings"]["relation"] == pytest.approx(
+        fit["curve"][-1]["test"]["F"], abs=0.06)  # both count F wins on all test pairs
