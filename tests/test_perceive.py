@@ -578,12 +578,14 @@ def test_position_fusion_sum_adds_the_linear_position_embedding():
     emb = VisualEmbedding(5, 3, use_position=True, use_cpc=False, position_fusion="sum")
     regions, positions = torch.randn(2, 4, 5), torch.rand(2, 4, 6)
     want = torch.empty(2, 4, 3)
+    w_q, b_q = emb.project.weight.detach(), emb.project.bias.detach()
+    w_s, b_s = emb.position.weight.detach(), emb.position.bias.detach()
     for b in range(2):
         for i in range(4):
             for k in range(3):
-                q = sum(float(regions[b, i, f]) * float(emb.project.weight[k, f]) for f in range(5))
-                s = sum(float(positions[b, i, f]) * float(emb.position.weight[k, f]) for f in range(6))
-                want[b, i, k] = q + float(emb.project.bias[k]) + s + float(emb.position.bias[k])
+                q = sum(float(regions[b, i, f]) * float(w_q[k, f]) for f in range(5))
+                s = sum(float(positions[b, i, f]) * float(w_s[k, f]) for f in range(6))
+                want[b, i, k] = q + float(b_q[k]) + s + float(b_s[k])
     assert torch.allclose(emb(regions, positions), want, atol=1e-5)
     product = VisualEmbedding(5, 3, use_position=True, use_cpc=False)
     product.load_state_dict(emb.state_dict())
