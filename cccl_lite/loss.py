@@ -110,7 +110,8 @@ def coherence_term(s_s, s_o, s_r, reduction: str = "sum") -> torch.Tensor:
 
 def alignment_term(scores: torch.Tensor, margin: float = 0.2,
                    positive_mask: torch.Tensor | None = None,
-                   negatives: str = "hardest") -> torch.Tensor:
+                   negatives: str = "hardest",
+                   negative_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Bidirectional hinge triplet loss with the hardest negatives (eq 33).
 
     scores (B, B): F(I_i, Z_j), the positive pair of row i and of column i on
@@ -124,6 +125,13 @@ def alignment_term(scores: torch.Tensor, margin: float = 0.2,
     ``negatives="all"``: the max over negatives becomes a sum,
     Σ_i Σ_{j neg} [Δ − F_ii + F_ij]_+ + Σ_j Σ_{i neg} [Δ − F_jj + F_ij]_+
     (VSE++'s "SH" loss; SGRAF's ``max_violation=False``).
+
+    ``negative_weight`` (B, B) float, with ``negatives="all"`` only: the
+    hinge of pair (i, j) counts w_ij times, in both directions (None: every
+    w_ij = 1). A reading of ours for the synthetic scenes' hard negatives:
+    ``TrainOptions.sibling_weight`` puts w > 1 on a scene's rebound and
+    swapped siblings, in the spirit of NegCLIP's added hard negatives
+    (Yuksekgonul et al. 2023).
     """
     if negatives not in NEGATIVES:
         raise ValueError(f"alignment_term: negatives must be one of {NEGATIVES}, "
@@ -136,9 +144,18 @@ def alignment_term(scores: torch.Tensor, margin: float = 0.2,
     elif positive_mask.shape != scores.shape or not bool(positive_mask[eye].all()):
         raise ValueError("alignment_term: positive_mask must be (B, B) bool with a True diagonal")
     diag = scores.diagonal()
+    if negative_weight is not None:
+        if negatives != "all":
+            raise ValueError("alignment_term: negative_weight needs negatives='all' (a hardest "
+                             "negative has no weight to share)")
+        if negative_weight.shape != scores.shape:
+            raise ValueError(f"alignment_term: negative_weight must be {tuple(scores.shape)}, "
+                             f"got {tuple(negative_weight.shape)}")
     if negatives == "all":
         cost_i2t = (margin - diag[:, None] + scores).clamp(min=0)  # row i: image i vs text j
         cost_t2i = (margin - diag[None, :] + scores).clamp(min=0)  # column j: text j vs image i
+        if negative_weight is not None:
+            cost_i2t, cost_t2i = cost_i2t * negative_weight, cost_t2i * negative_weight
         return (cost_i2t.masked_fill(positive_mask, 0).sum()
                 + cost_t2i.masked_fill(positive_mask, 0).sum())
     negs = scores.masked_fill(positive_mask, float("-inf"))
@@ -174,16 +191,17 @@ class HybridLoss(NamedTuple):
 
 def hybrid_loss(s_s, s_o, s_r, margin: float = 0.2, coherence_weight: float = 0.5,
                 positive_mask: torch.Tensor | None = None, negatives: str = "hardest",
-                coherence_reduction: str = "sum") -> HybridLoss:
+                coherence_reduction: str = "sum",
+                negative_weight: torch.Tensor | None = None) -> HybridLoss:
     """The hybrid loss L = L_t + λ L_c (eq 34) from the three (B, B) scores.
 
     L_t is :func:`alignment_term` of F = :func:`fuse_scores` (eqs 32-33); L_c
     is :func:`coherence_term` (eqs 29-31); λ = ``coherence_weight`` (0.5 for
     Flickr30K, 0.75 for MS-COCO; 0 is the "w/o SC-loss" ablation).
-    ``negatives`` and ``coherence_reduction``: see :func:`alignment_term`
-    and :func:`coherence_term`.
+    ``negatives``, ``negative_weight`` and ``coherence_reduction``: see
+    :func:`alignment_term` and :func:`coherence_term`.
     """
     f = fuse_scores((s_s, s_o, s_r))
-    l_t = alignment_term(f, margin, positive_mask, negatives)
+    l_t = alignment_term(f, margin, positive_mask, negatives, negative_weight)
     l_c = coherence_term(s_s, s_o, s_r, coherence_reduction)
     return HybridLoss(l_t + coherence_weight * l_c, l_t, l_c)

@@ -105,6 +105,9 @@ class CCCLConfig:
     # Eq 10: "product" Q̂ ∘ σ(S̃ W_S + b_S) as printed, or "sum" Q̂ + S̃ W_S + b_S
     # (cccl_lite.perceive.VisualEmbedding; chapter 5 measures both).
     position_fusion: str = "product"
+    # Eq 8 reading of ours: the box centre as two more region-feature columns,
+    # times this scale (0 = off, as printed; cccl_lite.perceive.VisualEmbedding).
+    centre_scale: float = 0.0
     # Table 6 switches (all True = the full model).
     use_visual_cpc: bool = True
     use_text_cpc: bool = True
@@ -245,7 +248,7 @@ class CCCL(nn.Module):
             raise ValueError("CCCLConfig: at least one branch must be on")
         d, p = c.embed_dim, c.sim_dim
         self.visual = VisualEmbedding(c.region_dim, d, c.use_position, c.use_visual_cpc,
-                                      c.position_fusion)
+                                      c.position_fusion, c.centre_scale, c.position_tuple)
         self.textual = TextualEmbedding(c.word_dim, d, c.use_text_cpc,
                                         None if c.use_bert else c.vocab_size)
         # Branch 1's vectors exist whenever Branch 1 scores or Branch 3 reads them.
@@ -431,10 +434,13 @@ class CCCL(nn.Module):
         txt = self.encode_texts(words, word_mask, word_adjacency)
         return self.score(img, txt, fast=fast, pair_chunk=pair_chunk)
 
-    def loss(self, scores, positive_mask=None, negatives: str = "hardest") -> HybridLoss:
+    def loss(self, scores, positive_mask=None, negatives: str = "hardest",
+             negative_weight=None) -> HybridLoss:
         """The hybrid loss (eq 34) of ``forward``'s branch scores, with this
-        config's Δ, λ and L_c reduction; ``negatives``: "hardest" (eq 33) or "all"."""
+        config's Δ, λ and L_c reduction; ``negatives``: "hardest" (eq 33) or "all";
+        ``negative_weight``: see :func:`cccl_lite.loss.alignment_term`."""
         c = self.config
         return hybrid_loss(*scores, margin=c.margin, coherence_weight=c.coherence_weight,
                            positive_mask=positive_mask, negatives=negatives,
-                           coherence_reduction=c.coherence_reduction)
+                           coherence_reduction=c.coherence_reduction,
+                           negative_weight=negative_weight)

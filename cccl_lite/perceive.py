@@ -29,6 +29,7 @@ __all__ = [
     "ContextPerceivedCell",
     "POSITION_TUPLES",
     "position_features",
+    "box_centres",
     "POSITION_FUSIONS",
     "VisualEmbedding",
     "BiGRUWordEncoder",
@@ -170,6 +171,21 @@ def position_features(boxes: torch.Tensor, image_size: torch.Tensor,
     return torch.cat([rel, area[..., None], shape[..., None]], dim=-1)
 
 
+def box_centres(positions: torch.Tensor, variant: str = "ours") -> torch.Tensor:
+    """Each region's box centre, relative to the image and centred on it:
+    (x/W − ½, y/H − ½) in [−½, ½], from the six-tuple of
+    :func:`position_features` (``variant`` as there). positions (..., 6) →
+    (..., 2). Used by ``VisualEmbedding(centre_scale=...)``.
+    """
+    if variant not in POSITION_TUPLES:
+        raise ValueError(f"box_centres: variant must be one of {POSITION_TUPLES}, got {variant!r}")
+    if variant == "ours":  # x1, y1, x2, y2, ...
+        centre = (positions[..., 0:2] + positions[..., 2:4]) / 2
+    else:  # CAMERA's x1, y1, w, h, ...
+        centre = positions[..., 0:2] + positions[..., 2:4] / 2
+    return centre - 0.5
+
+
 # How eq 10 joins a region's embedding and its position (VisualEmbedding).
 POSITION_FUSIONS = ("product", "sum")
 
@@ -189,27 +205,41 @@ class VisualEmbedding(nn.Module):
     lets Branch 2 learn them even when asked for them directly (its
     "relation fit" rows; readings appendix, "Eq 10").
 
+    ``centre_scale`` ρ > 0, a reading of ours (readings appendix, "Eq 8"):
+    the box centre c = :func:`box_centres` also enters eq 8 as two more
+    feature columns, Q̂ = [Q, ρ c] W_Q + b_Q, beside eq 10's gate; ρ puts
+    them at the features' scale (the lite config's ρ is the synthetic
+    regions' mean norm). Chapter 5's "centre oracle" rows measure this form
+    from the data side; "w/o POS" drops it with eq 9. 0 (the default): off.
+
     ``forward(regions, positions, mask)``: regions (B, n, d_F), positions
     (B, n, 6) from :func:`position_features` (ignored, may be None, without
     position), mask (B, n) bool. Returns V (B, n, d), zero at padded regions.
     """
 
     def __init__(self, region_dim: int, dim: int, use_position: bool = True,
-                 use_cpc: bool = True, position_fusion: str = "product"):
+                 use_cpc: bool = True, position_fusion: str = "product",
+                 centre_scale: float = 0.0, position_tuple: str = "ours"):
         super().__init__()
         if position_fusion not in POSITION_FUSIONS:
             raise ValueError(f"VisualEmbedding: position_fusion must be one of "
                              f"{POSITION_FUSIONS}, got {position_fusion!r}")
-        self.position_fusion = position_fusion
-        self.project = nn.Linear(region_dim, dim)
+        if not centre_scale >= 0:
+            raise ValueError(f"VisualEmbedding: centre_scale must be >= 0, got {centre_scale!r}")
+        self.position_fusion, self.position_tuple = position_fusion, position_tuple
+        self.centre_scale = float(centre_scale) if use_position else 0.0
+        self.project = nn.Linear(region_dim + (2 if self.centre_scale else 0), dim)
         self.position = nn.Linear(6, dim) if use_position else None
         self.cpc = ContextPerceivedCell(dim) if use_cpc else None
 
     def forward(self, regions, positions=None, mask=None):
+        if self.position is not None and positions is None:
+            raise ValueError("VisualEmbedding: positions are required (or use 'w/o POS')")
+        if self.centre_scale:
+            centre = box_centres(positions, self.position_tuple) * self.centre_scale
+            regions = torch.cat([regions, centre.to(regions.dtype)], dim=-1)
         x = self.project(regions)
         if self.position is not None:
-            if positions is None:
-                raise ValueError("VisualEmbedding: positions are required (or use 'w/o POS')")
             if self.position_fusion == "product":
                 x = x * torch.sigmoid(self.position(positions))  # eq 10
             else:

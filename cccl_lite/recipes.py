@@ -55,6 +55,14 @@ class TrainOptions:
     scenes only). patience: stop when validation R@sum has not improved for
     this many epochs (None: run every epoch of the config).
 
+    sibling_weight: each negative pair of a caption with an image of its own
+    image's group (the scene's rebound and swapped siblings, which differ
+    from it in one binding or one relation) counts this many times in the
+    sum over negatives (``cccl_lite.loss.alignment_term``'s
+    ``negative_weight``); 1 is the plain sum. It needs the scenes' groups
+    and the sum over negatives throughout (``warmup_epochs=None``): a
+    hardest negative has no weight to share.
+
     collapse_steps: batches in a row with flat scores (:class:`CollapseGuard`)
     before one warning; stop_on_collapse: then stop the run (its checkpoints
     stay those of the last finished epoch; ``Trainer.collapse`` holds the
@@ -77,6 +85,7 @@ class TrainOptions:
     positives: str = "image"
     batching: str = "random"
     patience: int | None = None
+    sibling_weight: float = 1.0
     collapse_steps: int = 50
     stop_on_collapse: bool = False
 
@@ -89,6 +98,12 @@ class TrainOptions:
                              f"{', '.join(BATCHINGS)}")
         if self.patience is not None and (isinstance(self.patience, bool) or self.patience < 1):
             raise ValueError(f"patience must be >= 1 or None, got {self.patience!r}")
+        if isinstance(self.sibling_weight, bool) or not isinstance(self.sibling_weight, (int, float)) \
+                or not self.sibling_weight >= 0:
+            raise ValueError(f"sibling_weight must be a number >= 0, got {self.sibling_weight!r}")
+        if self.sibling_weight != 1 and self.warmup_epochs is not None:
+            raise ValueError("sibling_weight weighs the sum over negatives; it needs "
+                             "warmup_epochs=None (no hardest negatives)")
         if isinstance(self.collapse_steps, bool) or not isinstance(self.collapse_steps, int) \
                 or self.collapse_steps < 1:
             raise ValueError(f"collapse_steps must be a positive int, got {self.collapse_steps!r}")

@@ -266,7 +266,7 @@ class Trainer:
             else None
         dataset = CaptionDataset(self.train_reader)
         truth = None
-        if o.positives == "truth" or o.batching == "siblings":
+        if o.positives == "truth" or o.batching == "siblings" or o.sibling_weight != 1:
             truth = SplitTruth(self.data_path, "train")
         # The shuffle of epoch e depends on (seed, e) only (set_epoch), with
         # one process as with N: what makes resume exact.
@@ -280,7 +280,9 @@ class Trainer:
                 seed=o.seed)
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=c.batch_size, sampler=self.sampler,
-            collate_fn=_Collate(self.train_reader, truth if o.positives == "truth" else None),
+            collate_fn=_Collate(self.train_reader, truth if o.positives == "truth" else None,
+                                truth.group if o.sibling_weight != 1 else None,
+                                o.sibling_weight),
             num_workers=o.num_workers,
             worker_init_fn=seed_worker, generator=self.loader_gen,
             pin_memory=self.device.type == "cuda")
@@ -377,13 +379,17 @@ class Trainer:
                 if i >= n_steps:
                     break
                 positive = batch["positive_mask"].to(self.device, non_blocking=True)
+                weight = batch.get("negative_weight")
+                if weight is not None:
+                    weight = weight.to(self.device, non_blocking=True)
                 with autocast:
                     fused, scores = net(**model_inputs(batch, self.device),
                                         pair_chunk=o.pair_chunk)
                 # The loss in fp32: sums over B² pairs lose precision in bf16.
                 scores = tuple(None if s is None else s.float() for s in scores)
                 loss = self.model.loss(scores, positive,
-                                       negatives="all" if all_negatives else "hardest")
+                                       negatives="all" if all_negatives else "hardest",
+                                       negative_weight=weight)
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.scaler is not None:
                     self.scaler.scale(loss.total).backward()
@@ -547,10 +553,15 @@ class _Collate:
     """collate bound to a reader; a class (not a lambda) so that DataLoader
     workers started with spawn can pickle it. With ``truth`` (a
     :class:`SplitTruth`), the positive mask also holds every (image, caption)
-    of the batch where the caption is true of the image."""
+    of the batch where the caption is true of the image. With ``group`` (each
+    image's scene group) and ``sibling_weight``, ``negative_weight`` (B, B)
+    is ``sibling_weight`` where image i and caption j's image share a group,
+    1 elsewhere (positives are excluded by the loss, weight or not)."""
 
-    def __init__(self, reader: SplitReader, truth: SplitTruth | None = None):
+    def __init__(self, reader: SplitReader, truth: SplitTruth | None = None,
+                 group=None, sibling_weight: float = 1.0):
         self.reader, self.truth = reader, truth
+        self.group, self.sibling_weight = group, sibling_weight
 
     def __call__(self, items):
         batch = collate(self.reader, items)
@@ -558,6 +569,11 @@ class _Collate:
             true = torch.from_numpy(self.truth.truth(batch["image_index"].numpy(),
                                                      batch["caption_index"].numpy()))
             batch["positive_mask"] = batch["positive_mask"] | true
+        if self.group is not None:
+            # Row i's image and column j's caption's image (pair j's image).
+            g = self.group[batch["image_index"].numpy()]
+            same = torch.from_numpy(g[:, None] == g[None, :])
+            batch["negative_weight"] = torch.where(same, float(self.sibling_weight), 1.0)
         return batch
 
 

@@ -82,6 +82,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--position-fusion", choices=POSITION_FUSIONS, default=None,
                    help="eq 10: the region embedding times the position gate (product, as "
                         "printed) or plus a position embedding (sum); default: the config's")
+    p.add_argument("--centre-scale", type=nonnegative_float, default=None,
+                   help="eq 8 reading: the box centre as two more region-feature columns "
+                        "times this scale (0: off, as printed); default: the config's")
     d = TrainOptions()
     p.add_argument("--warmup-epochs", type=_warmup_arg, default=None,
                    help="epochs with the sum over all negatives before hardest negatives, "
@@ -95,6 +98,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "same batch; synthetic scenes); default: the preset's recipe")
     p.add_argument("--patience", type=positive_int, default=None,
                    help="stop after this many epochs without a better val R@sum; default: "
+                        "the preset's recipe")
+    p.add_argument("--sibling-weight", type=nonnegative_float, default=None,
+                   help="weight of a scene's rebound and swapped siblings among the summed "
+                        "negatives (synthetic scenes; needs --warmup-epochs all); default: "
                         "the preset's recipe")
     p.add_argument("--seed", type=nonnegative_int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:K")
@@ -128,14 +135,16 @@ def run_train(args) -> int:
                                    ("coherence_weight", args.coherence_weight),
                                    ("coherence_reduction", args.coherence_reduction),
                                    ("position_tuple", args.position_tuple),
-                                   ("position_fusion", args.position_fusion))
+                                   ("position_fusion", args.position_fusion),
+                                   ("centre_scale", args.centre_scale))
                  if v is not None}
     config = resolve_config(args.config, args.data, args.ablation,
                             dataset=getattr(args, "dataset", None), **overrides)
     # Unset options come from the preset's recipe (RECIPES).
     chosen = {k: v for k, v in (("warmup_epochs", args.warmup_epochs),
                                 ("positives", args.positives), ("batching", args.batching),
-                                ("patience", args.patience)) if v is not None}
+                                ("patience", args.patience),
+                                ("sibling_weight", args.sibling_weight)) if v is not None}
     if chosen.get("warmup_epochs") == "all":
         chosen["warmup_epochs"] = None
     options = recipe_options(args.config, **chosen, seed=args.seed,
