@@ -598,3 +598,40 @@ def test_position_fusion_sum_adds_the_linear_position_embedding():
         assert "position_fusion" in str(e)
     else:
         raise AssertionError("an unknown position_fusion was accepted")
+
+
+def test_box_centres_of_a_hand_box_in_both_tuples():
+    from cccl_lite.perceive import box_centres
+    # A 40 x 20 box at (10, 60) in a 100 x 200 image: centre (30, 70).
+    boxes, size = torch.tensor([[10.0, 60.0, 50.0, 80.0]]), torch.tensor([100.0, 200.0])
+    for variant in ("ours", "camera"):
+        got = box_centres(position_features(boxes, size, variant), variant)
+        assert torch.allclose(got, torch.tensor([[30 / 100 - 0.5, 70 / 200 - 0.5]]), atol=1e-6)
+    with pytest.raises(ValueError, match="variant"):
+        box_centres(torch.zeros(1, 6), "corners")
+
+
+def test_centre_scale_appends_the_scaled_centre_to_eq_8s_features():
+    """Q̂ = [Q, ρ c] W_Q + b_Q, then eq 10's gate, written out by hand (no CPC)."""
+    torch.manual_seed(1)
+    rho = 7.5
+    emb = VisualEmbedding(5, 3, use_cpc=False, centre_scale=rho)
+    assert emb.project.in_features == 7
+    boxes = torch.tensor([[[0.0, 0.0, 20.0, 40.0], [50.0, 10.0, 90.0, 30.0]]])
+    positions = position_features(boxes, torch.tensor([[100.0, 80.0]]))
+    regions = torch.randn(1, 2, 5)
+    w_q, b_q = emb.project.weight.detach(), emb.project.bias.detach()
+    w_s, b_s = emb.position.weight.detach(), emb.position.bias.detach()
+    centres = [(10 / 100 - 0.5, 20 / 80 - 0.5), (70 / 100 - 0.5, 20 / 80 - 0.5)]
+    want = torch.empty(1, 2, 3)
+    for i in range(2):
+        cols = [float(regions[0, i, f]) for f in range(5)] + [rho * c for c in centres[i]]
+        for k in range(3):
+            q = sum(x * float(w_q[k, f]) for f, x in enumerate(cols)) + float(b_q[k])
+            s = sum(float(positions[0, i, f]) * float(w_s[k, f]) for f in range(6))
+            want[0, i, k] = q / (1 + math.exp(-(s + float(b_s[k]))))
+    assert torch.allclose(emb(regions, positions), want, atol=1e-5)
+    # "w/o POS" drops the centre with eq 9: the features alone.
+    assert VisualEmbedding(5, 3, use_position=False, centre_scale=rho).project.in_features == 5
+    with pytest.raises(ValueError, match="centre_scale"):
+        VisualEmbedding(5, 3, centre_scale=-1.0)

@@ -364,7 +364,7 @@ def test_cli_pair_chunk_reaches_the_trainer(tiny_h5, tmp_path):
                  "--pair-chunk", "0"]) == 2
 
 
-def test_position_tuple_reaches_the_reader_and_the_cli(tiny_h5, tmp_path):
+def test_position_tuple_reaches_the_reader_and_the_cli(tiny_h5, tmp_path, capsys):
     from cccl_lite.cli import main
     from cccl_lite.train import make_reader
 
@@ -386,6 +386,16 @@ def test_position_tuple_reaches_the_reader_and_the_cli(tiny_h5, tmp_path):
                  "--max-steps", "1", "--batch-size", "8", "--quiet",
                  "--position-fusion", "sum"]) == 0
     assert json.loads((out / "config.json").read_text())["config"]["position_fusion"] == "sum"
+    out = tmp_path / "cli-centre-siblings"
+    assert main(["train", "--data", str(tiny_h5), "--out", str(out), "--epochs", "1",
+                 "--max-steps", "1", "--batch-size", "8", "--quiet", "--warmup-epochs", "all",
+                 "--centre-scale", "12.5", "--sibling-weight", "4"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["config"]["centre_scale"], saved["options"]["sibling_weight"]) == (12.5, 4.0)
+    # A warm-up then hardest negatives: no weight to share, one line.
+    assert main(["train", "--data", str(tiny_h5), "--out", str(tmp_path / "bad-sw"),
+                 "--warmup-epochs", "1", "--sibling-weight", "4"]) == 1
+    assert "warmup_epochs=None" in capsys.readouterr().err
 
 
 # ---- one reader rule for training and evaluation ----------------------------------

@@ -196,3 +196,55 @@ def test_hybrid_loss_passes_negatives_and_reduction_through():
                                              rel=1e-12)
     with pytest.raises(ValueError, match="negatives"):
         alignment_term(f, 0.2, negatives="some")
+
+
+def test_sibling_weight_multiplies_each_weighted_hinge_in_both_directions():
+    g = torch.Generator().manual_seed(2)
+    f = torch.rand(5, 5, generator=g, dtype=torch.float64)
+    w = torch.ones(5, 5, dtype=torch.float64)
+    w[0, 1] = w[1, 0] = 10.0  # pairs 0 and 1 are siblings
+    w[3, 4] = 0.0  # a weight of 0 drops a negative
+    positive = torch.eye(5, dtype=torch.bool)
+    positive[2, 3] = True
+    want = sum(w[i, j].item() * (max(0.0, 0.2 - f[i, i].item() + f[i, j].item())
+                                 + max(0.0, 0.2 - f[j, j].item() + f[i, j].item()))
+               for i in range(5) for j in range(5) if not positive[i, j])
+    got = alignment_term(f, 0.2, positive, negatives="all", negative_weight=w)
+    assert got.item() == pytest.approx(want, rel=1e-12)
+    assert alignment_term(f, 0.2, positive, "all", torch.ones(5, 5, dtype=torch.float64)
+                          ).item() == pytest.approx(alignment_term(f, 0.2, positive, "all").item(),
+                                                    rel=1e-12)
+    with pytest.raises(ValueError, match="needs negatives='all'"):
+        alignment_term(f, 0.2, positive, "hardest", w)
+    with pytest.raises(ValueError, match="negative_weight must be"):
+        alignment_term(f, 0.2, positive, "all", w[:4])
+
+
+def test_collate_weighs_exactly_the_pairs_of_one_group(tiny_words_h5):
+    from cccl_lite.model import CCCLConfig
+    from cccl_lite.train import _Collate, make_reader
+
+    t = SplitTruth(tiny_words_h5, "train")
+    reader = make_reader(tiny_words_h5, "train", CCCLConfig.lite())
+    # captions of the first two groups' images, and one of another group
+    first = np.flatnonzero(np.isin(t.group[t.caption_image], np.unique(t.group)[:2]))[:8]
+    other = np.flatnonzero(t.group[t.caption_image] == np.unique(t.group)[5])[:1]
+    caps = np.concatenate([first, other])
+    items = [(int(t.caption_image[k]), int(k)) for k in caps]
+    batch = _Collate(reader, None, t.group, 7.0)(items)
+    w = batch["negative_weight"]
+    for a, (i, _) in enumerate(items):
+        for b, (j, _) in enumerate(items):
+            assert w[a, b].item() == (7.0 if t.group[i] == t.group[j] else 1.0)
+    assert (w == 7.0).any() and (w == 1.0).any()
+    assert "negative_weight" not in _Collate(reader)(items)
+
+
+def test_sibling_weight_needs_the_sum_over_negatives():
+    from cccl_lite.recipes import TrainOptions
+
+    assert TrainOptions(warmup_epochs=None, sibling_weight=5).sibling_weight == 5
+    with pytest.raises(ValueError, match="warmup_epochs=None"):
+        TrainOptions(warmup_epochs=1, sibling_weight=5)
+    with pytest.raises(ValueError, match="sibling_weight must be"):
+        TrainOptions(warmup_epochs=None, sibling_weight=-1)
