@@ -108,6 +108,9 @@ class CCCLConfig:
     # Eq 8 reading of ours: the box centre as two more region-feature columns,
     # times this scale (0 = off, as printed; cccl_lite.perceive.VisualEmbedding).
     centre_scale: float = 0.0
+    # Eq 11 reading of ours: a Bi-GRU over the frozen word vectors before W_E
+    # (cccl_lite.perceive.TextualEmbedding); ignored under "w/o BERT".
+    word_gru: bool = False
     # Table 6 switches (all True = the full model).
     use_visual_cpc: bool = True
     use_text_cpc: bool = True
@@ -250,7 +253,7 @@ class CCCL(nn.Module):
         self.visual = VisualEmbedding(c.region_dim, d, c.use_position, c.use_visual_cpc,
                                       c.position_fusion, c.centre_scale, c.position_tuple)
         self.textual = TextualEmbedding(c.word_dim, d, c.use_text_cpc,
-                                        None if c.use_bert else c.vocab_size)
+                                        None if c.use_bert else c.vocab_size, c.word_gru)
         # Branch 1's vectors exist whenever Branch 1 scores or Branch 3 reads them.
         self.global_branch = GlobalBranch(d, p, c.use_max_pool, c.use_avg_pool, c.use_vsf,
                                           scores=c.use_branch1)

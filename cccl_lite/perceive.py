@@ -250,30 +250,38 @@ class VisualEmbedding(nn.Module):
 
 
 class BiGRUWordEncoder(nn.Module):
-    """Word vectors from a Bi-GRU over learned embeddings, the "w/o BERT" ablation.
+    """Word vectors from a Bi-GRU: over learned embeddings of word ids (the
+    "w/o BERT" ablation), or, with ``vocab_size=None``, over given word
+    vectors of ``in_dim`` (``CCCLConfig.word_gru``: a trained context layer
+    over the frozen MiniLM vectors).
 
-    ``forward(tokens, mask)``: tokens (B, m) int64 word ids (0 = padding),
-    mask (B, m) bool with the valid words first (padding at the end only).
-    Returns (B, m, out_dim), the two directions' states concatenated, zero at
-    padding (packed sequences, so the backward direction never reads padding).
+    ``forward(words, mask)``: words (B, m) int64 ids (0 = padding) or
+    (B, m, in_dim) float vectors; mask (B, m) bool with the valid words first
+    (padding at the end only). Returns (B, m, out_dim), the two directions'
+    states concatenated, zero at padding (packed sequences, so the backward
+    direction never reads padding).
     """
 
-    def __init__(self, vocab_size: int, out_dim: int, embed_dim: int = 300):
+    def __init__(self, vocab_size: int | None, out_dim: int, embed_dim: int = 300,
+                 in_dim: int | None = None):
         super().__init__()
         if out_dim % 2:
             raise ValueError("BiGRUWordEncoder: out_dim must be even (two directions)")
-        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
-        self.gru = nn.GRU(embed_dim, out_dim // 2, batch_first=True, bidirectional=True)
+        if (vocab_size is None) == (in_dim is None):
+            raise ValueError("BiGRUWordEncoder: give vocab_size (word ids) or in_dim (vectors)")
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0) if vocab_size else None
+        self.gru = nn.GRU(embed_dim if vocab_size else in_dim, out_dim // 2, batch_first=True,
+                          bidirectional=True)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         lengths = mask.sum(1)
         if not torch.equal(mask, torch.arange(mask.shape[1], device=mask.device) < lengths[:, None]):
             raise ValueError("BiGRUWordEncoder: the mask must put valid words first")
         lengths = lengths.clamp(min=1).cpu()
-        packed = pack_padded_sequence(self.embed(tokens), lengths, batch_first=True,
-                                      enforce_sorted=False)
+        x = self.embed(words) if self.embed is not None else words
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.gru(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=words.shape[1])
         return out * mask[..., None]
 
 
@@ -284,15 +292,21 @@ class TextualEmbedding(nn.Module):
     *word* (WordPieces mean-pooled; readings appendix, "Eqs 11–12"). Ablations: ``use_cpc=False``
     ("w/o T-CPC"); ``vocab_size`` set ("w/o BERT") makes E come from a
     :class:`BiGRUWordEncoder` over word ids instead of pretrained vectors.
+    ``word_gru=True``, a reading of ours for frozen word vectors (readings
+    appendix, "Eq 11"): a Bi-GRU over the pretrained vectors (d_E → d_E)
+    before eq 11, a trained context layer standing in for fine-tuning the
+    encoder's top, which the paper does not say whether it does.
 
     ``forward(words, mask)``: words (B, m, d_E) float, or (B, m) int64 ids
     for "w/o BERT"; mask (B, m) bool. Returns T (B, m, d), zero at padding.
     """
 
     def __init__(self, word_dim: int, dim: int, use_cpc: bool = True,
-                 vocab_size: int | None = None):
+                 vocab_size: int | None = None, word_gru: bool = False):
         super().__init__()
         self.words = BiGRUWordEncoder(vocab_size, word_dim) if vocab_size else None
+        self.context = BiGRUWordEncoder(None, word_dim, in_dim=word_dim) \
+            if word_gru and not vocab_size else None
         self.project = nn.Linear(word_dim, dim)
         self.cpc = ContextPerceivedCell(dim) if use_cpc else None
 
@@ -305,6 +319,8 @@ class TextualEmbedding(nn.Module):
             words = self.words(words, mask)
         elif not words.is_floating_point():
             raise ValueError("TextualEmbedding: expected word vectors (B, m, d_E) float")
+        elif self.context is not None:
+            words = self.context(words, words.abs().sum(-1) > 0 if mask is None else mask)
         x = self.project(words)
         if self.cpc is not None:
             return self.cpc(x, mask)

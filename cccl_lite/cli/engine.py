@@ -85,6 +85,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--centre-scale", type=nonnegative_float, default=None,
                    help="eq 8 reading: the box centre as two more region-feature columns "
                         "times this scale (0: off, as printed); default: the config's")
+    p.add_argument("--word-gru", action="store_true", default=None,
+                   help="eq 11 reading: a Bi-GRU over the frozen word vectors before W_E; "
+                        "default: the config's")
     d = TrainOptions()
     p.add_argument("--warmup-epochs", type=_warmup_arg, default=None,
                    help="epochs with the sum over all negatives before hardest negatives, "
@@ -136,7 +139,8 @@ def run_train(args) -> int:
                                    ("coherence_reduction", args.coherence_reduction),
                                    ("position_tuple", args.position_tuple),
                                    ("position_fusion", args.position_fusion),
-                                   ("centre_scale", args.centre_scale))
+                                   ("centre_scale", args.centre_scale),
+                                   ("word_gru", args.word_gru))
                  if v is not None}
     config = resolve_config(args.config, args.data, args.ablation,
                             dataset=getattr(args, "dataset", None), **overrides)
