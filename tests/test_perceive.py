@@ -635,3 +635,24 @@ def test_centre_scale_appends_the_scaled_centre_to_eq_8s_features():
     assert VisualEmbedding(5, 3, use_position=False, centre_scale=rho).project.in_features == 5
     with pytest.raises(ValueError, match="centre_scale"):
         VisualEmbedding(5, 3, centre_scale=-1.0)
+
+
+def test_word_gru_over_vectors_matches_the_gru_on_each_sequence_alone():
+    """word_gru: the Bi-GRU reads the given vectors (no embedding), packed like ids."""
+    enc = BiGRUWordEncoder(None, WD, in_dim=4).double()
+    assert enc.embed is None
+    lengths, m = [5, 2], 5
+    mask = prefix_mask(lengths, m)
+    vectors = torch.randn(2, m, 4, dtype=torch.float64) * mask[..., None]
+    out = enc(vectors, mask)
+    for b, n in enumerate(lengths):
+        alone, _ = enc.gru(vectors[b:b + 1, :n])
+        assert torch.allclose(out[b, :n], alone[0], **TOL)
+    assert (out[~mask] == 0).all()
+    with pytest.raises(ValueError, match="vocab_size .* or in_dim"):
+        BiGRUWordEncoder(None, WD)
+    # In TextualEmbedding: eq 11 reads the GRU's states; "w/o BERT" has no second GRU.
+    te = TextualEmbedding(word_dim=4, dim=D, use_cpc=False, word_gru=True).double()
+    want = te.context(vectors, mask) @ te.project.weight.T + te.project.bias
+    assert torch.allclose(te(vectors, mask), want * mask[..., None], **TOL)
+    assert TextualEmbedding(word_dim=4, dim=D, vocab_size=VOCAB, word_gru=True).context is None

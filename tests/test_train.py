@@ -389,9 +389,10 @@ def test_position_tuple_reaches_the_reader_and_the_cli(tiny_h5, tmp_path, capsys
     out = tmp_path / "cli-centre-siblings"
     assert main(["train", "--data", str(tiny_h5), "--out", str(out), "--epochs", "1",
                  "--max-steps", "1", "--batch-size", "8", "--quiet", "--warmup-epochs", "all",
-                 "--centre-scale", "12.5", "--sibling-weight", "4"]) == 0
+                 "--centre-scale", "12.5", "--sibling-weight", "4", "--word-gru"]) == 0
     saved = json.loads((out / "config.json").read_text())
-    assert (saved["config"]["centre_scale"], saved["options"]["sibling_weight"]) == (12.5, 4.0)
+    assert (saved["config"]["centre_scale"], saved["options"]["sibling_weight"],
+            saved["config"]["word_gru"]) == (12.5, 4.0, True)
     # A warm-up then hardest negatives: no weight to share, one line.
     assert main(["train", "--data", str(tiny_h5), "--out", str(tmp_path / "bad-sw"),
                  "--warmup-epochs", "1", "--sibling-weight", "4"]) == 1
