@@ -52,6 +52,7 @@ from .metrics import recall_at_k, truth_recall_at_k
 from .pretrained import measure_scores
 from .probes import fit_sibling_pairs, write_oracle
 from .checkpoint import load_model, make_reader, resolve_config
+from .model import LITE_CENTRE_SCALE
 from .files import shared_file, slug, write_text_atomic
 from .recipes import RECIPES, recipe_options
 from .train import train
@@ -155,6 +156,26 @@ ROWS = (
         "sibling) with both halves handed over: does ordinary training then learn relations?",
         {"coherence_reduction": "per_item"}, {"warmup_epochs": 1, **_TRUTH_SIBLINGS},
         oracle="side+centre"),
+    # relations: the model finds both halves itself, and the loss asks for them
+    Row("siblings ×10", "the loss asks for the siblings: a scene's rebound and swapped "
+        "images weigh 10 times in the sum over negatives (TrainOptions.sibling_weight)",
+        {"coherence_reduction": "per_item"}, {**_ALL, **_TRUTH_SIBLINGS, "sibling_weight": 10}),
+    Row("siblings ×10, centre in eq 8", "and the image half in usable form: the box centre "
+        "as two more region-feature columns (CCCLConfig.centre_scale)",
+        {"coherence_reduction": "per_item", "centre_scale": LITE_CENTRE_SCALE},
+        {**_ALL, **_TRUTH_SIBLINGS, "sibling_weight": 10}),
+    Row("centre in eq 8, w/o BERT", "both halves learnable (the box centre in eq 8, the "
+        "Bi-GRU text encoder of 'w/o BERT'), the siblings not weighted",
+        {"coherence_reduction": "per_item", "centre_scale": LITE_CENTRE_SCALE,
+         "ablation": "w/o BERT"}, {**_ALL, **_TRUTH_SIBLINGS}),
+    Row("siblings ×10, centre in eq 8, w/o BERT", "both halves learnable and the siblings "
+        "weighted", {"coherence_reduction": "per_item", "centre_scale": LITE_CENTRE_SCALE,
+                     "ablation": "w/o BERT"},
+        {**_ALL, **_TRUTH_SIBLINGS, "sibling_weight": 10}),
+    Row("siblings ×10, centre in eq 8, word GRU", "the same with MiniLM kept: a Bi-GRU over "
+        "its frozen vectors before eq 11 (CCCLConfig.word_gru) instead of learned embeddings",
+        {"coherence_reduction": "per_item", "centre_scale": LITE_CENTRE_SCALE,
+         "word_gru": True}, {**_ALL, **_TRUTH_SIBLINGS, "sibling_weight": 10}),
     # optimisation
     Row("lr 2e-4", "the paper's learning rate instead of the lite 5e-4", {"lr": 2e-4}, _ALL),
     Row("lr 1e-3", "a larger learning rate", {"lr": 1e-3}, _ALL),
@@ -342,14 +363,16 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
     cache = {} if cache is None else cache
     t0 = time.perf_counter()
     # Every row starts from the lite config with the paper's L_c (summed over
-    # the B² pairs), whatever the lite preset's default: a row changes only
-    # what it names, and a rerun at a later commit measures the same thing.
+    # the B² pairs), eq 8 as printed (no centre columns) and MiniLM's frozen
+    # vectors (no Bi-GRU), whatever the lite preset's default: a row changes
+    # only what it names, and a rerun at a later commit measures the same thing.
     if row.oracle is not None:  # made once per out_dir, then reused
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         oracle_file = Path(out_dir) / f"oracle-{slug(row.oracle)}.h5"
         data = oracle_file if oracle_file.exists() else write_oracle(data, oracle_file,
                                                                      row.oracle)
-    overrides = {"coherence_reduction": "sum", **row.config}
+    overrides = {"coherence_reduction": "sum", "centre_scale": 0.0, "word_gru": False,
+                 "use_bert": True, **row.config}
     ablation = overrides.pop("ablation", None)
     config = resolve_config("lite", data, ablation, epochs=epochs, lr_decay_epoch=epochs,
                             **overrides)
