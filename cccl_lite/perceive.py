@@ -208,9 +208,10 @@ class VisualEmbedding(nn.Module):
     ``centre_scale`` ρ > 0, a reading of ours (readings appendix, "Eq 8"):
     the box centre c = :func:`box_centres` also enters eq 8 as two more
     feature columns, Q̂ = [Q, ρ c] W_Q + b_Q, beside eq 10's gate; ρ puts
-    them at the features' scale (the lite config's ρ is the synthetic
-    regions' mean norm). Chapter 5's "centre oracle" rows measure this form
-    from the data side; "w/o POS" drops it with eq 9. 0 (the default): off.
+    them at the features' scale (chapter 5's rows use
+    ``cccl_lite.model.LITE_CENTRE_SCALE``, about the synthetic regions' mean
+    norm; its "centre oracle" rows measure the same form made by the data
+    file). "w/o POS" drops it with eq 9. 0 (the default): off.
 
     ``forward(regions, positions, mask)``: regions (B, n, d_F), positions
     (B, n, 6) from :func:`position_features` (ignored, may be None, without
@@ -293,7 +294,7 @@ class TextualEmbedding(nn.Module):
     ("w/o T-CPC"); ``vocab_size`` set ("w/o BERT") makes E come from a
     :class:`BiGRUWordEncoder` over word ids instead of pretrained vectors.
     ``word_gru=True``, a reading of ours for frozen word vectors (readings
-    appendix, "Eq 11"): a Bi-GRU over the pretrained vectors (d_E → d_E)
+    appendix, "Eqs 11–12"): a Bi-GRU over the pretrained vectors (d_E → d_E)
     before eq 11, a trained context layer standing in for fine-tuning the
     encoder's top, which the paper does not say whether it does.
 
