@@ -79,9 +79,23 @@ assert sum(GROUPS.values(), ()) == ABLATIONS
 RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 
 
+def same_as_full(preset: str = "lite") -> tuple[str, ...]:
+    """The Table 6 ablations that change nothing in ``preset``'s config: the
+    lite CCCL reads words with the Bi-GRU of "w/o BERT" already (chapter 5),
+    so that row would train the full model again."""
+    from .checkpoint import CONFIGS
+
+    full = CONFIGS[preset]().to_dict()
+    return tuple(name for name in ABLATIONS
+                 if {**CONFIGS[preset]().with_ablation(name).to_dict(), "ablation": None}
+                 == full)
+
+
 def row_names() -> list[tuple[str, str | None]]:
-    """(row name, ablation or None): the full model, then every Table 6 ablation."""
-    return [(FULL, None)] + [(name, name) for name in ABLATIONS]
+    """(row name, ablation or None): the full model, then every Table 6
+    ablation that changes the lite config (:func:`same_as_full`)."""
+    skip = same_as_full("lite")
+    return [(FULL, None)] + [(name, name) for name in ABLATIONS if name not in skip]
 
 
 def summarize(entries: list[dict]) -> list[dict]:
@@ -108,7 +122,10 @@ def summarize(entries: list[dict]) -> list[dict]:
 
 def _settings(data, epochs: int | None, max_steps: int | None) -> dict:
     data = Path(data)
+    from .checkpoint import CONFIGS
+
     return {"data": data.name, "data_bytes": data.stat().st_size, "config": "lite",
+            "lite_config": CONFIGS["lite"]().to_dict(),
             "epochs": epochs or "the lite preset's", "max_steps": max_steps,
             "recipe": {k: v for k, v in RECIPES["lite"].items()},
             "rule": "best validation R@sum, stopping after `patience` epochs without a "

@@ -125,8 +125,9 @@ def resolve_config(name: str, data_path, ablation: str | None = None,
     and one Table 6 ``ablation``.
 
     "lite" is sized to the data: its region_dim d_F and word_dim d_E are read
-    from the file (any synthetic size, MiniLM or BERT vectors; under "w/o
-    BERT" d_E is the Bi-GRU's width and stays the preset's). "paper" keeps
+    from the file (any synthetic size, MiniLM or BERT vectors; when words
+    are read by the Bi-GRU, as in the lite preset and under "w/o BERT", d_E
+    is the Bi-GRU's width and stays the preset's). "paper" keeps
     Table 1's d_F = 2048, d_E = 768, and :func:`prepare_config` refuses a
     file that differs. Unknown names raise InputError listing the valid ones.
     "paper" takes Table 1's λ for ``dataset`` ("f30k" 0.5, "coco" 0.75),
@@ -141,7 +142,8 @@ def resolve_config(name: str, data_path, ablation: str | None = None,
     if name == "lite":
         dims = data_dims(data_path)
         derived = {"region_dim": dims["region_dim"]}
-        if dims["word_dim"] is not None and ablation != "w/o BERT":
+        reads_vectors = overrides.get("use_bert", CONFIGS[name]().use_bert)
+        if dims["word_dim"] is not None and reads_vectors and ablation != "w/o BERT":
             derived["word_dim"] = dims["word_dim"]
         overrides = {**derived, **overrides}
     if name == "paper":

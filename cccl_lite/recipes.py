@@ -135,12 +135,14 @@ class TrainOptions:
 # synthetic scenes: the sum over negatives (eq 33's hardest negatives collapse
 # the lite model from scratch), a group's siblings in every batch (under a
 # shuffle 1.4 % of captions ever meet a binding or relation hard negative),
-# the scenes' truth as positives (a test caption is true of ~13 images), and
-# early stopping on validation R@sum. Data without scenes (Flickr30K) needs
+# the scenes' truth as positives (a test caption is true of ~13 images), a
+# scene's siblings weighted 10-fold among the summed negatives (without that,
+# relations stay at chance even when the model can read both their halves),
+# and early stopping on validation R@sum. Data without scenes (Flickr30K) needs
 # --positives image --batching random.
 RECIPES = {
     "lite": {"warmup_epochs": None, "positives": "truth", "batching": "siblings",
-             "patience": 3},
+             "patience": 3, "sibling_weight": 10.0},
     "paper": {"warmup_epochs": 1},
 }
 

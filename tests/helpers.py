@@ -18,6 +18,14 @@ from cccl_lite.model import CCCLConfig
 from cccl_lite.perceive import position_features
 from cccl_lite.reason import CrossGRU
 
+
+def lite_vectors(**kw):
+    """CCCLConfig.lite() reading word *vectors* with eq 8 as printed (use_bert,
+    no centre columns): the path most tests exercise, whatever the lite
+    preset's text encoder."""
+    return CCCLConfig.lite(**{"use_bert": True, "centre_scale": 0.0, **kw})
+
+
 ROOT = Path(__file__).resolve().parent.parent
 WORD_DIM = 16  # random word vectors: the tests need their shape, not their meaning
 
@@ -48,7 +56,7 @@ VOCAB = 40
 
 
 def tiny_config(**kw):
-    return CCCLConfig.lite(region_dim=10, word_dim=8, embed_dim=6, sim_dim=12,
+    return lite_vectors(region_dim=10, word_dim=8, embed_dim=6, sim_dim=12,
                            vocab_size=VOCAB, **kw)
 
 
@@ -184,7 +192,7 @@ def add_word_vectors(path, dim=WORD_DIM, seed=0):
 
 
 def synthetic_config(**kw):
-    return CCCLConfig.lite(**{"word_dim": WORD_DIM, "embed_dim": 8, "sim_dim": 8, **kw})
+    return lite_vectors(**{"word_dim": WORD_DIM, "embed_dim": 8, "sim_dim": 8, **kw})
 
 
 # ---- eq 26's GRU against torch's own (test_perf, test_fused) -------------------
@@ -263,7 +271,7 @@ def write_scan(d: Path, split="test", layout="image", boxes="camera", seed=0):
 def small_config(**kw):
     base = dict(region_dim=256, word_dim=WORD_DIM, embed_dim=16, sim_dim=16, batch_size=8,
                 epochs=2, lr=1e-3, lr_decay_epoch=1)
-    return CCCLConfig.lite(**{**base, **kw})
+    return lite_vectors(**{**base, **kw})
 
 
 def quick(**kw):

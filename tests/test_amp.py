@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import lite_vectors
 from cccl_lite import evaluate as ev
 from cccl_lite.fast import fused
 from cccl_lite.loss import SimilarityMLP, fuse_scores
@@ -72,7 +73,7 @@ def trained(tiny_words_h5, tmp_path_factory):
     # coherence_reduction pinned to the printed sum: the model this test's
     # bound on ε (below 0.01) was measured on; the lite preset's default
     # (per item) trains larger weights, and bf16's error grows with them.
-    cfg = CCCLConfig.lite(region_dim=256, embed_dim=32, sim_dim=32, batch_size=10, epochs=4,
+    cfg = lite_vectors(region_dim=256, embed_dim=32, sim_dim=32, batch_size=10, epochs=4,
                           lr=3e-3, lr_decay_epoch=4,
                           coherence_reduction="sum").with_ablation("w/o BERT")
     out = tmp_path_factory.mktemp("amp-run")
@@ -185,7 +186,7 @@ def test_validation_honours_the_runs_amp_setting(tiny_words_h5, tmp_path, monkey
                                  "t2i_r10", "rsum")}, None
 
     monkeypatch.setattr(evaluate_module, "evaluate_split", fake_evaluate_split)
-    cfg = CCCLConfig.lite(region_dim=256, word_dim=16, embed_dim=8, sim_dim=8, batch_size=8,
+    cfg = lite_vectors(region_dim=256, word_dim=16, embed_dim=8, sim_dim=8, batch_size=8,
                           epochs=1)
     Trainer(cfg, tiny_words_h5, tmp_path / "run",
             TrainOptions(warmup_epochs=None, device="cpu", amp=amp, max_steps=1,

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import cccl_lite.model as model_module
+from helpers import lite_vectors
 from cccl_lite.cli import main
 from cccl_lite.model import CCCLConfig
 from cccl_lite.train import CollapseGuard, TrainOptions, Trainer, load_checkpoint
@@ -18,7 +19,7 @@ B, MARGIN = 8, 0.2
 
 
 def config(**kw):
-    return CCCLConfig.lite(**{**dict(region_dim=256, word_dim=16, embed_dim=8, sim_dim=8,
+    return lite_vectors(**{**dict(region_dim=256, word_dim=16, embed_dim=8, sim_dim=8,
                                      batch_size=B, epochs=2, margin=MARGIN), **kw})
 
 

@@ -8,12 +8,13 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from helpers import lite_vectors
 from cccl_lite import costs
 from cccl_lite.fast import fused
 from cccl_lite.model import CCCL, CCCLConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-SMALL = CCCLConfig.lite(region_dim=32, word_dim=16, embed_dim=24, sim_dim=8)
+SMALL = lite_vectors(region_dim=32, word_dim=16, embed_dim=24, sim_dim=8)
 
 
 def test_macs_per_pair_equal_torchs_flop_counter_on_the_scorer(monkeypatch):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import lite_vectors
 from cccl_lite.data import SchemaError, atomic_h5, write_split
 from cccl_lite.data.dataset import (CaptionDataset, SplitReader, build_vocab, collate,
                                     model_inputs)
@@ -110,7 +111,7 @@ def test_batches_run_through_the_model(reader):
     loader = torch.utils.data.DataLoader(CaptionDataset(reader), batch_size=5,
                                          collate_fn=functools.partial(collate, reader))
     batch = next(iter(loader))
-    cfg = CCCLConfig.lite(region_dim=6, word_dim=D_E, embed_dim=8, sim_dim=8)
+    cfg = lite_vectors(region_dim=6, word_dim=D_E, embed_dim=8, sim_dim=8)
     model = CCCL(cfg)
     _, scores = model(**model_inputs(batch))
     loss = model.loss(scores, batch["positive_mask"])

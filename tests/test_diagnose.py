@@ -14,11 +14,11 @@ from cccl_lite.train import TrainOptions, Trainer, _Collate
 from cccl_lite.data.dataset import SplitReader
 from cccl_lite.data.truth import SplitTruth
 
-from helpers import WORD_DIM
+from helpers import WORD_DIM, lite_vectors
 
 
 def small_config(**kw):
-    return CCCLConfig.lite(region_dim=256, word_dim=WORD_DIM, embed_dim=16, sim_dim=8,
+    return lite_vectors(region_dim=256, word_dim=WORD_DIM, embed_dim=16, sim_dim=8,
                            batch_size=8, **kw)
 
 
@@ -224,7 +224,7 @@ def test_an_oracle_row_trains_and_tests_on_the_oracle_copy(tiny_words_h5, tmp_pa
         with h5py.File(data, "r") as f:
             word_dim = f["train/captions/word_vectors"].shape[1]
         seen.append((Path(data).name, word_dim))
-        return CCCLConfig.lite(region_dim=256, word_dim=word_dim, embed_dim=16, sim_dim=8,
+        return lite_vectors(region_dim=256, word_dim=word_dim, embed_dim=16, sim_dim=8,
                                batch_size=8, **kw)
     monkeypatch.setattr(diagnose, "resolve_config", resolve)
     out = diagnose.run_diagnosis(tiny_words_h5, tmp_path / "runs", tmp_path / "d.json",
@@ -240,7 +240,7 @@ def test_a_fit_row_fits_the_relation_pairs_of_each_split(tiny_words_h5, tmp_path
     monkeypatch.setattr(diagnose, "ROWS", (
         diagnose.Row("fit", "f", options={"warmup_epochs": None}, fit_steps=2),))
     monkeypatch.setattr(diagnose, "resolve_config", lambda name, data, ablation=None, **kw:
-                        CCCLConfig.lite(region_dim=256, word_dim=WORD_DIM, embed_dim=16,
+                        lite_vectors(region_dim=256, word_dim=WORD_DIM, embed_dim=16,
                                         sim_dim=8, batch_size=8, **kw))
     real, seen = diagnose.fit_sibling_pairs, []
 

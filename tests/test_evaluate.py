@@ -25,7 +25,7 @@ from cccl_lite.data.synthetic import make_synthetic
 from cccl_lite.metrics import KEYS
 from cccl_lite.model import CCCL, CCCLConfig
 
-from helpers import WORD_DIM, MemoryReader, add_word_vectors, brute_force_recalls, synthetic_config
+from helpers import WORD_DIM, MemoryReader, add_word_vectors, brute_force_recalls, synthetic_config, lite_vectors
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 30
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_config(**kw) -> CCCLConfig:
-    return CCCLConfig.lite(region_dim=10, word_dim=8, embed_dim=6, sim_dim=12,
+    return lite_vectors(region_dim=10, word_dim=8, embed_dim=6, sim_dim=12,
                            vocab_size=VOCAB, **kw)
 
 

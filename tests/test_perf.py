@@ -29,7 +29,7 @@ from cccl_lite.model import ABLATIONS, CCCL, CCCLConfig, select_rows
 from cccl_lite.reason import CrossGRU
 from cccl_lite.train import TrainOptions, warmup_loss
 
-from helpers import MemoryReader, brute_force_recalls, make_batch, nn_gru_states, tiny_config
+from helpers import MemoryReader, brute_force_recalls, make_batch, nn_gru_states, tiny_config, lite_vectors
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = dict(atol=1e-10, rtol=1e-9)
@@ -146,7 +146,7 @@ def test_fast_gradients_equal_the_reference(name):
 
 def lite_float32(n_img: int, n_txt: int, seed: int):
     """A freshly seeded lite CCCL (eval mode) and a float32 batch at the lite shape."""
-    cfg = CCCLConfig.lite()
+    cfg = lite_vectors()
     torch.manual_seed(0)
     model = CCCL(cfg).eval()
     b = make_batch(cfg, n_img=n_img, n_txt=n_txt, n=cfg.num_regions, m=12, seed=seed)

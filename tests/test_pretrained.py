@@ -16,7 +16,7 @@ from cccl_lite import pretrained
 from cccl_lite.model import CCCLConfig
 from cccl_lite.train import TrainOptions, train
 
-from helpers import WORD_DIM
+from helpers import WORD_DIM, lite_vectors
 
 ROOT = Path(__file__).resolve().parent.parent
 # One image of the 201 test images moves an i2t recall by 0.50 points, one
@@ -67,7 +67,7 @@ def test_the_shipped_model_reproduces_its_test_recalls(tmp_path):
 
 
 def small_config(**kw):
-    return CCCLConfig.lite(region_dim=256, word_dim=WORD_DIM, embed_dim=16, sim_dim=8,
+    return lite_vectors(region_dim=256, word_dim=WORD_DIM, embed_dim=16, sim_dim=8,
                            batch_size=8, **kw)
 
 

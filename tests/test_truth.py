@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import lite_vectors
 from cccl_lite.data.dataset import SiblingSampler
 from cccl_lite.data.schema import SchemaError
 from cccl_lite.data.synthetic import make_synthetic
@@ -225,7 +226,7 @@ def test_collate_weighs_exactly_the_pairs_of_one_group(tiny_words_h5):
     from cccl_lite.train import _Collate, make_reader
 
     t = SplitTruth(tiny_words_h5, "train")
-    reader = make_reader(tiny_words_h5, "train", CCCLConfig.lite())
+    reader = make_reader(tiny_words_h5, "train", lite_vectors())
     # captions of the first two groups' images, and one of another group
     first = np.flatnonzero(np.isin(t.group[t.caption_image], np.unique(t.group)[:2]))[:8]
     other = np.flatnonzero(t.group[t.caption_image] == np.unique(t.group)[5])[:1]

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import lite_vectors
 from cccl_lite.data.synthetic import SIZES, Caption, NounPhrase, build_caption, split_content
 from cccl_lite.model import CCCL, CCCLConfig
 from cccl_lite.perceive import position_features
@@ -111,7 +112,7 @@ def test_pixel_attention_batches_and_checks_shapes():
 
 
 def tiny_model(ablation=None):
-    cfg = CCCLConfig.lite(region_dim=10, word_dim=8, embed_dim=6, sim_dim=12)
+    cfg = lite_vectors(region_dim=10, word_dim=8, embed_dim=6, sim_dim=12)
     if ablation:
         cfg = cfg.with_ablation(ablation)
     torch.manual_seed(0)
