@@ -30,11 +30,15 @@ import h5py
 import numpy as np
 import torch
 
-__all__ = ["ASSET_DIR", "NAME", "checkpoint_path", "provenance", "load_pretrained",
-           "measure_scores", "measure", "ship"]
+__all__ = ["ASSET_DIR", "NAME", "FIRST_RECIPE", "checkpoint_path", "provenance",
+           "load_pretrained", "measure_scores", "measure", "ship"]
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 NAME = "lite-scenes-small-seed0"
+# The model the first lite recipe made (MiniLM's frozen vectors, eq 8 as
+# printed, siblings not weighted; relations at chance): chapter 5 probes it
+# to show where relations were lost.
+FIRST_RECIPE = "lite-scenes-small-seed0-recipe1"
 RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 # What a shipped checkpoint keeps of best.pt: enough for load_model, no optimizer.
 _KEEP = ("format", "kind", "config", "options", "vocab", "world_size", "epoch", "step",
