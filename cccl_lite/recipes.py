@@ -59,9 +59,9 @@ class TrainOptions:
     image's group (the scene's rebound and swapped siblings, which differ
     from it in one binding or one relation) counts this many times in the
     sum over negatives (``cccl_lite.loss.alignment_term``'s
-    ``negative_weight``); 1 is the plain sum. It needs the scenes' groups
-    and the sum over negatives throughout (``warmup_epochs=None``): a
-    hardest negative has no weight to share.
+    ``negative_weight``); 1 is the plain sum. It needs the scenes' groups,
+    and it weighs only epochs with the sum over negatives: after a warm-up,
+    eq 33's hardest negative has no weight to share.
 
     collapse_steps: batches in a row with flat scores (:class:`CollapseGuard`)
     before one warning; stop_on_collapse: then stop the run (its checkpoints
@@ -101,9 +101,6 @@ class TrainOptions:
         if isinstance(self.sibling_weight, bool) or not isinstance(self.sibling_weight, (int, float)) \
                 or not self.sibling_weight >= 0:
             raise ValueError(f"sibling_weight must be a number >= 0, got {self.sibling_weight!r}")
-        if self.sibling_weight != 1 and self.warmup_epochs is not None:
-            raise ValueError("sibling_weight weighs the sum over negatives; it needs "
-                             "warmup_epochs=None (no hardest negatives)")
         if isinstance(self.collapse_steps, bool) or not isinstance(self.collapse_steps, int) \
                 or self.collapse_steps < 1:
             raise ValueError(f"collapse_steps must be a positive int, got {self.collapse_steps!r}")

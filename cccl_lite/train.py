@@ -379,7 +379,8 @@ class Trainer:
                 if i >= n_steps:
                     break
                 positive = batch["positive_mask"].to(self.device, non_blocking=True)
-                weight = batch.get("negative_weight")
+                # sibling_weight weighs the sum over negatives only (TrainOptions).
+                weight = batch.get("negative_weight") if all_negatives else None
                 if weight is not None:
                     weight = weight.to(self.device, non_blocking=True)
                 with autocast:

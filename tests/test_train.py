@@ -393,10 +393,6 @@ def test_position_tuple_reaches_the_reader_and_the_cli(tiny_h5, tmp_path, capsys
     saved = json.loads((out / "config.json").read_text())
     assert (saved["config"]["centre_scale"], saved["options"]["sibling_weight"],
             saved["config"]["word_gru"]) == (12.5, 4.0, True)
-    # A warm-up then hardest negatives: no weight to share, one line.
-    assert main(["train", "--data", str(tiny_h5), "--out", str(tmp_path / "bad-sw"),
-                 "--warmup-epochs", "1", "--sibling-weight", "4"]) == 1
-    assert "warmup_epochs=None" in capsys.readouterr().err
 
 
 # ---- one reader rule for training and evaluation ----------------------------------

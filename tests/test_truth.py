@@ -241,11 +241,33 @@ def test_collate_weighs_exactly_the_pairs_of_one_group(tiny_words_h5):
     assert "negative_weight" not in _Collate(reader)(items)
 
 
-def test_sibling_weight_needs_the_sum_over_negatives():
+def test_sibling_weight_is_a_number_at_least_0():
     from cccl_lite.recipes import TrainOptions
 
     assert TrainOptions(warmup_epochs=None, sibling_weight=5).sibling_weight == 5
-    with pytest.raises(ValueError, match="warmup_epochs=None"):
-        TrainOptions(warmup_epochs=1, sibling_weight=5)
+    # After a warm-up it weighs the warm-up's sum only (the trainer passes no weight
+    # to eq 33's hardest negatives): allowed.
+    assert TrainOptions(warmup_epochs=1, sibling_weight=5).sibling_weight == 5
     with pytest.raises(ValueError, match="sibling_weight must be"):
         TrainOptions(warmup_epochs=None, sibling_weight=-1)
+
+
+def test_sibling_weight_reaches_the_sum_epochs_only(tiny_words_h5, tmp_path, monkeypatch):
+    """A warm-up epoch (sum over negatives) gets the weights, eq 33's epoch none."""
+    from cccl_lite.model import CCCL
+    from cccl_lite.train import TrainOptions, train
+
+    from helpers import small_config
+
+    seen = []
+    real = CCCL.loss
+
+    def spy(self, scores, positive_mask=None, negatives="hardest", negative_weight=None):
+        seen.append((negatives, None if negative_weight is None else negative_weight.max().item()))
+        return real(self, scores, positive_mask, negatives, negative_weight)
+
+    monkeypatch.setattr(CCCL, "loss", spy)
+    train(small_config(epochs=2), tiny_words_h5, tmp_path / "run",
+          TrainOptions(warmup_epochs=1, sibling_weight=4.0, batching="siblings", max_steps=2,
+                       quiet=True, device="cpu"))
+    assert seen == [("all", 4.0), ("all", 4.0), ("hardest", None), ("hardest", None)]

@@ -104,8 +104,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "the preset's recipe")
     p.add_argument("--sibling-weight", type=nonnegative_float, default=None,
                    help="weight of a scene's rebound and swapped siblings among the summed "
-                        "negatives (synthetic scenes; needs --warmup-epochs all); default: "
-                        "the preset's recipe")
+                        "negatives (synthetic scenes; epochs with the sum over negatives "
+                        "only); default: the preset's recipe")
     p.add_argument("--seed", type=nonnegative_int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:K")
     p.add_argument("--amp", default=d.amp, help=f"{', '.join(AMP_MODES)} (default auto: "
