@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from .provenance import provenance
-from .data.dataset import SplitReader, build_vocab
+from .data.dataset import UNK, SplitReader, build_vocab
 from .baselines import StructureProbe, probe_sims, train_bag_of_words
 from .data.difficulty import hard_negative_pairs, sibling_accuracy
 from .data.truth import SplitTruth
@@ -272,7 +272,7 @@ def sibling_exposure(data, batching: str, batch_size: int, seed: int = 0,
 
 
 def reversed_relations(model, data, split: str = "test", tokenizer=None, encoder=None,
-                       config=None) -> dict:
+                       config=None, vocab: dict | None = None) -> dict:
     """Does the model read a relation's direction off the caption?
 
     For every "relation" caption of ``split`` ("a red circle left of a blue
@@ -282,8 +282,8 @@ def reversed_relations(model, data, split: str = "test", tokenizer=None, encoder
     (:func:`cccl_lite.data.synthetic.build_caption`, with its gold heads),
     kept when it is false of that image, encoded with the same word encoder
     (MiniLM by default: ``tokenizer``, ``encoder`` from
-    :func:`cccl_lite.data.text.load_encoder`), and both are scored against the
-    image. Returns {"pairs": n, "F": stats, "S", "O", "R": stats of each
+    :func:`cccl_lite.data.text.load_encoder`; for a model that reads word ids,
+    its training ``vocab``), and both are scored against the image. Returns {"pairs": n, "F": stats, "S", "O", "R": stats of each
     branch}, stats = {"wins": % of pairs where the true caption scores
     higher, "mean": mean difference, "mean_abs": mean |difference|}: a model
     that reads the direction wins well above 50 %.
@@ -293,7 +293,9 @@ def reversed_relations(model, data, split: str = "test", tokenizer=None, encoder
     from .data.text import encode_words, heads_to_adjacency, load_encoder
 
     config = config or model.config
-    reader = make_reader(data, split, config)
+    if not config.use_bert and vocab is None:
+        raise ValueError("reversed_relations: a model that reads word ids needs its vocab")
+    reader = make_reader(data, split, config, vocab)
     truth = SplitTruth(data, split)
     with h5py.File(data, "r") as f:
         kinds = f[f"{split}/captions/kind"].asstr()[:]
@@ -308,16 +310,20 @@ def reversed_relations(model, data, split: str = "test", tokenizer=None, encoder
         reversed_words.append((words, heads))
     if not own:
         raise ValueError(f"{data}:/{split}: no relation caption whose reversal is false")
-    if tokenizer is None or encoder is None:
-        tokenizer, encoder = load_encoder()
-    vectors = encode_words([w for w, _ in reversed_words], tokenizer, encoder)
+    if config.use_bert:
+        if tokenizer is None or encoder is None:
+            tokenizer, encoder = load_encoder()
+        vectors = encode_words([w for w, _ in reversed_words], tokenizer, encoder)
+    else:  # word ids, as the reader gives the model its own captions
+        vectors = [np.array([vocab.get(t, UNK) for t in w]) for w, _ in reversed_words]
     longest = max(len(w) for w, _ in reversed_words)
     n = len(own)
-    words = torch.zeros(n, longest, vectors[0].shape[1])
+    words = (torch.zeros(n, longest, vectors[0].shape[1]) if config.use_bert
+             else torch.zeros(n, longest, dtype=torch.int64))
     mask = torch.zeros(n, longest, dtype=torch.bool)
     adjacency = torch.zeros(n, longest, longest, dtype=torch.bool)
     for b, ((w, h), v) in enumerate(zip(reversed_words, vectors)):
-        words[b, :len(w)] = torch.as_tensor(np.asarray(v), dtype=torch.float32)
+        words[b, :len(w)] = torch.as_tensor(np.asarray(v), dtype=words.dtype)
         mask[b, :len(w)] = True
         adjacency[b] = torch.from_numpy(heads_to_adjacency(h, size=longest))
     images = reader.images(reader.caption_image[own])

@@ -156,7 +156,8 @@ def test_sibling_gap_by_hand():
 
 
 @pytest.mark.slow  # encodes captions with MiniLM
-def test_reversed_relations_scores_each_caption_against_its_reversal(tmp_path):
+@pytest.mark.parametrize("inputs", ["vectors", "ids"])
+def test_reversed_relations_scores_each_caption_against_its_reversal(tmp_path, inputs):
     """The caption and its reversal, scored through the model's full forward
     pass (every image x every caption, then the diagonal), independently of
     score_pairs; the pairs counted by hand from the scene grammar."""
@@ -165,17 +166,21 @@ def test_reversed_relations_scores_each_caption_against_its_reversal(tmp_path):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from cccl_lite.data.synthetic import build_caption, caption_holds
     from cccl_lite.data.truth import parse_caption
-    from cccl_lite.pretrained import load_pretrained
+    from cccl_lite.checkpoint import load_model
+    from cccl_lite.pretrained import FIRST_RECIPE, NAME, checkpoint_path
     from cccl_lite.data.text import cache_word_vectors, encode_words, load_encoder
     from cccl_lite.data.synthetic import make_synthetic
 
     path = make_synthetic(tmp_path / "tiny.h5", seed=2, size="tiny")
     tok, enc = load_encoder()
     cache_word_vectors(path, splits=["test"])
-    model, config, _ = load_pretrained()
-    got = diagnose.reversed_relations(model, path, "test", tok, enc)
+    # The first recipe's model reads MiniLM vectors, the shipped one word ids.
+    model, config, vocab = load_model(checkpoint_path(FIRST_RECIPE if inputs == "vectors" else NAME))
+    model.eval()
+    assert config.use_bert == (inputs == "vectors")
+    got = diagnose.reversed_relations(model, path, "test", tok, enc, vocab=vocab)
 
-    reader = SplitReader(path, "test")
+    reader = SplitReader(path, "test", words=inputs, vocab=vocab)
     truth = SplitTruth(path, "test")
     import h5py
     with h5py.File(path) as f:
@@ -195,13 +200,17 @@ def test_reversed_relations_scores_each_caption_against_its_reversal(tmp_path):
     from cccl_lite.data.text import heads_to_adjacency
     imgs = reader.images(reader.caption_image[keep])
     own = reader.captions(keep)
-    vecs = encode_words([w for w, _ in rev], tok, enc)
     m = max(len(w) for w, _ in rev)
-    words = torch.zeros(len(rev), m, vecs[0].shape[1])
+    if inputs == "vectors":
+        vecs = encode_words([w for w, _ in rev], tok, enc)
+        words = torch.zeros(len(rev), m, vecs[0].shape[1])
+    else:  # each reversed word's id in the model's vocabulary (1 = unknown)
+        vecs = [[vocab.get(t, 1) for t in w] for w, _ in rev]
+        words = torch.zeros(len(rev), m, dtype=torch.int64)
     mask = torch.zeros(len(rev), m, dtype=torch.bool)
     adj = torch.zeros(len(rev), m, m, dtype=torch.bool)
     for b, ((w, h), v) in enumerate(zip(rev, vecs)):
-        words[b, :len(w)] = torch.as_tensor(np.asarray(v), dtype=torch.float32)
+        words[b, :len(w)] = torch.as_tensor(np.asarray(v), dtype=words.dtype)
         mask[b, :len(w)] = True
         adj[b] = torch.from_numpy(heads_to_adjacency(h, size=m))
     with torch.no_grad():
