@@ -136,7 +136,7 @@ class TrainOptions:
 # scene's siblings weighted 10-fold among the summed negatives (without that,
 # relations stay at chance even when the model can read both their halves),
 # and early stopping on validation R@sum. Data without scenes (Flickr30K) needs
-# --positives image --batching random.
+# --positives image --batching random --sibling-weight 1.
 RECIPES = {
     "lite": {"warmup_epochs": None, "positives": "truth", "batching": "siblings",
              "patience": 3, "sibling_weight": 10.0},
