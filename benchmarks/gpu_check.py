@@ -59,7 +59,10 @@ from cccl_lite.train import CollapseGuard  # noqa: E402
 SHAPES = {
     # words: caption lengths drawn uniformly (Flickr30K's are mostly 8-24 words)
     "paper": dict(config=CCCLConfig.paper, words=(8, 24), eval_images=1000),
-    "lite": dict(config=CCCLConfig.lite, words=(4, 12), eval_images=100),
+    # Random word vectors in (use_bert): what a caption costs to score does not
+    # depend on how its words were encoded; the shipped lite model's Bi-GRU
+    # runs once per caption, before any pair.
+    "lite": dict(config=lambda: CCCLConfig.lite(use_bert=True), words=(4, 12), eval_images=100),
 }
 LATENT = 32  # the size of each image's latent vector in the synthetic data
 NOISE = 2.0  # noise / signal per feature: retrieval must be learnt, and stays imperfect

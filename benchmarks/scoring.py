@@ -52,7 +52,10 @@ from cccl_lite.perceive import position_features  # noqa: E402
 # Caption lengths (words) drawn uniformly per shape: the synthetic scenes'
 # captions have 2-12 words; Flickr30K's are mostly 8-24.
 SHAPES = {
-    "lite": dict(config=CCCLConfig.lite, words=(4, 12), sizes=["100x500", "200x1000"],
+    # Random word vectors in (use_bert): what a caption costs to score does not
+    # depend on how its words were encoded; the shipped lite model's Bi-GRU
+    # runs once per caption, before any pair.
+    "lite": dict(config=lambda: CCCLConfig.lite(use_bert=True), words=(4, 12), sizes=["100x500", "200x1000"],
                  naive_captions=100, repeats=3),
     "paper": dict(config=CCCLConfig.paper, words=(8, 24), sizes=["1000x5000"],
                   naive_captions=20, repeats=2),
