@@ -35,7 +35,7 @@ import torch
 
 from .model import ABLATIONS
 from .provenance import provenance
-from .checkpoint import load_model, resolve_config
+from .checkpoint import CONFIGS, load_model, resolve_config
 from .files import (OutputError, check_output_dir, check_output_file, shared_file, slug,
                     write_text_atomic)
 from .recipes import RECIPES, lite_options
@@ -83,8 +83,6 @@ def same_as_full(preset: str = "lite") -> tuple[str, ...]:
     """The Table 6 ablations that change nothing in ``preset``'s config: the
     lite CCCL reads words with the Bi-GRU of "w/o BERT" already (chapter 5),
     so that row would train the full model again."""
-    from .checkpoint import CONFIGS
-
     full = CONFIGS[preset]().to_dict()
     return tuple(name for name in ABLATIONS
                  if {**CONFIGS[preset]().with_ablation(name).to_dict(), "ablation": None}
@@ -122,8 +120,6 @@ def summarize(entries: list[dict]) -> list[dict]:
 
 def _settings(data, epochs: int | None, max_steps: int | None) -> dict:
     data = Path(data)
-    from .checkpoint import CONFIGS
-
     return {"data": data.name, "data_bytes": data.stat().st_size, "config": "lite",
             "lite_config": CONFIGS["lite"]().to_dict(),
             "epochs": epochs or "the lite preset's", "max_steps": max_steps,

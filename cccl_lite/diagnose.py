@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from .provenance import provenance
-from .data.dataset import UNK, SplitReader, build_vocab
+from .data.dataset import SplitReader, build_vocab, word_ids
 from .baselines import StructureProbe, probe_sims, train_bag_of_words
 from .data.difficulty import hard_negative_pairs, sibling_accuracy
 from .data.truth import SplitTruth
@@ -315,7 +315,7 @@ def reversed_relations(model, data, split: str = "test", tokenizer=None, encoder
             tokenizer, encoder = load_encoder()
         vectors = encode_words([w for w, _ in reversed_words], tokenizer, encoder)
     else:  # word ids, as the reader gives the model its own captions
-        vectors = [np.array([vocab.get(t, UNK) for t in w]) for w, _ in reversed_words]
+        vectors = [word_ids(w, vocab) for w, _ in reversed_words]
     longest = max(len(w) for w, _ in reversed_words)
     n = len(own)
     words = (torch.zeros(n, longest, vectors[0].shape[1]) if config.use_bert

@@ -23,7 +23,7 @@ from ..perceive import POSITION_TUPLES, position_features
 from .text import heads_to_adjacency
 from .schema import SchemaError, check_file
 
-__all__ = ["build_vocab", "SplitReader", "CaptionDataset", "collate", "model_inputs", "SiblingSampler"]
+__all__ = ["build_vocab", "word_ids", "SplitReader", "CaptionDataset", "collate", "model_inputs", "SiblingSampler"]
 
 PAD, UNK = 0, 1
 
@@ -122,7 +122,7 @@ class SplitReader:
 
     def _word_rows(self, k: int) -> np.ndarray:
         if self.words == "ids":
-            return np.array([self.vocab.get(w, UNK) for w in self.tokens[k]], dtype=np.int64)
+            return word_ids(self.tokens[k], self.vocab)
         start, stop = self.offsets[k], self.offsets[k + 1]
         return self._h5()["captions/word_vectors"][start:stop].astype(np.float32)
 
@@ -152,6 +152,12 @@ class SplitReader:
             if adjacency is not None:
                 adjacency[b] = torch.from_numpy(heads_to_adjacency(self.heads[k], size=m))
         return dict(words=words, word_mask=mask, word_adjacency=adjacency)
+
+
+def word_ids(tokens, vocab: dict) -> np.ndarray:
+    """(m,) int64 ids of ``tokens`` in ``vocab`` (:func:`build_vocab`; unknown
+    words get UNK)."""
+    return np.array([vocab.get(w, UNK) for w in tokens], dtype=np.int64)
 
 
 class CaptionDataset(torch.utils.data.Dataset):
