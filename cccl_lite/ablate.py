@@ -41,7 +41,8 @@ from .files import (OutputError, check_output_dir, check_output_file, shared_fil
 from .recipes import RECIPES, lite_options
 from .train import train
 
-__all__ = ["PAPER_TABLE6", "GROUPS", "row_names", "summarize", "provenance", "run_ablations"]
+__all__ = ["PAPER_TABLE6", "GROUPS", "METRICS", "row_names", "summarize", "versus_full",
+           "provenance", "run_ablations"]
 
 FULL = "CCCL"
 
@@ -96,6 +97,19 @@ def row_names() -> list[tuple[str, str | None]]:
     return [(FULL, None)] + [(name, name) for name in ABLATIONS if name not in skip]
 
 
+# What a row is measured by, read from one run's entry.
+METRICS = {
+    "rsum": lambda e: e["test"]["rsum"],
+    "truth_rsum": lambda e: e["truth"]["rsum"],
+    "binding": lambda e: e["siblings"]["binding"],
+    "relation": lambda e: e["siblings"]["relation"],
+}
+
+
+def _values(entries: list[dict], name: str, key: str) -> np.ndarray:
+    return np.array([METRICS[key](e) for e in entries if e["name"] == name], dtype=float)
+
+
 def summarize(entries: list[dict]) -> list[dict]:
     """Mean and sample standard deviation over seeds of each row's test R@sum,
     truth-aware R@sum and binding / relation sibling accuracy (sd None for
@@ -106,16 +120,58 @@ def summarize(entries: list[dict]) -> list[dict]:
         if not runs:
             continue
         stats = {"name": name, "seeds": sorted(e["seed"] for e in runs)}
-        for key, get in (("rsum", lambda e: e["test"]["rsum"]),
-                         ("truth_rsum", lambda e: e["truth"]["rsum"]),
-                         ("binding", lambda e: e["siblings"]["binding"]),
-                         ("relation", lambda e: e["siblings"]["relation"])):
-            v = np.array([get(e) for e in runs], dtype=float)
+        for key in METRICS:
+            v = _values(entries, name, key)
             stats[key] = {"mean": round(float(v.mean()), 2),
                           "sd": round(float(v.std(ddof=1)), 2) if len(v) > 1 else None}
         out.append(stats)
     return out
 
+
+def versus_full(entries: list[dict], key: str = "rsum", alpha: float = 0.05) -> list[dict]:
+    """Each ablation's difference from the full model in ``key`` (one of
+    :data:`METRICS`), judged against the seeds' spread.
+
+    Per row (in :func:`row_names` order, the full model left out): ``delta``,
+    the row's mean over its seeds minus the full model's; ``se``, its standard
+    error sqrt(s_row^2/n_row + s_full^2/n_full); ``p``, the two-sided p-value
+    of Welch's t-test (unequal variances; ``scipy.stats.ttest_ind``); and
+    ``verdict``: "pending" (no run of the row), "too few seeds" (fewer than
+    two on either side: no spread to judge by), "inside the noise" (p >=
+    ``alpha``), or "lower" / "higher" than the full model. With no spread on
+    either side (e.g. 100 % in every seed) the verdict is "inside the noise"
+    only if the means are equal. Fifteen rows at alpha 0.05 give about one
+    "lower" or "higher" by chance alone when nothing differs: read them as
+    leads, not proof.
+    """
+    from scipy.stats import ttest_ind
+
+    if key not in METRICS:
+        raise ValueError(f"key must be one of {sorted(METRICS)}, got {key!r}")
+    full = _values(entries, FULL, key)
+    out = []
+    for name, _ in row_names()[1:]:
+        row = _values(entries, name, key)
+        rec = {"name": name, "seeds": len(row), "delta": None, "se": None, "p": None}
+        if len(row) == 0:
+            out.append({**rec, "verdict": "pending"})
+            continue
+        if len(full):
+            rec["delta"] = round(float(row.mean() - full.mean()), 2)
+        if len(row) < 2 or len(full) < 2:
+            out.append({**rec, "verdict": "too few seeds"})
+            continue
+        se = float(np.sqrt(row.var(ddof=1) / len(row) + full.var(ddof=1) / len(full)))
+        rec["se"] = round(se, 2)
+        if se == 0:
+            p = 1.0 if row.mean() == full.mean() else 0.0
+        else:
+            p = float(ttest_ind(row, full, equal_var=False).pvalue)
+        rec["p"] = round(p, 4)
+        verdict = ("inside the noise" if p >= alpha
+                   else "lower" if row.mean() < full.mean() else "higher")
+        out.append({**rec, "verdict": verdict})
+    return out
 
 
 def _settings(data, epochs: int | None, max_steps: int | None) -> dict:

@@ -84,3 +84,41 @@ def test_runs_rows_and_seeds_keeps_them_and_switches_each_off(tiny_words_h5, tmp
 def test_unknown_row_is_refused(tiny_words_h5, tmp_path):
     with pytest.raises(ValueError, match="w/o NOTHING"):
         ablate.run_ablations(tiny_words_h5, tmp_path, tmp_path / "r.json", only=["w/o NOTHING"])
+
+
+def _entry(name, seed, rsum, relation=100.0):
+    return {"name": name, "seed": seed, "test": {"rsum": rsum}, "truth": {"rsum": 0.0},
+            "siblings": {"binding": 100.0, "relation": relation}}
+
+
+def test_versus_full_against_a_t_table():
+    # Two samples of 3 with sd 1 each: Welch's df is exactly 4 and the
+    # standard error sqrt(1/3 + 1/3). A difference of t * se with t = 2.7764,
+    # the tabulated two-sided 5 % point of Student's t with 4 degrees of
+    # freedom, must give p = 0.05.
+    se = (2 / 3) ** 0.5
+    d = 2.7764 * se
+    entries = ([_entry("CCCL", s, 100.0 + s) for s in range(3)]
+               + [_entry("w/o POS", s, 100.0 + d + s) for s in range(3)]      # p = 0.05
+               + [_entry("w/o B-1", s, 100.0 - 2 * d + s) for s in range(3)]  # far below
+               + [_entry("w/o B-2", s, 100.0 + 0.5 + s) for s in range(3)]    # close
+               + [_entry("w/o B-3", 0, 50.0)])                                # one seed
+    rows = {r["name"]: r for r in ablate.versus_full(entries)}
+    assert rows["w/o POS"]["p"] == pytest.approx(0.05, abs=2e-4)
+    assert rows["w/o POS"]["se"] == pytest.approx(se, abs=0.01)
+    assert rows["w/o POS"]["delta"] == pytest.approx(d, abs=0.01)
+    assert rows["w/o B-1"]["verdict"] == "lower" and rows["w/o B-1"]["p"] < 0.01
+    assert rows["w/o B-2"]["verdict"] == "inside the noise"
+    assert rows["w/o B-3"]["verdict"] == "too few seeds"
+    assert rows["w/o B-3"]["delta"] == pytest.approx(50.0 - 101.0)
+    assert rows["w/o VSF"]["verdict"] == "pending" and rows["w/o VSF"]["delta"] is None
+    assert "CCCL" not in rows and "w/o BERT" not in rows  # the lite model is "w/o BERT"
+    # No spread on either side (100 % in every seed): a difference is a difference.
+    flat = ([_entry("CCCL", s, 0.0, relation=100.0) for s in range(3)]
+            + [_entry("w/o POS", s, 0.0, relation=100.0) for s in range(3)]
+            + [_entry("w/o B-1", s, 0.0, relation=50.0) for s in range(3)])
+    rel = {r["name"]: r for r in ablate.versus_full(flat, "relation")}
+    assert rel["w/o POS"]["verdict"] == "inside the noise"
+    assert rel["w/o B-1"]["verdict"] == "lower"
+    with pytest.raises(ValueError, match="key must be one of"):
+        ablate.versus_full(flat, "r@1")
