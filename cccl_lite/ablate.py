@@ -4,8 +4,9 @@ Taught in chapter 7 ("Ablations"). ``python -m cccl_lite ablate --data FILE
 --results book/results/ablations.json`` trains the lite CCCL and each row of
 the paper's Table 6 (:data:`cccl_lite.model.ABLATIONS`), each with several
 seeds (``--seeds``, default 3), all with one recipe: the lite preset's
-(``cccl_lite.train.RECIPES``), which stops a run once validation R@sum has
-not improved for a few epochs (the plateau rule). Each run's best validation
+(``cccl_lite.train.RECIPES``), which stops a run once its validation
+measure (the truth-aware R@sum: ``TrainOptions.select``) has not improved
+for a few epochs (the plateau rule). Each run's best validation
 checkpoint is tested on the test split: R@K (eqs 35-36), the truth-aware R@K
 and the binding / relation sibling accuracies
 (:func:`cccl_lite.pretrained.measure`). One JSON file holds every run, the
@@ -180,8 +181,9 @@ def _settings(data, epochs: int | None, max_steps: int | None) -> dict:
             "lite_config": CONFIGS["lite"]().to_dict(),
             "epochs": epochs or "the lite preset's", "max_steps": max_steps,
             "recipe": {k: v for k, v in RECIPES["lite"].items()},
-            "rule": "best validation R@sum, stopping after `patience` epochs without a "
-                    "better one", "protocol": "all test images"}
+            "rule": "the best epoch by the recipe's `select` measure on the validation "
+                    "split, stopping after `patience` epochs without a better one",
+            "protocol": "all test images"}
 
 
 def _key(name: str, seed: int) -> str:
@@ -199,7 +201,7 @@ def run_ablations(data, out_dir, results_path, epochs: int | None = None,
 
     Every run trains with the lite preset's recipe (``cccl_lite.train.RECIPES``:
     at most ``epochs`` epochs, default the preset's, stopping early on
-    validation R@sum) and is tested with its best validation checkpoint.
+    its validation measure) and is tested with its best validation checkpoint.
     Seeds run outermost (every row with seed 0 first), and each (row, seed)
     already in ``results_path`` under the same settings is kept, not rerun,
     so the study resumes where it stopped. ``only``: just these row names.
@@ -253,12 +255,17 @@ def run_ablations(data, out_dir, results_path, epochs: int | None = None,
                 seed=seed, device="cpu", max_steps=max_steps, quiet=True, overwrite=True))
             model, config, vocab = load_model(best)
             history = [json.loads(ln) for ln in (run_dir / "log.jsonl").read_text().splitlines()]
-            best_rec = max(history, key=lambda r: r["val"]["rsum"])
+            # The epoch best.pt holds: the last one the trainer flagged best,
+            # under whichever validation measure the recipe selects by.
+            best_rec = [r for r in history if r["best"]][-1]
             with torch.no_grad():
                 measured = measure(model, config, vocab, data, cache=cache)
             entry = {
                 "name": name, "ablation": ablation, "seed": seed,
-                "val_rsum": round(best_rec["val"]["rsum"], 2), "best_epoch": best_rec["epoch"],
+                "val_rsum": round(best_rec["val"]["rsum"], 2),
+                **({"val_truth_rsum": round(best_rec["val_truth"]["rsum"], 2)}
+                   if "val_truth" in best_rec else {}),
+                "best_epoch": best_rec["epoch"],
                 "last_epoch": history[-1]["epoch"], **measured,
                 "seconds": round(time.perf_counter() - t0, 1),
                 "commit": provenance()["commit"],

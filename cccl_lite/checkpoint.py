@@ -58,8 +58,11 @@ CONFIGS = {"lite": CCCLConfig.lite, "paper": CCCLConfig.paper}
 CHECKPOINT_FORMAT = 1
 # Config fields a resumed run may change: only how long it runs.
 RESUMABLE_CHANGES = ("epochs",)
-# Options that change what a resumed run would compute.
-TRAJECTORY_OPTIONS = ("warmup_epochs", "seed", "positives", "batching", "patience")
+# Options that change what a resumed run would compute, with the value a
+# checkpoint written before the option existed was trained with.
+TRAJECTORY_OPTIONS = {"warmup_epochs": None, "seed": None, "positives": "image",
+                      "batching": "random", "patience": None, "select": "rsum",
+                      "sibling_weight": 1.0}
 
 
 # --------------------------------------------------------------------------
@@ -356,8 +359,9 @@ def check_resumable(ckpt: dict, last_path, config: CCCLConfig, options: dict, wo
     check_same_data(ckpt, last_path.parent, data_path, data_ident, log)
     diff = _config_diff(ckpt["config"], config.to_dict())
     old_opts = ckpt.get("options", {})
-    diff += [f"{k}: {old_opts.get(k)!r} -> {options.get(k)!r}"
-             for k in TRAJECTORY_OPTIONS if old_opts.get(k) != options.get(k)]
+    was = {k: old_opts.get(k, before) for k, before in TRAJECTORY_OPTIONS.items()}
+    diff += [f"{k}: {was[k]!r} -> {options.get(k)!r}"
+             for k in TRAJECTORY_OPTIONS if was[k] != options.get(k)]
     if ckpt.get("world_size", 1) != world_size:
         diff.append(f"world_size: {ckpt.get('world_size', 1)} -> {world_size}")
     if diff:

@@ -388,7 +388,9 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
         **_row_options(row)))
     model, config, vocab = load_model(best)
     history = [json.loads(ln) for ln in (run_dir / "log.jsonl").read_text().splitlines()]
-    best_rec = max(history, key=lambda r: r["val"]["rsum"])
+    # The epoch best.pt holds: the last one the trainer flagged best, under
+    # whichever validation measure its recipe selects by.
+    best_rec = [r for r in history if r["best"]][-1]
     measured, sims, truth, caption_image = measure_scores(model, config, vocab, data, "test",
                                                           cache)
     full_scale = 2 * config.batch_size * config.margin

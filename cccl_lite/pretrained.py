@@ -148,7 +148,9 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
                    "loss": round(r["losses"]["total"], 4),
                    "alignment": round(r["losses"]["alignment"], 4),
                    "coherence": round(r["losses"]["coherence"], 4),
-                   "val_rsum": round(r["val"]["rsum"], 2)} for r in log],
+                   "val_rsum": round(r["val"]["rsum"], 2),
+                   **({"val_truth_rsum": round(r["val_truth"]["rsum"], 2)}
+                      if "val_truth" in r else {})} for r in log],
         **measured,
         "measure_seconds": round(time.perf_counter() - t0, 1),
     }

@@ -5,7 +5,8 @@ Table 1): Adam at ``config.lr``, × 0.1 from epoch ``config.lr_decay_epoch``
 on (0-based: lr 2e-4 for 15 epochs, then 2e-5), gradient norm clipped to
 ``config.grad_clip``, the hybrid loss L = L_t + λ L_c (eq 34) of each batch
 with margin Δ and λ from the config, and the checkpoint of the best
-validation R@sum (eq 36) kept.
+validation R@sum (eq 36) kept (or of the best truth-aware R@sum:
+``TrainOptions.select``).
 
 One addition the paper does not print: the first ``warmup_epochs`` epochs
 (default 1; None = every epoch) use :func:`alignment_term_all_negatives`,
@@ -38,10 +39,12 @@ Outputs, in ``out_dir`` (written by rank 0 only):
   "data": path, "world_size": N};
 * ``log.jsonl``: one object per epoch: epoch (1-based), step, lr,
   negatives ("all" or "hardest"), losses {total, alignment, coherence}
-  (means per batch), val (every key of ``recall_at_k``), best, seconds;
+  (means per batch), val (every key of ``recall_at_k``), val_truth (the
+  same, truth-aware; only under ``select="truth_rsum"``), best, seconds;
 * ``last.pt``: everything needed to resume (model, optimizer, scheduler,
-  AMP scaler, RNG states, epoch, step, best R@sum, config, vocab, options);
-* ``best.pt``: the model of the best validation R@sum (no optimizer).
+  AMP scaler, RNG states, epoch, step, the best value of the selected
+  measure (``best_rsum``), config, vocab, options);
+* ``best.pt``: the model of the best validation measure (no optimizer).
 
 Checkpoints are written to a temp file in ``out_dir`` and renamed
 (``os.replace``): Ctrl-C or a crash never leaves a half-written ``last.pt``,
@@ -100,10 +103,11 @@ from .errors import InputError
 from . import evaluate
 from .files import RunLock, check_output_dir, remove_stale_temps, write_text_atomic
 from .loss import HybridLoss, alignment_term, hybrid_loss
+from .metrics import truth_recall_at_k
 from .model import CCCL, CCCLConfig
 from .provenance import provenance
-from .recipes import (AMP_MODES, BATCHINGS, POSITIVES, RECIPES, TrainOptions, lite_options,
-                      recipe_options)
+from .recipes import (AMP_MODES, BATCHINGS, POSITIVES, RECIPES, SELECT_LABELS, TrainOptions,
+                      lite_options, recipe_options)
 from .runtime import Dist, resolve_amp, resolve_device, restore_rng, rng_states, seed_worker
 
 # The loop's own names, then those of the modules it drives that the book and
@@ -264,6 +268,12 @@ class Trainer:
         self.train_reader = make_reader(self.data_path, "train", c, self.vocab)
         self.val_reader = make_reader(self.data_path, "val", c, self.vocab) if self.is_main \
             else None
+        # The validation truth (every image each caption is true of), for
+        # select="truth_rsum"; computed once.
+        self.val_truth = None
+        if self.is_main and o.select == "truth_rsum":
+            t = SplitTruth(self.data_path, "val")
+            self.val_truth = t.truth(np.arange(t.n_images), np.arange(t.n_captions))
         dataset = CaptionDataset(self.train_reader)
         truth = None
         if o.positives == "truth" or o.batching == "siblings" or o.sibling_weight != 1:
@@ -455,9 +465,13 @@ class Trainer:
         # any CUDA device, even under --amp off); scores are float32 either way.
         amp = self.amp_dtype if self.amp_dtype is not None else False
         # Through the module: a test may stand in for evaluate_split.
-        recalls, _ = evaluate.evaluate_split(self.model, self.val_reader, device=self.device,
+        recalls, sims = evaluate.evaluate_split(self.model, self.val_reader, device=self.device,
                                     batch_size=self.options.eval_batch_size, amp=amp)
-        return {k: float(v) for k, v in recalls.items()}
+        recalls = {k: float(v) for k, v in recalls.items()}
+        if self.val_truth is None:
+            return recalls, None
+        return recalls, {k: float(v) for k, v in truth_recall_at_k(sims, self.val_truth).items()}
+
 
     def _patience_spent(self) -> bool:
         p = self.options.patience
@@ -503,7 +517,8 @@ class Trainer:
                 self._print(f"{self.last_path}: already trained for {self.epoch} epochs")
             while self.epoch < c.epochs:
                 if self._patience_spent():
-                    self._print(f"stopped early: no better validation R@sum for "
+                    self._print(f"stopped early: no better validation "
+                                f"{SELECT_LABELS[self.options.select]} for "
                                 f"{self.epoch - self.best_epoch} epochs (best "
                                 f"{self.best_rsum:.1f} at epoch {self.best_epoch})")
                     break
@@ -519,13 +534,17 @@ class Trainer:
                 self.scheduler.step()
                 self.epoch += 1
                 if self.is_main:
-                    recalls = self._validate()
-                    improved = recalls["rsum"] > self.best_rsum
+                    recalls, truth_recalls = self._validate()
+                    # best_rsum: the best value of the selected measure so far.
+                    selected = (truth_recalls or recalls)["rsum"]
+                    improved = selected > self.best_rsum
                     if improved:
-                        self.best_rsum, self.best_epoch = recalls["rsum"], self.epoch
+                        self.best_rsum, self.best_epoch = selected, self.epoch
                     record = {"epoch": self.epoch, "step": self.step, "lr": lr,
                               "negatives": losses.pop("negatives"), "losses": losses,
-                              "val": recalls, "best": improved,
+                              "val": recalls,
+                              **({"val_truth": truth_recalls} if truth_recalls else {}),
+                              "best": improved,
                               "seconds": round(time.perf_counter() - t0, 3)}
                     # The log line first, then last.pt: resume trims lines
                     # past last.pt's epoch (see _trim_log).
@@ -539,7 +558,9 @@ class Trainer:
                         f"{losses['coherence']:.4g}, {record['negatives']} negatives), "
                         f"lr {lr:.3g}, val R@sum {recalls['rsum']:.1f} (i2t R@1 "
                         f"{recalls['i2t_r1']:.1f}, t2i R@1 {recalls['t2i_r1']:.1f})"
-                        f"{' best' if improved else ''}, {record['seconds']:.0f} s")
+                        + (f", truth-aware R@sum {truth_recalls['rsum']:.1f}"
+                           if truth_recalls else "")
+                        + f"{' best' if improved else ''}, {record['seconds']:.0f} s")
                 self._barrier()
             return self.best_path
         finally:

@@ -63,7 +63,7 @@ def test_patience_stops_a_run_and_resume_keeps_it_stopped(tiny_words_h5, tmp_pat
 
     def fake_validate(self):
         return {k: 0.0 for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5",
-                                 "t2i_r10")} | {"rsum": next(val)}
+                                 "t2i_r10")} | {"rsum": next(val)}, None
 
     monkeypatch.setattr(Trainer, "_validate", fake_validate)
     opts = dict(warmup_epochs=None, device="cpu", max_steps=1, quiet=True, patience=2)

@@ -128,6 +128,70 @@ def test_lr_is_cut_tenfold_at_the_decay_epoch(tiny_h5, tmp_path, monkeypatch):
     assert [r["lr"] for r in trainer.history] == pytest.approx([3e-3, 3e-3, 3e-4, 3e-4])
 
 
+# ---- which epoch is kept ----------------------------------------------------
+
+def _brute_truth_rsum(sims, truth):
+    """Truth-aware R@sum by loops: a query's rank is the number of items it is
+    NOT true of that score at least as high as its best true item."""
+    sims, truth = np.asarray(sims, dtype=float), np.asarray(truth, dtype=bool)
+    total = 0.0
+    for s, t in ((sims, truth), (sims.T, truth.T)):  # i2t, then t2i
+        ranks = []
+        for q in range(s.shape[0]):
+            best = max(s[q, j] for j in range(s.shape[1]) if t[q, j])
+            ranks.append(sum(1 for j in range(s.shape[1]) if not t[q, j] and s[q, j] >= best))
+        total += sum(100.0 * np.mean([r < k for r in ranks]) for k in (1, 5, 10))
+    return total
+
+
+def test_truth_selection_logs_the_truth_aware_recall_of_the_model_it_keeps(
+        tiny_words_h5, tmp_path, one_thread):
+    from cccl_lite.data.truth import SplitTruth
+
+    out = tmp_path / "run"
+    t = Trainer(small_config(epochs=1), tiny_words_h5, out,
+                quick(select="truth_rsum", positives="truth"))
+    t.fit()
+    rec = t.history[0]
+    assert rec["best"] and set(rec["val_truth"]) == set(KEYS)
+    # Recompute from best.pt with the scenes' truth, by loops.
+    model, config, vocab = load_model(out / "best.pt")
+    _, sims = evaluate_split(model, SplitReader(tiny_words_h5, "val"))
+    st = SplitTruth(tiny_words_h5, "val")
+    truth = st.truth(np.arange(st.n_images), np.arange(st.n_captions))  # tested in test_truth
+    assert rec["val_truth"]["rsum"] == pytest.approx(_brute_truth_rsum(sims.numpy(), truth),
+                                                     abs=1e-6)
+    assert t.best_rsum == pytest.approx(rec["val_truth"]["rsum"])
+    logged = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert logged["val_truth"] == rec["val_truth"]
+    with pytest.raises(ValueError, match="select"):
+        TrainOptions(select="loss")
+
+
+@pytest.mark.parametrize("select, best_epoch, epochs_run", [("rsum", 1, 3), ("truth_rsum", 4, 5)])
+def test_select_picks_the_epoch_and_drives_patience(tiny_words_h5, tmp_path, monkeypatch,
+                                                    select, best_epoch, epochs_run):
+    # Standard R@sum peaks at epoch 1 while the truth-aware one rises until
+    # epoch 4: the run keeps (and stops after) the peak of the measure it selects by.
+    standard = iter([50.0, 40.0, 30.0, 20.0, 10.0])
+    aware = iter([100.0, 110.0, 120.0, 130.0, 125.0])
+
+    def fake_validate(self):
+        base = {k: 0.0 for k in KEYS if k != "rsum"}
+        truth = base | {"rsum": next(aware)}
+        return base | {"rsum": next(standard)}, (truth if self.options.select == "truth_rsum"
+                                                 else None)
+
+    monkeypatch.setattr(Trainer, "_validate", fake_validate)
+    t = Trainer(small_config(epochs=5), tiny_words_h5, tmp_path / select,
+                quick(select=select, patience=2))
+    t.fit()
+    assert t.best_epoch == best_epoch
+    assert len(t.history) == epochs_run
+    assert [r["best"] for r in t.history].index(True) == 0
+    assert [r["epoch"] for r in t.history if r["best"]][-1] == best_epoch
+
+
 # ---- resume ----------------------------------------------------------------
 
 def test_resume_gives_identical_weights(tiny_h5, tmp_path, one_thread):
@@ -145,6 +209,28 @@ def test_resume_gives_identical_weights(tiny_h5, tmp_path, one_thread):
     assert not all(torch.equal(a[k], init[k]) for k in a)
     logs = [(tmp_path / d / "log.jsonl").read_text().splitlines() for d in "ab"]
     assert [json.loads(x)["losses"] for x in logs[0]] == [json.loads(x)["losses"] for x in logs[1]]
+
+
+def test_resume_refuses_another_selection_or_sibling_weight(tmp_path):
+    from cccl_lite.checkpoint import check_resumable
+    from cccl_lite.errors import InputError
+
+    config = small_config(epochs=2)
+    ckpt = {"optimizer": {}, "scheduler": {}, "rng": {}, "epoch": 1, "step": 3,
+            "config": config.to_dict(), "data": None, "world_size": 1,
+            # written before `select` and `sibling_weight` existed: they were
+            # "rsum" and 1.0 then
+            "options": {"warmup_epochs": 1, "seed": 0, "positives": "image",
+                        "batching": "random", "patience": None}}
+    old = TrainOptions().to_dict()
+    kw = dict(world_size=1, data_path=tmp_path / "d.h5", data_ident=None)
+    ck = check_resumable(ckpt, tmp_path / "last.pt", config, old, **kw)
+    assert ck is ckpt  # the same run: defaults fill what the old checkpoint lacks
+    for change, shown in ((dict(select="truth_rsum"), "select: 'rsum' -> 'truth_rsum'"),
+                          (dict(sibling_weight=10.0), "sibling_weight: 1.0 -> 10.0")):
+        with pytest.raises(InputError, match=shown.replace("(", r"\(")):
+            check_resumable(ckpt, tmp_path / "last.pt", config,
+                            TrainOptions(**change).to_dict(), **kw)
 
 
 def test_rng_states_survive_a_weights_only_round_trip(tmp_path):

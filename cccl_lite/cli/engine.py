@@ -26,7 +26,8 @@ from ..data.dataset import SplitReader
 from ..loss import COHERENCE_REDUCTIONS
 from ..metrics import KEYS, PROTOCOLS, caption_layout, check_protocol, format_recalls
 from ..perceive import POSITION_FUSIONS
-from ..recipes import AMP_MODES, BATCHINGS, POSITIVES, TrainOptions, recipe_options
+from ..recipes import (AMP_MODES, BATCHINGS, POSITIVES, SELECT_LABELS, SELECTS, TrainOptions,
+                       recipe_options)
 from .types import nonnegative_float, nonnegative_int, positive_float, positive_int
 
 __all__ = ["add_train_arguments", "run_train", "add_evaluate_arguments", "run_evaluate",
@@ -100,8 +101,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="random, or siblings (a scene's rebound and swapped variants in the "
                         "same batch; synthetic scenes); default: the preset's recipe")
     p.add_argument("--patience", type=positive_int, default=None,
-                   help="stop after this many epochs without a better val R@sum; default: "
-                        "the preset's recipe")
+                   help="stop after this many epochs without a better validation measure "
+                        "(--select); default: the preset's recipe")
+    p.add_argument("--select", choices=SELECTS, default=None,
+                   help="the validation measure that picks best.pt: rsum, or truth_rsum "
+                        "(every image a caption is true of counts; synthetic scenes); "
+                        "default: the preset's recipe")
     p.add_argument("--sibling-weight", type=nonnegative_float, default=None,
                    help="weight of a scene's rebound and swapped siblings among the summed "
                         "negatives (synthetic scenes; epochs with the sum over negatives "
@@ -147,7 +152,7 @@ def run_train(args) -> int:
     # Unset options come from the preset's recipe (RECIPES).
     chosen = {k: v for k, v in (("warmup_epochs", args.warmup_epochs),
                                 ("positives", args.positives), ("batching", args.batching),
-                                ("patience", args.patience),
+                                ("patience", args.patience), ("select", args.select),
                                 ("sibling_weight", args.sibling_weight)) if v is not None}
     if chosen.get("warmup_epochs") == "all":
         chosen["warmup_epochs"] = None
@@ -165,7 +170,9 @@ def run_train(args) -> int:
         raise InputError(f"training collapsed at step {collapse['step']} and was stopped; "
                          f"{trainer.last_path} holds epoch {trainer.epoch}")
     if trainer.is_main:
-        print(f"best: {best} (epoch {trainer.best_epoch}, val R@sum {trainer.best_rsum:.1f})")
+        print(f"best: {best} (epoch {trainer.best_epoch}, validation "
+              f"{SELECT_LABELS[options.select]} "
+              f"{trainer.best_rsum:.1f})")
     return 0
 
 

@@ -31,7 +31,7 @@ def add_ablate_arguments(p) -> None:
                         "OUT/ablations.json; chapter 7 reads book/results/ablations.json)")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="at most this many epochs per run (default: the lite preset's; runs "
-                        "stop earlier on validation R@sum)")
+                        "stop earlier on the recipe's validation measure)")
     p.add_argument("--max-steps", type=positive_int, default=None,
                    help="batches per epoch (smoke)")
     p.add_argument("--seeds", type=positive_int, default=3,
