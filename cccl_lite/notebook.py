@@ -16,9 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["IN_COLAB", "smoke", "data_dir", "default_data", "setup", "trained_model"]
+__all__ = ["IN_COLAB", "REPOSITORY", "smoke", "data_dir", "default_data", "setup",
+           "results_file", "trained_model"]
 
 IN_COLAB = "google.colab" in sys.modules
+# The repository (_config.yml's repository.url; tests/test_repo_url.py checks).
+REPOSITORY = "https://github.com/cccl-lite/cccl_lite"
 
 
 def smoke() -> bool:
@@ -63,6 +66,33 @@ def setup(seed: int = 0) -> torch.device:
     mode = " (smoke mode: tiny data)" if smoke() else ""
     print(f"cccl_lite on {device}{mode}, torch {torch.__version__}")
     return device
+
+
+def results_file(name: str) -> dict | None:
+    """A study's results file of ``book/results/`` (e.g. "ablations.json"),
+    read as JSON: from this checkout, else (a Colab copy of a chapter, the
+    package installed without the book) fetched once from the repository into
+    ``data_dir()/results``; None if it is in neither place (a study not run
+    yet, or no network)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    local = Path(__file__).resolve().parent.parent / "book" / "results" / name
+    if not local.exists():
+        local = data_dir() / "results" / name
+    if not local.exists():
+        local.parent.mkdir(parents=True, exist_ok=True)
+        part = local.with_name(local.name + ".part")
+        url = REPOSITORY.replace("https://github.com/", "https://raw.githubusercontent.com/")
+        try:
+            with urllib.request.urlopen(f"{url}/main/book/results/{name}", timeout=30) as r:
+                part.write_bytes(r.read())
+        except (urllib.error.URLError, OSError):
+            part.unlink(missing_ok=True)
+            return None
+        part.replace(local)  # whole, or not at all
+    return json.loads(local.read_text())
 
 
 def trained_model(epochs: int | None = None, max_steps: int | None = None, seed: int = 0,

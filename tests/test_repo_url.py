@@ -58,3 +58,46 @@ def test_the_check_catches_a_different_url(tmp_path):
     assert re.findall(r'pip install[^\n]*"cccl_lite @ git\+([^"\s]+)"', line) == [
         "https://github.com/someone/fork"]
     assert "https://github.com/someone/fork" != config_url()
+
+
+def test_notebook_names_the_configured_repository():
+    from cccl_lite.notebook import REPOSITORY
+
+    assert REPOSITORY == config_url()
+
+
+def test_results_file_reads_the_checkout_then_fetches_once(tmp_path, monkeypatch):
+    import io
+    import json
+    import urllib.error
+    import urllib.request
+
+    from cccl_lite.notebook import results_file
+
+    path = ROOT / "book" / "results" / "diagnosis.json"
+    assert results_file("diagnosis.json") == json.loads(path.read_text())
+
+    monkeypatch.setenv("CCCL_DATA", str(tmp_path))
+    asked = []
+
+    def offline(url, timeout):
+        asked.append(url)
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    assert results_file("nothing.json") is None
+    assert asked == [config_url().replace("github.com", "raw.githubusercontent.com")
+                     + "/main/book/results/nothing.json"]
+    assert list((tmp_path / "results").iterdir()) == []  # nothing half-written is kept
+
+    class Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Response(b'{"rows": [1, 2]}'))
+    assert results_file("fetched.json") == {"rows": [1, 2]}
+    monkeypatch.setattr(urllib.request, "urlopen", offline)  # the second read is local
+    assert results_file("fetched.json") == {"rows": [1, 2]}
