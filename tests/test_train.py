@@ -475,10 +475,14 @@ def test_position_tuple_reaches_the_reader_and_the_cli(tiny_h5, tmp_path, capsys
     out = tmp_path / "cli-centre-siblings"
     assert main(["train", "--data", str(tiny_h5), "--out", str(out), "--epochs", "1",
                  "--max-steps", "1", "--batch-size", "8", "--quiet", "--warmup-epochs", "all",
-                 "--centre-scale", "12.5", "--sibling-weight", "4", "--word-gru"]) == 0
+                 "--centre-scale", "12.5", "--sibling-weight", "4", "--word-gru",
+                 "--select", "rsum"]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert (saved["config"]["centre_scale"], saved["options"]["sibling_weight"],
-            saved["config"]["word_gru"]) == (12.5, 4.0, True)
+            saved["config"]["word_gru"], saved["options"]["select"]) == (12.5, 4.0, True, "rsum")
+    # Unset, the lite recipe's own selection (the truth-aware R@sum) applies.
+    assert json.loads((tmp_path / "cli-sum" / "config.json").read_text()
+                      )["options"]["select"] == "truth_rsum"
 
 
 # ---- one reader rule for training and evaluation ----------------------------------
