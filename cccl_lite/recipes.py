@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-__all__ = ["AMP_MODES", "POSITIVES", "BATCHINGS", "SELECTS", "SELECT_LABELS", "TrainOptions", "RECIPES",
-           "recipe_options", "lite_options", "paper_options"]
+__all__ = ["AMP_MODES", "POSITIVES", "BATCHINGS", "SELECTS", "SELECT_LABELS", "TrainOptions",
+           "RECIPES", "recipe_options", "lite_options", "paper_options"]
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 POSITIVES = ("image", "truth")

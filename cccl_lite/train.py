@@ -460,7 +460,9 @@ class Trainer:
                 self.collapse = {"step": self.step, "rank": "another"}
             raise TrainingCollapsed(f"collapsed at step {self.step}")
 
-    def _validate(self) -> dict:
+    def _validate(self) -> tuple[dict, dict | None]:
+        """(R@K of the validation split, its truth-aware R@K or None): the
+        second only under ``select="truth_rsum"``."""
         # The run's own amp setting (evaluate's default would turn bf16 on for
         # any CUDA device, even under --amp off); scores are float32 either way.
         amp = self.amp_dtype if self.amp_dtype is not None else False
@@ -471,7 +473,6 @@ class Trainer:
         if self.val_truth is None:
             return recalls, None
         return recalls, {k: float(v) for k, v in truth_recall_at_k(sims, self.val_truth).items()}
-
 
     def _patience_spent(self) -> bool:
         p = self.options.patience
