@@ -40,7 +40,7 @@ from .checkpoint import CONFIGS, load_model, resolve_config
 from .files import (OutputError, check_output_dir, check_output_file, shared_file, slug,
                     write_text_atomic)
 from .recipes import RECIPES, lite_options
-from .train import train
+from .train import best_record, read_log, train
 
 __all__ = ["PAPER_TABLE6", "GROUPS", "METRICS", "row_names", "summarize", "versus_full",
            "provenance", "run_ablations"]
@@ -254,10 +254,8 @@ def run_ablations(data, out_dir, results_path, epochs: int | None = None,
             best = train(config, data, run_dir, lite_options(
                 seed=seed, device="cpu", max_steps=max_steps, quiet=True, overwrite=True))
             model, config, vocab = load_model(best)
-            history = [json.loads(ln) for ln in (run_dir / "log.jsonl").read_text().splitlines()]
-            # The epoch best.pt holds: the last one the trainer flagged best,
-            # under whichever validation measure the recipe selects by.
-            best_rec = [r for r in history if r["best"]][-1]
+            history = read_log(run_dir)
+            best_rec = best_record(history)
             with torch.no_grad():
                 measured = measure(model, config, vocab, data, cache=cache)
             entry = {

@@ -55,7 +55,7 @@ from .checkpoint import load_model, make_reader, resolve_config
 from .model import LITE_CENTRE_SCALE
 from .files import shared_file, slug, write_text_atomic
 from .recipes import RECIPES, recipe_options
-from .train import train
+from .train import best_record, read_log, train
 
 __all__ = ["Row", "ROWS", "hardest_true_rate", "baselines", "sibling_exposure",
            "reversed_relations", "run_diagnosis"]
@@ -387,10 +387,8 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
         "paper", seed=seed, device="cpu", max_steps=max_steps, quiet=True, overwrite=True,
         **_row_options(row)))
     model, config, vocab = load_model(best)
-    history = [json.loads(ln) for ln in (run_dir / "log.jsonl").read_text().splitlines()]
-    # The epoch best.pt holds: the last one the trainer flagged best, under
-    # whichever validation measure its recipe selects by.
-    best_rec = [r for r in history if r["best"]][-1]
+    history = read_log(run_dir)
+    best_rec = best_record(history)
     measured, sims, truth, caption_image = measure_scores(model, config, vocab, data, "test",
                                                           cache)
     full_scale = 2 * config.batch_size * config.margin

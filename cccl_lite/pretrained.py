@@ -116,6 +116,7 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
     from .provenance import provenance as where
     from .checkpoint import load_checkpoint, load_model, save_atomic
     from .files import write_text_atomic
+    from .train import read_log
 
     run_dir, data = Path(run_dir), Path(data)
     dest = checkpoint_path(name, folder)
@@ -125,7 +126,7 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
     best = run_dir / "best.pt"
     ckpt = load_checkpoint(best)
     info = json.loads((run_dir / "config.json").read_text())
-    log = [json.loads(ln) for ln in (run_dir / "log.jsonl").read_text().splitlines()]
+    log = read_log(run_dir)
     model, config, vocab = load_model(best)
     model.eval()
     t0 = time.perf_counter()

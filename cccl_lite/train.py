@@ -115,6 +115,8 @@ from .runtime import Dist, resolve_amp, resolve_device, restore_rng, rng_states,
 __all__ = [
     "Trainer",
     "train",
+    "read_log",
+    "best_record",
     "alignment_term_all_negatives",
     "warmup_loss",
     "CONFIGS",
@@ -598,6 +600,18 @@ class _Collate:
             same = torch.from_numpy(g[:, None] == g[None, :])
             batch["negative_weight"] = torch.where(same, float(self.sibling_weight), 1.0)
         return batch
+
+
+def read_log(run_dir) -> list[dict]:
+    """The epoch records of a run's ``log.jsonl`` (see the module docstring), in order."""
+    return [json.loads(ln) for ln in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+
+
+def best_record(log: list[dict]) -> dict:
+    """The record of the epoch ``best.pt`` holds: the last one the trainer
+    flagged best, under whichever validation measure its recipe selects by
+    (``TrainOptions.select``)."""
+    return [r for r in log if r["best"]][-1]
 
 
 def train(config: CCCLConfig, data_path, out_dir, options: TrainOptions | None = None) -> Path:

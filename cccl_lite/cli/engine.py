@@ -171,8 +171,7 @@ def run_train(args) -> int:
                          f"{trainer.last_path} holds epoch {trainer.epoch}")
     if trainer.is_main:
         print(f"best: {best} (epoch {trainer.best_epoch}, validation "
-              f"{SELECT_LABELS[options.select]} "
-              f"{trainer.best_rsum:.1f})")
+              f"{SELECT_LABELS[options.select]} {trainer.best_rsum:.1f})")
     return 0
 
 

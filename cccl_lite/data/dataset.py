@@ -23,7 +23,8 @@ from ..perceive import POSITION_TUPLES, position_features
 from .text import heads_to_adjacency
 from .schema import SchemaError, check_file
 
-__all__ = ["build_vocab", "word_ids", "SplitReader", "CaptionDataset", "collate", "model_inputs", "SiblingSampler"]
+__all__ = ["build_vocab", "word_ids", "SplitReader", "CaptionDataset", "collate", "model_inputs",
+           "SiblingSampler"]
 
 PAD, UNK = 0, 1
 
