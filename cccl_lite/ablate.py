@@ -20,9 +20,9 @@ pass that to update the book) is rewritten (atomically, under a lock) after
 every run, and a rerun with the same settings skips the (row, seed) pairs it
 already holds, and a run a killed study left half done continues from its
 last completed epoch (its ``last.pt``), so an interrupted study loses at
-most the epoch in progress and can span sessions; two processes with disjoint ``--only`` lists can share
-one file. A results file of other settings is replaced only with
-``--overwrite``. Differences between rows smaller than their seeds' spread
+most the epoch in progress and can span sessions; two processes with
+disjoint ``--only`` lists can share one file. A results file of other
+settings is replaced only with ``--overwrite``. Differences between rows smaller than their seeds' spread
 are noise.
 """
 
