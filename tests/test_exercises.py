@@ -2,6 +2,9 @@
 one and "not implemented yet" for a stub; every exercise has a solution, kept
 out of the notebooks, and each checked one's solution passes its checker."""
 
+import ast
+import importlib
+import inspect
 import json
 import math
 import re
@@ -301,3 +304,69 @@ def test_show_solution_prints_outside_ipython(capsys):
     assert "def my_recall" in out
     with pytest.raises(KeyError, match="known"):
         show_solution("ex-nothing")
+
+
+# ---- every solution calls the package as it is ----------------------------------
+
+def _package_calls(code: str):
+    """(name, object, call) for each call of a name the code imports from
+    cccl_lite (``from cccl_lite.x import y``), and (name, None, None) for
+    each imported name the module lacks."""
+    tree = ast.parse(code)
+    imported = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cccl_lite"):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                obj = getattr(module, alias.name, None)
+                if obj is None:
+                    yield f"{node.module}.{alias.name}", None, None
+                imported[alias.asname or alias.name] = obj
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and imported.get(node.func.id) is not None:
+            yield node.func.id, imported[node.func.id], node
+
+
+def _bind(obj, call: ast.Call) -> bool:
+    """Bind the call's arguments (placeholders: values are not needed) to
+    obj's signature; False when the call cannot be checked (*args, **kw, a
+    class or object without a signature). Raises TypeError when they do not fit."""
+    if any(isinstance(a, ast.Starred) for a in call.args) or \
+            any(k.arg is None for k in call.keywords):
+        return False
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return False
+    sig.bind(*call.args, **{k.arg: None for k in call.keywords})
+    return True
+
+
+def test_every_solution_calls_the_package_with_arguments_it_takes():
+    # A solution that trains (an experiment) is never run by the tests, so an
+    # API change would leave it calling arguments that no longer exist.
+    checked, wrong = 0, []
+    for label in sorted(p.stem for p in SOLUTIONS_DIR.glob("*.md")):
+        for name, obj, call in _package_calls(solution_code(label)):
+            if obj is None:
+                wrong.append(f"{label}: imports {name}, which does not exist")
+                continue
+            try:
+                checked += _bind(obj, call)
+            except TypeError as e:
+                wrong.append(f"{label}: {name}(...): {e}")
+    assert not wrong, wrong
+    assert checked >= 10  # the check saw the solutions' package calls
+
+
+def test_the_call_check_catches_a_removed_argument():
+    # The check above must be able to fail: an argument the function does
+    # not take, and a name the module does not have.
+    code = ("from cccl_lite.ablate import run_ablations, no_such_name\n"
+            "run_ablations('d.h5', 'out', 'r.json', noise_seeds=0)\n")
+    found = list(_package_calls(code))
+    assert ("cccl_lite.ablate.no_such_name", None, None) in found
+    (_, obj, call), = [f for f in found if f[1] is not None]
+    with pytest.raises(TypeError, match="noise_seeds"):
+        _bind(obj, call)
