@@ -4,6 +4,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cccl_lite import ablate
@@ -122,6 +123,31 @@ def test_versus_full_against_a_t_table():
     assert rel["w/o B-1"]["verdict"] == "lower"
     with pytest.raises(ValueError, match="key must be one of"):
         ablate.versus_full(flat, "r@1")
+
+
+def test_welch_agrees_with_scipy_and_is_quiet_on_a_constant_side():
+    import warnings
+
+    from scipy.stats import ttest_ind
+
+    rng = np.random.default_rng(0)
+    for n_a, n_b in ((3, 3), (2, 5), (4, 3)):
+        a, b = rng.normal(0, 1, n_a), rng.normal(0.5, 3, n_b)
+        p, se = ablate.welch_p(a, b)
+        assert p == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
+        assert se == pytest.approx((a.var(ddof=1) / n_a + b.var(ddof=1) / n_b) ** 0.5)
+    # One side constant (100 % in every seed): df is the other side's n - 1,
+    # here 2, and t = 0.2 / (sd / sqrt(3)); Student's t with 2 df has the
+    # closed form p = 1 - |t| / sqrt(2 + t^2).
+    row, full = np.array([100.0, 99.6, 99.8]), np.array([100.0, 100.0, 100.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p, se = ablate.welch_p(row, full)
+    t = 0.2 / (0.2 / 3 ** 0.5)
+    assert se == pytest.approx(0.2 / 3 ** 0.5)
+    assert p == pytest.approx(1 - t / (2 + t * t) ** 0.5, rel=1e-9)
+    assert ablate.welch_p(full, full) == (1.0, 0.0)
+    assert ablate.welch_p(full, full - 1)[0] == 0.0
 
 
 @pytest.mark.slow  # four short trainings
