@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cccl_lite import ablate
 from cccl_lite.model import ABLATIONS
@@ -175,6 +176,10 @@ def test_a_half_done_run_continues_from_its_last_epoch(tiny_words_h5, tmp_path):
     # Resuming is exact on the CPU: the same test recalls as the run in one go.
     assert (r["test"], r["truth"], r["siblings"]) == (w["test"], w["truth"], w["siblings"])
     assert (r["best_epoch"], r["last_epoch"]) == (w["best_epoch"], w["last_epoch"])
+    # ... and the same weights, tensor by tensor (recalls alone could tie).
+    a, b = (torch.load(tmp_path / d / "cccl-seed0" / "last.pt", weights_only=True)["model"]
+            for d in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # A last.pt of another run (another row's model) is not continued.
     first_epoch(tmp_path / "c" / "cccl-seed0", ablation="w/o POS")
     logs.clear()
