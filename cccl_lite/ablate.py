@@ -196,6 +196,29 @@ def versus_full(entries: list[dict], key: str = "rsum", alpha: float = 0.05) -> 
     return out
 
 
+def seeds_reaching(entries: list[dict], key: str = "relation",
+                   level: float = 90.0) -> list[dict]:
+    """Per row (:func:`row_names` order, rows without a run left out): how
+    many of its seeds reach ``level`` in ``key`` (one of :data:`METRICS`).
+
+    Returns ``{"name", "reached", "seeds", "values"}`` with ``values`` the
+    row's measurements in seed order. A mean and a t-test hide a row whose
+    seeds either learn a skill or stay at chance (100, 100, 49 has a mean of
+    83 and a spread that makes every test "inside the noise"); the count of
+    seeds that reach the level shows it.
+    """
+    if key not in METRICS:
+        raise ValueError(f"key must be one of {sorted(METRICS)}, got {key!r}")
+    out = []
+    for name, _ in row_names():
+        runs = sorted((e for e in entries if e["name"] == name), key=lambda e: e["seed"])
+        if runs:
+            values = [float(METRICS[key](e)) for e in runs]
+            out.append({"name": name, "reached": sum(v >= level for v in values),
+                        "seeds": len(values), "values": values})
+    return out
+
+
 def _settings(data, epochs: int | None, max_steps: int | None) -> dict:
     data = Path(data)
     return {"data": data.name, "data_bytes": data.stat().st_size, "config": "lite",

@@ -126,6 +126,24 @@ def test_versus_full_against_a_t_table():
         ablate.versus_full(flat, "r@1")
 
 
+def test_seeds_reaching_counts_each_rows_seeds_at_the_level():
+    # Written in seed order 2, 0, 1 so that "values" must be re-sorted by seed.
+    entries = ([_entry("CCCL", s, 0.0, relation=100.0) for s in (2, 0, 1)]
+               + [_entry("w/o POS", 2, 0.0, relation=100.0),
+                  _entry("w/o POS", 0, 0.0, relation=49.0),
+                  _entry("w/o POS", 1, 0.0, relation=90.0)]   # exactly the level: reached
+               + [_entry("w/o MLP", 0, 0.0, relation=89.9)])
+    rows = ablate.seeds_reaching(entries, "relation", level=90.0)
+    assert [r["name"] for r in rows] == ["CCCL", "w/o POS", "w/o MLP"]  # Table 6 order
+    got = {r["name"]: (r["reached"], r["seeds"], r["values"]) for r in rows}
+    assert got["CCCL"] == (3, 3, [100.0, 100.0, 100.0])
+    assert got["w/o POS"] == (2, 3, [49.0, 90.0, 100.0])
+    assert got["w/o MLP"] == (0, 1, [89.9])
+    assert ablate.seeds_reaching(entries, "binding", level=90.0)[1]["reached"] == 3
+    with pytest.raises(ValueError, match="key must be one of"):
+        ablate.seeds_reaching(entries, "r@1")
+
+
 def test_welch_agrees_with_scipy_and_is_quiet_on_a_constant_side():
     import warnings
 
