@@ -122,6 +122,15 @@ def test_versus_full_against_a_t_table():
     rel = {r["name"]: r for r in ablate.versus_full(flat, "relation")}
     assert rel["w/o POS"]["verdict"] == "inside the noise"
     assert rel["w/o B-1"]["verdict"] == "lower"
+    # Two pairs of 577 lost in both seeds: p is 0 (no spread anywhere), and
+    # only a stated resolution keeps it from being read as "lower".
+    tiny = flat + [_entry("w/o B-2", s, 0.0, relation=100.0 - 2 / 577 * 100) for s in range(2)]
+    assert {r["name"]: r for r in ablate.versus_full(tiny, "relation")}["w/o B-2"]["verdict"] \
+        == "lower"
+    graded = {r["name"]: r for r in ablate.versus_full(tiny, "relation", min_delta=1.0)}
+    assert graded["w/o B-2"]["verdict"] == "negligible"
+    assert graded["w/o B-1"]["verdict"] == "lower"  # 50 points: far above the resolution
+    assert graded["w/o POS"]["verdict"] == "negligible"  # equal means: no difference at all
     with pytest.raises(ValueError, match="key must be one of"):
         ablate.versus_full(flat, "r@1")
 
