@@ -166,8 +166,9 @@ def versus_full(entries: list[dict], key: str = "rsum", alpha: float = 0.05,
     error sqrt(s_row^2/n_row + s_full^2/n_full); ``p``, the two-sided p-value
     of Welch's t-test (unequal variances; :func:`welch_p`); and
     ``verdict``: "pending" (no run of the row), "too few seeds" (fewer than
-    two on either side: no spread to judge by), "inside the noise" (p >=
-    ``alpha``), or "lower" / "higher" than the full model. With no spread on
+    two on either side: no spread to judge by), "negligible" (below
+    ``min_delta``), "inside the noise" (p >= ``alpha``), or "lower" /
+    "higher" than the full model. With no spread on
     either side (e.g. 100 % in every seed) the verdict is "inside the noise"
     only if the means are equal. ``min_delta``: a difference smaller than
     this is "negligible" whatever p says. It matters where both sides have no
