@@ -110,7 +110,11 @@ METRICS = {
 
 
 def _values(entries: list[dict], name: str, key: str) -> np.ndarray:
-    return np.array([METRICS[key](e) for e in entries if e["name"] == name], dtype=float)
+    """Row ``name``'s measurements of ``key`` (one of :data:`METRICS`), in seed order."""
+    if key not in METRICS:
+        raise ValueError(f"key must be one of {sorted(METRICS)}, got {key!r}")
+    runs = sorted((e for e in entries if e["name"] == name), key=lambda e: e["seed"])
+    return np.array([METRICS[key](e) for e in runs], dtype=float)
 
 
 def summarize(entries: list[dict]) -> list[dict]:
@@ -178,8 +182,6 @@ def versus_full(entries: list[dict], key: str = "rsum", alpha: float = 0.05,
     alpha 0.05 give about one "lower" or "higher" by chance alone when
     nothing differs: read them as leads, not proof.
     """
-    if key not in METRICS:
-        raise ValueError(f"key must be one of {sorted(METRICS)}, got {key!r}")
     full = _values(entries, FULL, key)
     out = []
     for name, _ in row_names()[1:]:
@@ -214,15 +216,12 @@ def seeds_reaching(entries: list[dict], key: str = "relation",
     83 and a spread that makes every test "inside the noise"); the count of
     seeds that reach the level shows it.
     """
-    if key not in METRICS:
-        raise ValueError(f"key must be one of {sorted(METRICS)}, got {key!r}")
     out = []
     for name, _ in row_names():
-        runs = sorted((e for e in entries if e["name"] == name), key=lambda e: e["seed"])
-        if runs:
-            values = [float(METRICS[key](e)) for e in runs]
-            out.append({"name": name, "reached": sum(v >= level for v in values),
-                        "seeds": len(values), "values": values})
+        values = _values(entries, name, key)
+        if len(values):
+            out.append({"name": name, "reached": int((values >= level).sum()),
+                        "seeds": len(values), "values": values.tolist()})
     return out
 
 
