@@ -18,8 +18,9 @@ The results file (``--results``, by default ``OUT/ablations.json``: results
 go where ``--out`` says; chapter 7 reads ``book/results/ablations.json``, so
 pass that to update the book) is rewritten (atomically, under a lock) after
 every run, and a rerun with the same settings skips the (row, seed) pairs it
-already holds, so an interrupted study loses at most the run in progress and
-can span sessions; two processes with disjoint ``--only`` lists can share
+already holds, and a run a killed study left half done continues from its
+last completed epoch (its ``last.pt``), so an interrupted study loses at
+most the epoch in progress and can span sessions; two processes with disjoint ``--only`` lists can share
 one file. A results file of other settings is replaced only with
 ``--overwrite``. Differences between rows smaller than their seeds' spread
 are noise.
@@ -37,10 +38,11 @@ import torch
 from .model import ABLATIONS
 from .provenance import provenance
 from .checkpoint import CONFIGS, load_model, resolve_config
+from .errors import InputError
 from .files import (OutputError, check_output_dir, check_output_file, shared_file, slug,
                     write_text_atomic)
 from .recipes import RECIPES, lite_options
-from .train import train
+from .train import Trainer
 
 __all__ = ["PAPER_TABLE6", "GROUPS", "METRICS", "row_names", "summarize", "versus_full",
            "provenance", "run_ablations"]
@@ -251,8 +253,8 @@ def run_ablations(data, out_dir, results_path, epochs: int | None = None,
             config = resolve_config("lite", data, ablation,
                                     **({"epochs": epochs} if epochs else {}))
             run_dir = Path(out_dir) / f"{slug(name)}-seed{seed}"
-            best = train(config, data, run_dir, lite_options(
-                seed=seed, device="cpu", max_steps=max_steps, quiet=True, overwrite=True))
+            trainer = _trainer(config, data, run_dir, seed, max_steps, log)
+            best = trainer.fit()
             model, config, vocab = load_model(best)
             history = [json.loads(ln) for ln in (run_dir / "log.jsonl").read_text().splitlines()]
             # The epoch best.pt holds: the last one the trainer flagged best,
@@ -268,6 +270,7 @@ def run_ablations(data, out_dir, results_path, epochs: int | None = None,
                 "best_epoch": best_rec["epoch"],
                 "last_epoch": history[-1]["epoch"], **measured,
                 "seconds": round(time.perf_counter() - t0, 1),
+                **({"resumed_from_epoch": trainer.start_epoch} if trainer.start_epoch else {}),
                 "commit": provenance()["commit"],
             }
             log(f"{name}, seed {seed}: test R@sum {entry['test']['rsum']:.1f}, siblings "
@@ -281,6 +284,24 @@ def run_ablations(data, out_dir, results_path, epochs: int | None = None,
         result = _write(results_path, settings, done)
     log(f"{len(done)} runs in {results_path} ({time.perf_counter() - t_all:.0f} s this run)")
     return result
+
+
+def _trainer(config, data, run_dir: Path, seed: int, max_steps, log) -> Trainer:
+    """The Trainer of one (row, seed): it continues the run's ``last.pt``
+    when an interrupted study left one of this very run (the trainer's
+    resume checks: config, recipe, data; exact on the CPU), so a killed
+    study loses at most the epoch in progress; otherwise it trains afresh
+    (``overwrite``), saying why when a ``last.pt`` was there."""
+    options = dict(seed=seed, device="cpu", max_steps=max_steps, quiet=True)
+    if (run_dir / "last.pt").is_file():
+        try:
+            trainer = Trainer(config, data, run_dir, lite_options(**options, resume=True))
+        except InputError as e:
+            log(f"{run_dir}: training afresh, its last.pt is not this run's ({e})")
+        else:
+            log(f"{run_dir}: resuming from epoch {trainer.start_epoch}")
+            return trainer
+    return Trainer(config, data, run_dir, lite_options(**options, overwrite=True))
 
 
 def _merge(path: Path, settings: dict, done: dict) -> None:

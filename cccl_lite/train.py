@@ -207,6 +207,8 @@ class Trainer:
                 load_checkpoint(self.last_path), self.last_path, self.config,
                 self.options.to_dict(), self.dist.world_size, self.data_path,
                 self.data_identity, self._print)
+        # The epoch fit() starts from: last.pt's when resuming, else 0.
+        self.start_epoch = self._resume_ckpt["epoch"] if self._resume_ckpt else 0
 
     @property
     def is_main(self) -> bool:

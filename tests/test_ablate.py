@@ -122,3 +122,38 @@ def test_versus_full_against_a_t_table():
     assert rel["w/o B-1"]["verdict"] == "lower"
     with pytest.raises(ValueError, match="key must be one of"):
         ablate.versus_full(flat, "r@1")
+
+
+@pytest.mark.slow  # four short trainings
+def test_a_half_done_run_continues_from_its_last_epoch(tiny_words_h5, tmp_path):
+    from cccl_lite.checkpoint import resolve_config
+    from cccl_lite.recipes import lite_options
+    from cccl_lite.train import train
+
+    kw = dict(epochs=2, max_steps=1, seeds=1, only=["CCCL"])
+    # The reference: the run done in one go.
+    whole = ablate.run_ablations(tiny_words_h5, tmp_path / "a", tmp_path / "a.json", **kw)
+    # A study killed after epoch 1: the same run's first epoch is on disk
+    # (a config of 1 epoch continues as one of 2: only the length differs).
+    def first_epoch(run_dir, ablation=None):
+        config = resolve_config("lite", tiny_words_h5, ablation, epochs=1)
+        train(config, tiny_words_h5, run_dir,
+              lite_options(seed=0, device="cpu", max_steps=1, quiet=True))
+    first_epoch(tmp_path / "b" / "cccl-seed0")
+    logs = []
+    resumed = ablate.run_ablations(tiny_words_h5, tmp_path / "b", tmp_path / "b.json",
+                                   log=logs.append, **kw)
+    (w,), (r,) = whole["entries"], resumed["entries"]
+    assert r["resumed_from_epoch"] == 1 and "resumed_from_epoch" not in w
+    assert any("resuming from epoch 1" in line for line in logs)
+    # Resuming is exact on the CPU: the same test recalls as the run in one go.
+    assert (r["test"], r["truth"], r["siblings"]) == (w["test"], w["truth"], w["siblings"])
+    assert (r["best_epoch"], r["last_epoch"]) == (w["best_epoch"], w["last_epoch"])
+    # A last.pt of another run (another row's model) is not continued.
+    first_epoch(tmp_path / "c" / "cccl-seed0", ablation="w/o POS")
+    logs.clear()
+    fresh = ablate.run_ablations(tiny_words_h5, tmp_path / "c", tmp_path / "c.json",
+                                 log=logs.append, **kw)
+    (f,) = fresh["entries"]
+    assert any("training afresh" in line and "use_position" in line for line in logs)
+    assert "resumed_from_epoch" not in f and f["test"] == w["test"]
