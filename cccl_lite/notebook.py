@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["IN_COLAB", "REPOSITORY", "smoke", "data_dir", "default_data", "setup",
+__all__ = ["IN_COLAB", "REPOSITORY", "smoke", "data_dir", "default_data", "setup", "glue",
            "results_file", "trained_model"]
 
 IN_COLAB = "google.colab" in sys.modules
@@ -66,6 +66,22 @@ def setup(seed: int = 0) -> torch.device:
     mode = " (smoke mode: tiny data)" if smoke() else ""
     print(f"cccl_lite on {device}{mode}, torch {torch.__version__}")
     return device
+
+
+def glue(name: str, value):
+    """Hand a computed result to the prose: ``{glue:text}`name:.1f``` in a
+    chapter's Markdown shows ``value`` where the book is built (myst-nb's
+    ``glue``, nothing displayed under the cell), so no result number is typed
+    by hand. Where myst-nb is not installed (Colab, the student edition) the
+    cell prints ``name = value`` instead, and the generated notebooks show the
+    name in the prose. Returns ``value``."""
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:  # a plain Jupyter or Colab kernel
+        print(f"{name} = {value}")
+    else:
+        myst_glue(name, value, display=False)
+    return value
 
 
 def results_file(name: str) -> dict | None:
