@@ -189,6 +189,12 @@ class Trainer:
         if config.epochs < 1 or config.batch_size < 1 or not config.lr > 0:
             raise ValueError(f"epochs, batch_size and lr must be positive, got {config.epochs}, "
                              f"{config.batch_size}, {config.lr}")
+        if config.batch_size < 2:
+            # eq 33's negatives are the batch's other pairs: with one pair the
+            # alignment term is identically zero and only L_c would train.
+            raise InputError(f"--batch-size (config batch_size) {config.batch_size}: the "
+                             f"alignment term (eq 33) takes its negatives from the batch's other "
+                             f"pairs, so it needs a batch of at least 2 (per process)")
         self.dist = Dist.from_env()
         self.device = resolve_device(self.options.device, self.dist)
         self.amp_dtype = resolve_amp(self.options.amp, self.device)
@@ -220,7 +226,10 @@ class Trainer:
         """A new run never replaces another's results without --overwrite."""
         if self.options.resume or self.options.overwrite:
             return
-        held = [p.name for p in (self.last_path, self.best_path) if p.exists()]
+        # config.json and log.jsonl too: a run killed before its first
+        # checkpoint still holds its record (issue 29 #2).
+        held = [p.name for p in (self.last_path, self.best_path, self.log_path,
+                                 self.out_dir / "config.json") if p.exists()]
         if held:
             raise InputError(f"{self.out_dir} already holds a run ({', '.join(held)}); pass "
                              f"--resume to continue it, --overwrite to start again, or another "
@@ -327,6 +336,15 @@ class Trainer:
                 "provenance": provenance(),
                 "data": str(self.data_path), "world_size": self.dist.world_size}
         write_text_atomic(json.dumps(info, indent=2) + "\n", self.out_dir / "config.json")
+
+    def _remove_old_run(self) -> None:
+        """--overwrite: remove the old run's files before anything new is
+        written, checkpoints first, so that a run killed before its first
+        epoch ends leaves no old last.pt for --resume to take as its own (with
+        an empty log it would report the old run as finished; issue 29 #9)."""
+        for p in (self.last_path, self.best_path, self.log_path, self.out_dir / "config.json"):
+            if p.exists():
+                p.unlink()
 
     def _trim_log(self) -> None:
         # An interrupt between a log line and its last.pt leaves a line for
@@ -506,6 +524,8 @@ class Trainer:
                          self.out_dir / "config.json"):
                 for p in remove_stale_temps(name):
                     self._print(f"note: removed {p.name}, left by an interrupted run")
+            if self.options.overwrite:
+                self._remove_old_run()
         created_group = self._init_process_group()
         deterministic = self.device.type == "cpu" and self.options.deterministic
         previous = (torch.are_deterministic_algorithms_enabled(),
