@@ -1,7 +1,7 @@
 """Table 6 on the synthetic scenes: train the full model and every ablation, record R@K.
 
 Taught in chapter 7 ("Ablations"). ``python -m cccl_lite ablate --data FILE
---results book/results/ablations.json`` trains the lite CCCL and each row of
+--results cccl_lite/results/ablations.json`` trains the lite CCCL and each row of
 the paper's Table 6 (:data:`cccl_lite.model.ABLATIONS`), each with several
 seeds (``--seeds``, default 3), all with one recipe: the lite preset's
 (``cccl_lite.train.RECIPES``), which stops a run once its validation
@@ -15,7 +15,7 @@ and the provenance: commit (per run too), date, machine, torch, threads,
 seconds.
 
 The results file (``--results``, by default ``OUT/ablations.json``: results
-go where ``--out`` says; chapter 7 reads ``book/results/ablations.json``, so
+go where ``--out`` says; chapter 7 reads ``cccl_lite/results/ablations.json``, package data, so
 pass that to update the book) is rewritten (atomically, under a lock) after
 every run, and a rerun with the same settings skips the (row, seed) pairs it
 already holds, and a run a killed study left half done continues from its

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import InputError
+
 __all__ = ["IN_COLAB", "REPOSITORY", "smoke", "data_dir", "default_data", "setup", "glue",
-           "results_file", "trained_model"]
+           "MissingResult", "results_file", "trained_model"]
 
 IN_COLAB = "google.colab" in sys.modules
 # The repository (_config.yml's repository.url; tests/test_repo_url.py checks).
@@ -41,7 +43,10 @@ def data_dir() -> Path:
 
 def default_data(size: str | None = None, seed: int = 0, words: bool = True) -> Path:
     """The synthetic scenes file (``small``, or ``tiny`` in smoke mode), with
-    MiniLM word vectors cached when ``words``; made on first use."""
+    MiniLM word vectors cached when ``words``; made on first use. Only a model
+    that reads word vectors needs ``words`` (the shipped lite model reads word
+    ids: its chapters pass ``words=False`` and skip the encoding); where a GPU
+    is present the encoding runs on it."""
     from .data.synthetic import make_synthetic
     from .data.text import cache_word_vectors
 
@@ -53,7 +58,7 @@ def default_data(size: str | None = None, seed: int = 0, words: bool = True) -> 
     if words:
         # Skips splits that are already cached; offline, the MiniLM is local.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        cache_word_vectors(path)
+        cache_word_vectors(path, device="cuda" if torch.cuda.is_available() else "cpu")
     return path
 
 
@@ -84,31 +89,35 @@ def glue(name: str, value):
     return value
 
 
-def results_file(name: str) -> dict | None:
-    """A study's results file of ``book/results/`` (e.g. "ablations.json"),
-    read as JSON: from this checkout, else (a Colab copy of a chapter, the
-    package installed without the book) fetched once from the repository into
-    ``data_dir()/results``; None if it is in neither place (a study not run
-    yet, or no network)."""
-    import json
-    import urllib.error
-    import urllib.request
+class MissingResult(InputError):
+    """A results file a chapter needs is not in this installation. Jupyter
+    (IPython) shows it as its one-line message, with no traceback, and a
+    "Run all" stops at the cell that asked for it, not further down."""
 
-    local = Path(__file__).resolve().parent.parent / "book" / "results" / name
-    if not local.exists():
-        local = data_dir() / "results" / name
-    if not local.exists():
-        local.parent.mkdir(parents=True, exist_ok=True)
-        part = local.with_name(local.name + ".part")
-        url = REPOSITORY.replace("https://github.com/", "https://raw.githubusercontent.com/")
-        try:
-            with urllib.request.urlopen(f"{url}/main/book/results/{name}", timeout=30) as r:
-                part.write_bytes(r.read())
-        except (urllib.error.URLError, OSError):
-            part.unlink(missing_ok=True)
-            return None
-        part.replace(local)  # whole, or not at all
-    return json.loads(local.read_text())
+    def _render_traceback_(self) -> list[str]:  # IPython's hook for custom display
+        return [f"{type(self).__name__}: {self}"]
+
+
+def results_file(name: str, optional: bool = False) -> dict | None:
+    """A study's results file shipped with the package (``cccl_lite/results/``,
+    e.g. "ablations.json"), read as JSON with :mod:`importlib.resources`, so a
+    chapter reads the same file from a checkout, a wheel or a Colab runtime,
+    with no network. A file that is not there (a study not run yet) is
+    :class:`MissingResult`, one line naming it; with ``optional`` it prints
+    that line and returns None instead, for a chapter that skips what needs
+    it."""
+    import json
+    from importlib import resources
+
+    shipped = resources.files("cccl_lite") / "results" / name
+    if not shipped.is_file():
+        message = (f"cccl_lite/results/{name} is not in this installation of cccl_lite "
+                   "(that study has not been run yet)")
+        if not optional:
+            raise MissingResult(message)
+        print(message + ": skipping what needs it")
+        return None
+    return json.loads(shipped.read_text(encoding="utf-8"))
 
 
 def trained_model(epochs: int | None = None, max_steps: int | None = None, seed: int = 0,

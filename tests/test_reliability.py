@@ -227,7 +227,7 @@ def test_the_build_cache_key_covers_source_flags_and_torch(fake_build, tmp_path,
 
 def test_ablate_never_touches_the_books_table(tiny_words_h5, tmp_path, monkeypatch, capsys):
     """Point 2: a smoke run with --out elsewhere replaced the committed
-    book/results/ablations.json (relative to the current folder)."""
+    book/results/ablations.json (relative to the current folder; now cccl_lite/results/)."""
     book = tmp_path / "book" / "results" / "ablations.json"
     book.parent.mkdir(parents=True)
     book.write_text('{"rows": ["the committed table"]}\n')

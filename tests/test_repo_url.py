@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from helpers import notebook_chapters
@@ -66,38 +67,43 @@ def test_notebook_names_the_configured_repository():
     assert REPOSITORY == config_url()
 
 
-def test_results_file_reads_the_checkout_then_fetches_once(tmp_path, monkeypatch):
-    import io
+def test_results_file_reads_the_package_data_and_never_the_network(monkeypatch, capsys):
     import json
-    import urllib.error
     import urllib.request
 
     from cccl_lite.notebook import results_file
 
-    path = ROOT / "book" / "results" / "diagnosis.json"
+    def no_network(*args, **kwargs):
+        raise AssertionError("results_file went to the network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    # the file as committed, read independently of the package's reader
+    path = ROOT / "cccl_lite" / "results" / "diagnosis.json"
     assert results_file("diagnosis.json") == json.loads(path.read_text())
+    capsys.readouterr()
+    # a study not run yet: None and one line naming the file, no traceback
+    assert results_file("nothing.json", optional=True) is None
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "cccl_lite/results/nothing.json" in out[0]
+    # a file a chapter needs: an error that IPython shows as one line
+    from cccl_lite.notebook import MissingResult
 
-    monkeypatch.setenv("CCCL_DATA", str(tmp_path))
-    asked = []
+    with pytest.raises(MissingResult, match="cccl_lite/results/nothing.json") as caught:
+        results_file("nothing.json")
+    shown = caught.value._render_traceback_()
+    assert len(shown) == 1 and "\n" not in shown[0] and "nothing.json" in shown[0]
 
-    def offline(url, timeout):
-        asked.append(url)
-        raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    assert results_file("nothing.json") is None
-    assert asked == [config_url().replace("github.com", "raw.githubusercontent.com")
-                     + "/main/book/results/nothing.json"]
-    assert list((tmp_path / "results").iterdir()) == []  # nothing half-written is kept
+def test_results_files_are_package_data():
+    # every results file the chapters read is matched by pyproject's package-data
+    import fnmatch
 
-    class Response(io.BytesIO):
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Response(b'{"rows": [1, 2]}'))
-    assert results_file("fetched.json") == {"rows": [1, 2]}
-    monkeypatch.setattr(urllib.request, "urlopen", offline)  # the second read is local
-    assert results_file("fetched.json") == {"rows": [1, 2]}
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = data["tool"]["setuptools"]["package-data"]["cccl_lite"]
+    files = sorted((ROOT / "cccl_lite" / "results").glob("*.json"))
+    assert files
+    for f in files:
+        rel = f.relative_to(ROOT / "cccl_lite").as_posix()
+        assert any(fnmatch.fnmatch(rel, pat) for pat in patterns), rel
+    assert not (ROOT / "book" / "results").exists()

@@ -28,7 +28,7 @@ def add_ablate_arguments(p) -> None:
     p.add_argument("--out", default="runs/ablations", help="training runs go here")
     p.add_argument("--results", default=None,
                    help="the results table, rewritten after every row (default: "
-                        "OUT/ablations.json; chapter 7 reads book/results/ablations.json)")
+                        "OUT/ablations.json; chapter 7 reads cccl_lite/results/ablations.json)")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="at most this many epochs per run (default: the lite preset's; runs "
                         "stop earlier on the recipe's validation measure)")
@@ -57,7 +57,7 @@ def add_diagnose_arguments(p) -> None:
     p.add_argument("--data", required=True, help="HDF5 synthetic scenes with word vectors")
     p.add_argument("--out", default="runs/diagnosis", help="training runs go here")
     p.add_argument("--results", required=True,
-                   help="JSON results file (chapter 5 reads book/results/diagnosis.json)")
+                   help="JSON results file (chapter 5 reads cccl_lite/results/diagnosis.json)")
     p.add_argument("--epochs", type=positive_int, default=3, help="the budget of every row")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--max-steps", type=positive_int, default=None,
