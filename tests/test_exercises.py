@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from cccl_lite.exercises import (EXERCISES, SOLUTIONS_DIR, _last_value, check_cpc,
+                                  check_cross_attention, check_cross_gru, check_edge_weights,
                                   check_feature_size, check_gcn, check_pairwise_accuracy,
-                                  check_rank_scores,
+                                  check_rank_scores, check_train_step,
                                   check_recall, check_triplet, check_vsf, show_solution,
                                   solution_code, solution_text)
 
@@ -370,3 +371,207 @@ def test_the_call_check_catches_a_removed_argument():
     (_, obj, call), = [f for f in found if f[1] is not None]
     with pytest.raises(TypeError, match="noise_seeds"):
         _bind(obj, call)
+
+
+# ---- the hard parts: eq 17, eqs 21-23, eq 26, one training step ------------------
+# Each reference and each mistake is written here by hand from the equations,
+# independently of the checkers' own slip functions.
+
+def cross_attention_answer(q, c, lam, norm_dim=0, relu=True, scale=True, cosine=True):
+    if cosine:
+        q = torch.nn.functional.normalize(q, dim=-1)
+        cn = torch.nn.functional.normalize(c, dim=-1)
+    else:
+        cn = c
+    m = torch.einsum("id,jd->ij", q, cn)
+    if relu:
+        m = torch.where(m > 0, m, torch.zeros_like(m))
+    m = m / torch.sqrt((m ** 2).sum(norm_dim, keepdim=True)).clamp(min=1e-8)
+    logits = (lam if scale else 1.0) * m
+    w = torch.exp(logits - logits.max(1, keepdim=True).values)
+    return (w / w.sum(1, keepdim=True)) @ c
+
+
+def test_cross_attention_by_hand():
+    # Hand case: one query along x; contexts along x and y. M = [1, 0]; the
+    # column norms over the single query leave M̄ = [1, 0]; with λ = 1 the
+    # weights are e/(e + 1) and 1/(e + 1).
+    q, c = torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    e = math.e
+    want = torch.tensor([[2 * e / (e + 1), 3 / (e + 1)]])
+    assert torch.allclose(cross_attention_answer(q, c, 1.0), want)
+    assert torch.allclose(check_cross_attention.__globals__["cross_attention"](
+        q[None], torch.ones(1, 1, dtype=torch.bool), c[None],
+        torch.ones(1, 2, dtype=torch.bool), 1.0)[0][0, 0], want)
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    (dict(norm_dim=1), "query axis i"),
+    (dict(relu=False), "relu"),
+    (dict(scale=False), "temperature"),
+    (dict(cosine=False), "cosine"),
+])
+def test_cross_attention_mistakes_fail_with_their_hint(mistake, hint):
+    assert check_cross_attention(cross_attention_answer).status == "pass"
+    r = check_cross_attention(lambda q, c, lam: cross_attention_answer(q, c, lam, **mistake))
+    assert r.status == "fail" and "hint:" in r.message and hint in r.message, r.message
+
+
+def test_cross_attention_softmax_over_queries_and_normalised_values():
+    def over_queries(q, c, lam):
+        qn, cn = q / q.norm(dim=1, keepdim=True), c / c.norm(dim=1, keepdim=True)
+        m = (qn @ cn.T).clamp(min=0)
+        m = m / m.norm(dim=0, keepdim=True)
+        return torch.softmax(lam * m, dim=0) @ c
+    r = check_cross_attention(over_queries)
+    assert r.status == "fail" and "attended axis j (each query" in r.message, r.message
+
+    def normalised_values(q, c, lam):
+        cn = c / c.norm(dim=1, keepdim=True)
+        m = ((q / q.norm(dim=1, keepdim=True)) @ cn.T).clamp(min=0)
+        m = m / m.norm(dim=0, keepdim=True)
+        return torch.softmax(lam * m, dim=1) @ cn
+    r = check_cross_attention(normalised_values)
+    assert r.status == "fail" and "normalised copies" in r.message, r.message
+
+
+def edge_answer(x, w1, w2, adjacency, when="before", scale=True, empty="zero"):
+    n, d = x.shape
+    logits = torch.stack([torch.stack([(x[i] @ w1) @ (x[j] @ w2) for j in range(n)])
+                          for i in range(n)])
+    if scale:
+        logits = logits / d ** 0.5
+    if when == "after":
+        return torch.softmax(logits, 1) * adjacency
+    if when == "never":
+        return torch.softmax(logits, 1)
+    rows = []
+    for i in range(n):
+        allowed = adjacency[i]
+        if not allowed.any():
+            rows.append(torch.full((n,), float("nan")) if empty == "nan"
+                        else torch.zeros(n, dtype=x.dtype))
+            continue
+        e = torch.exp(logits[i] - logits[i][allowed].max()) * allowed
+        rows.append(e / e.sum())
+    return torch.stack(rows)
+
+
+def test_edge_weights_by_hand_and_mistakes():
+    # Hand case: two nodes, x = e_1 and e_2, W1 = W2 = I, arcs 1-2 and self-loops
+    # for node 1 only allowed to itself: row 1 = [1, 0]; row 2: logits [0, 1/√2].
+    x = torch.eye(2, dtype=torch.float64)
+    adj = torch.tensor([[True, False], [True, True]])
+    got = edge_answer(x, torch.eye(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64), adj)
+    a = math.exp(1 / math.sqrt(2))
+    assert torch.allclose(got, torch.tensor([[1.0, 0.0], [1 / (1 + a), a / (1 + a)]],
+                                            dtype=torch.float64))
+    assert check_edge_weights(edge_answer).status == "pass"
+    for kwargs, hint in ((dict(when="after"), "mask before the softmax"),
+                         (dict(when="never"), "dependency mask is missing"),
+                         (dict(scale=False), "1/√d"),
+                         (dict(empty="nan"), "not NaN")):
+        r = check_edge_weights(lambda *args, kw=kwargs: edge_answer(*args, **kw))
+        assert r.status == "fail" and hint in r.message, (kwargs, r.message)
+
+
+def gru_answer(cell, cross, nodes, order="cross first", keep="last", start="zero"):
+    seq = {"cross first": [cross, *nodes], "nodes only": list(nodes),
+           "cross last": [*nodes, cross]}[order]
+    h = cross if start == "cross" else torch.zeros_like(cross)
+    if start == "cross":
+        seq = list(nodes)
+    states = []
+    for x in seq:
+        r = torch.sigmoid(x @ cell.weight_ih[:len(x)].T + cell.bias_ih[:len(x)]
+                          + h @ cell.weight_hh[:len(x)].T + cell.bias_hh[:len(x)])
+        d = len(x)
+        z = torch.sigmoid(x @ cell.weight_ih[d:2 * d].T + cell.bias_ih[d:2 * d]
+                          + h @ cell.weight_hh[d:2 * d].T + cell.bias_hh[d:2 * d])
+        n = torch.tanh(x @ cell.weight_ih[2 * d:].T + cell.bias_ih[2 * d:]
+                       + r * (h @ cell.weight_hh[2 * d:].T + cell.bias_hh[2 * d:]))
+        h = (1 - z) * n + z * h
+        states.append(h)
+    return states[-1] if keep == "last" else torch.stack(states).mean(0)
+
+
+def test_cross_gru_by_hand_and_mistakes():
+    # The gate equations written out (PyTorch's r, z, n order) agree with nn.GRUCell.
+    cell = torch.nn.GRUCell(3, 3).double()
+    x, h0 = torch.randn(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    assert torch.allclose(gru_answer(cell, x, torch.empty(0, 3, dtype=torch.float64)),
+                          cell(x, h0))
+    assert check_cross_gru(gru_answer).status == "pass"
+    for kwargs, hint in ((dict(order="nodes only"), "read the other item's vector first"),
+                         (dict(order="cross last"), "first, not last"),
+                         (dict(start="cross"), "not the initial state"),
+                         (dict(keep="mean"), "not the mean")):
+        r = check_cross_gru(lambda *a, kw=kwargs: gru_answer(*a, **kw))
+        assert r.status == "fail" and hint in r.message, (kwargs, r.message)
+
+
+def step_answer(model, optimizer, batch, max_norm, zero=True, clip=True, total=True):
+    _, scores = model(batch["images"], batch["texts"])
+    parts = model.loss(scores, batch["positive_mask"])
+    loss = parts.total if total else parts.alignment
+    if zero:
+        for p in model.parameters():
+            p.grad = None
+    loss.backward()
+    if clip:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+        if norm > max_norm:
+            for g in grads:
+                g.mul_(max_norm / (norm + 1e-6))
+    optimizer.step()
+    return float(loss.detach())
+
+
+def test_train_step_clipping_is_active_on_the_tiny_model():
+    from cccl_lite.exercises import TinyScorer
+    from cccl_lite.exercises.hard import _train_batches
+    model, batch = TinyScorer(0), _train_batches(0, 4)[0]
+    _, scores = model(batch["images"], batch["texts"])
+    model.loss(scores, batch["positive_mask"]).total.backward()
+    norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))
+    assert norm > 0.1  # the checker's max_norm: a missing clip changes the update
+
+
+def test_train_step_by_hand_and_mistakes():
+    assert check_train_step(step_answer).status == "pass"
+    for kwargs, hint in ((dict(zero=False), "zero the gradients"),
+                         (dict(clip=False), "clip the gradient norm"),
+                         (dict(total=False), "not L_t alone")):
+        r = check_train_step(lambda *a, kw=kwargs: step_answer(*a, **kw))
+        assert r.status == "fail" and hint in r.message, (kwargs, r.message)
+
+    def no_step(model, optimizer, batch, max_norm):
+        _, scores = model(batch["images"], batch["texts"])
+        return float(model.loss(scores, batch["positive_mask"]).total.detach())
+    r = check_train_step(no_step)
+    assert r.status == "fail" and "optimizer.step()" in r.message, r.message
+
+    def wrong_return(*a):
+        step_answer(*a)
+        return 0.0
+    r = check_train_step(wrong_return)
+    assert r.status == "fail" and "returned loss" in r.message, r.message
+
+
+def test_triplet_rejects_a_positive_masked_with_zero():
+    def zero_masked(s, margin):
+        B = len(s)
+        off = s * (1 - torch.eye(B, dtype=s.dtype))  # the positive becomes 0
+        d = s.diagonal()
+        return ((margin - d + off.max(1).values).clamp(min=0).sum()
+                + (margin - d + off.max(0).values).clamp(min=0).sum())
+    r = check_triplet(zero_masked)
+    assert r.status == "fail" and "masked with 0" in r.message, r.message
+
+
+def test_new_stubs_say_not_implemented():
+    for checker in (check_cross_attention, check_edge_weights, check_cross_gru,
+                    check_train_step):
+        r = checker(_stub)
+        assert r.status == "todo" and "not implemented yet" in r.message, r.message

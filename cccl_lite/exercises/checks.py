@@ -1,159 +1,23 @@
-"""Checkers for the book's "write it yourself" exercises.
-
-Each ``check_*`` runs a reader's function and the package's reference on the
-same random inputs (a few trials, one with padding or ties where that
-matters) and says what differs first: an exception, the output's type or
-shape, its values (where, and by how much), or its gradient with respect to
-the inputs. The result prints as one line and is truthy when all trials pass::
-
-    >>> from cccl_lite.exercises import check_vsf
-    >>> check_vsf(my_vsf)
-    ✓ VSF (eq 15): matches the reference on 3 random inputs (values and gradients).
-
-Conventions follow the paper (row vectors times weights), so the reader's
-code can be written straight from the equations; see each checker for the
-signature expected.
-
-A "write it yourself" cell starts as a stub whose body is ``raise
-NotImplementedError``; its checker then says "not implemented yet" (status
-``"todo"``) instead of reporting a wrong answer (``"fail"``). Solutions are
-kept out of the notebooks: each lives in ``cccl_lite/solutions/<label>.md``,
-which the built book shows folded under its exercise and
-:func:`show_solution` prints in a notebook. :data:`EXERCISES` lists the
-exercises that have a checker (chapter, function name, checker), which the
-tests and the student edition (``cccl_lite.student``) use.
+"""The first checkers: CPC (eqs 1-7), VSF (eq 15), the triplet term (eq 33),
+R@K (eqs 35-36), the residual GCN (eq 24), Fig 6's rank scores, feature
+sizes (chapter 9) and pairwise accuracy (chapter 6). Each signature is in its
+docstring; :mod:`cccl_lite.exercises.core` compares and reports.
 """
 
 from __future__ import annotations
 
-import ast
-import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .align import vector_similarity
-from .loss import alignment_term
-from .metrics import KEYS, recall_at_k
-from .perceive import ContextPerceivedCell, masked_softmax
-from .reason import ResidualGCN
-from .visualize import rank_scores
-
-__all__ = ["CheckResult", "Exercise", "EXERCISES", "check_cpc", "check_vsf", "check_triplet",
-           "check_recall", "check_gcn", "check_rank_scores", "check_feature_size",
-           "check_pairwise_accuracy",
-           "solution_text", "solution_code", "show_solution", "SOLUTIONS_DIR"]
-
-SOLUTIONS_DIR = Path(__file__).resolve().parent / "solutions"
-_TODO = ("not implemented yet: replace `raise NotImplementedError` with your code, "
-         "then run the cell again")
-
-
-@dataclass
-class CheckResult:
-    """Outcome of a checker: ``ok``, a one-line ``message`` and a ``status``:
-    "pass", "fail" (a wrong answer) or "todo" (a stub that still raises
-    NotImplementedError)."""
-
-    ok: bool
-    message: str
-    status: str = ""
-
-    def __post_init__(self):
-        if not self.status:
-            self.status = "pass" if self.ok else "fail"
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-    def __repr__(self) -> str:
-        return self.message
-
-    _repr_pretty_ = lambda self, p, cycle: p.text(self.message)  # noqa: E731 (IPython)
-
-
-def _fail(name: str, trial: int, what: str) -> CheckResult:
-    return CheckResult(False, f"✗ {name}: trial {trial + 1}: {what}")
-
-
-def _todo(name: str) -> CheckResult:
-    """A stub, not a wrong answer: the reader has not written the code yet."""
-    return CheckResult(False, f"… {name}: {_TODO}.", status="todo")
-
-
-def _raised(name: str, trial: int, e: Exception) -> CheckResult:
-    """What the reader's function raised: NotImplementedError is a stub."""
-    if isinstance(e, NotImplementedError):
-        return _todo(name)
-    return _fail(name, trial, f"your function raised {type(e).__name__}: {e}")
-
-
-def _compare_values(name, trial, got, want, atol) -> CheckResult | None:
-    if not isinstance(got, torch.Tensor):
-        return _fail(name, trial, f"expected a torch.Tensor, got {type(got).__name__}")
-    if tuple(got.shape) != tuple(want.shape):
-        return _fail(name, trial, f"output shape {tuple(got.shape)}, expected {tuple(want.shape)}")
-    diff = (got.detach().double() - want.detach().double()).abs()
-    if not torch.isfinite(got.detach()).all() and torch.isfinite(want).all():
-        return _fail(name, trial, "output has NaN or inf where the reference is finite")
-    if diff.max() > atol:
-        at = np.unravel_index(int(diff.argmax()), tuple(diff.shape))
-        return _fail(name, trial, f"values differ: max |difference| {float(diff.max()):.3g} at "
-                                  f"index {tuple(int(i) for i in at)} (yours "
-                                  f"{float(got.detach()[at]):.6g}, expected {float(want.detach()[at]):.6g})")
-    return None
-
-
-def _check(name: str, student: Callable, reference: Callable, trials, atol: float = 1e-6,
-           grads: bool = True) -> CheckResult:
-    """Run both functions on each trial's inputs; compare outputs, then gradients
-    of (output · a fixed random tensor) with respect to the float inputs."""
-    for t, make in enumerate(trials):
-        inputs, kwargs = make()
-        ref_in = [x.clone().requires_grad_(grads) if _is_float(x) else x for x in inputs]
-        stu_in = [x.clone().requires_grad_(grads) if _is_float(x) else x for x in inputs]
-        want = reference(*ref_in, **kwargs)
-        try:
-            got = student(*stu_in, **kwargs)
-        except Exception as e:  # the reader's code: report, never crash the notebook
-            return _raised(name, t, e)
-        bad = _compare_values(name, t, got, want, atol)
-        if bad is not None:  # a failed CheckResult is falsy
-            return bad
-        if not grads or not got.requires_grad:
-            if grads:
-                return _fail(name, t, "the output does not depend differentiably on the inputs "
-                                      "(no grad_fn: was something detached or converted?)")
-            continue
-        upstream = torch.randn(want.shape, generator=torch.Generator().manual_seed(t),
-                               dtype=want.dtype)
-        float_idx = [i for i, x in enumerate(inputs) if _is_float(x)]
-        g_want = torch.autograd.grad((want * upstream).sum(), [ref_in[i] for i in float_idx],
-                                     allow_unused=True)
-        g_got = torch.autograd.grad((got * upstream).sum(), [stu_in[i] for i in float_idx],
-                                    allow_unused=True)
-        for i, gw, gg in zip(float_idx, g_want, g_got):
-            gw = torch.zeros_like(inputs[i]) if gw is None else gw
-            gg = torch.zeros_like(inputs[i]) if gg is None else gg
-            err = (gw - gg).abs().max()
-            if err > max(atol, 1e-5):
-                return _fail(name, t, f"values match but the gradient with respect to input "
-                                      f"{i + 1} differs (max |difference| {float(err):.3g}): "
-                                      f"is part of the computation detached or non-differentiable?")
-    what = "values and gradients" if grads else "values"
-    return CheckResult(True, f"✓ {name}: matches the reference on {len(trials)} random inputs "
-                             f"({what}).")
-
-
-def _is_float(x) -> bool:
-    return isinstance(x, torch.Tensor) and x.is_floating_point()
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from ..align import vector_similarity
+from ..loss import alignment_term
+from ..metrics import KEYS, recall_at_k
+from ..perceive import ContextPerceivedCell, masked_softmax
+from ..reason import ResidualGCN
+from ..visualize import rank_scores
+from .core import CheckResult, _check, _fail, _gen, _raised
 
 
 # ---- eqs 1-7 -------------------------------------------------------------------
@@ -222,16 +86,30 @@ def check_vsf(student: Callable, dim: int = 10, sim_dim: int = 6) -> CheckResult
 def check_triplet(student: Callable) -> CheckResult:
     """Check ``student(scores, margin) -> L_t`` (eq 33): scores (B, B) with the
     positives on the diagonal; hardest negative per row and per column; the
-    sum over the batch, a 0-d tensor."""
-    def trial(seed, b, margin):
+    sum over the batch, a 0-d tensor.
+
+    The last trial's scores are all below 0 (cosines can be): a positive
+    masked out of the max with 0 instead of −inf then wins the max and is
+    taken for the hardest negative, which the checker names."""
+    def trial(seed, b, margin, low=0.0):
         def make():
-            s = torch.rand(b, b, generator=_gen(seed), dtype=torch.float64)
+            s = torch.rand(b, b, generator=_gen(seed), dtype=torch.float64) + low
             return (s,), {"margin": margin}
         return make
 
-    trials = [trial(0, 4, 0.2), trial(1, 7, 0.2), trial(2, 5, 0.5), trial(3, 2, 0.0)]
+    def zero_masked(s, margin):
+        off = s.masked_fill(torch.eye(len(s), dtype=torch.bool), 0.0)
+        d = s.diagonal()
+        return ((margin - d + off.max(1).values).clamp(min=0).sum()
+                + (margin - d + off.max(0).values).clamp(min=0).sum())
+
+    mistakes = [("the positive was masked with 0, so where every score is below 0 it "
+                 "wins the max: mask it with -inf (or a value below every score)", zero_masked)]
+    trials = [trial(0, 4, 0.2), trial(1, 7, 0.2), trial(2, 5, 0.5), trial(3, 2, 0.0),
+              trial(4, 5, 0.2, low=-1.2)]
     return _check("triplet term (eq 33)", student,
-                  lambda s, margin: alignment_term(s, margin), trials, atol=1e-8)
+                  lambda s, margin: alignment_term(s, margin), trials, atol=1e-8,
+                  mistakes=mistakes)
 
 
 # ---- eqs 35-36 -----------------------------------------------------------------
@@ -384,7 +262,7 @@ def check_pairwise_accuracy(student: Callable) -> CheckResult:
     score is higher than the negative's, ties counting one half, in percent
     (``cccl_lite.data.difficulty.pairwise_accuracy``). own, negative: 1-D
     arrays of equal length, small integers in most trials, so ties abound."""
-    from .data.difficulty import pairwise_accuracy
+    from ..data.difficulty import pairwise_accuracy
 
     rng = np.random.default_rng(0)
     cases = [rng.integers(0, 4, size=(2, 50)) for _ in range(3)]
@@ -410,89 +288,3 @@ def check_pairwise_accuracy(student: Callable) -> CheckResult:
     return CheckResult(True, f"✓ {name}: matches the reference on {len(cases)} cases, "
                              "most with ties.")
 
-
-# ---- the registry, and solutions kept out of the notebooks ---------------------
-
-
-@dataclass(frozen=True)
-class Exercise:
-    """An exercise with a checker: its label, the chapter (``book/<chapter>.md``)
-    whose stub cell defines ``function``, and the name of its checker here."""
-
-    label: str
-    chapter: str
-    function: str
-    checker: str
-
-    def check(self, fn: Callable) -> CheckResult:
-        return globals()[self.checker](fn)
-
-
-EXERCISES = {e.label: e for e in (
-    Exercise("ex-recall", "01_task", "my_recall", "check_recall"),
-    Exercise("ex-perceive-cpc", "02_perceive", "my_cpc", "check_cpc"),
-    Exercise("ex-perceive-sdpa", "02_perceive", "my_cpc_fused", "check_cpc"),
-    Exercise("ex-reason-gcn", "03_reason", "my_residual_gcn", "check_gcn"),
-    Exercise("ex-align-vsf", "04_align", "my_vsf", "check_vsf"),
-    Exercise("ex-loss-triplet", "05_loss", "my_triplet", "check_triplet"),
-    Exercise("ex-train-pairwise", "06_training", "my_pairwise_accuracy",
-             "check_pairwise_accuracy"),
-    Exercise("ex-inside-rank", "08_inside", "my_rank_scores", "check_rank_scores"),
-    Exercise("ex-flickr-disk", "09_flickr30k", "my_feature_gib", "check_feature_size"),
-    Exercise("ex-faster-vsf", "10_faster", "my_vsf", "check_vsf"),
-)}
-
-
-def solution_text(label: str) -> str:
-    """The solution of exercise ``label`` (MyST markdown), from
-    ``cccl_lite/solutions/<label>.md``; KeyError names the known labels."""
-    path = SOLUTIONS_DIR / f"{label}.md"
-    if not path.is_file():
-        known = sorted(p.stem for p in SOLUTIONS_DIR.glob("ex-*.md"))
-        raise KeyError(f"no solution for {label!r}; known: {', '.join(known)}")
-    return path.read_text(encoding="utf-8")
-
-
-def solution_code(label: str) -> str:
-    """The Python code blocks of a solution, joined: for a checked exercise,
-    code that defines the function and runs without the chapter's state."""
-    blocks = re.findall(r"^```python\n(.*?)^```", solution_text(label), flags=re.S | re.M)
-    return "\n".join(blocks)
-
-
-def _plain_roles(text: str) -> str:
-    """MyST roles a notebook cannot resolve, as plain text: {ref}`ch-task`
-    becomes ch-task, {cite:p}`a,b` becomes (a, b)."""
-    text = re.sub(r"\{cite:p\}`([^`]*)`", lambda m: f"({m.group(1).replace(',', ', ')})", text)
-    return re.sub(r"\{[a-z:]+\}`([^`]*)`", r"\1", text)
-
-
-def show_solution(label: str):
-    """Show the solution of exercise ``label`` in a notebook (rendered
-    markdown under IPython, plain text elsewhere). The notebooks carry no
-    solution text: this is how a reader who has tried opens one."""
-    text = _plain_roles(solution_text(label))
-    try:
-        from IPython import get_ipython
-        from IPython.display import Markdown, display
-    except ImportError:  # plain Python
-        print(text)
-        return None
-    if get_ipython() is None:
-        print(text)
-        return None
-    display(Markdown(text))
-    return None
-
-
-def _last_value(code: str, namespace: dict):
-    """Run ``code`` in ``namespace`` and return its last expression's value
-    (None if it does not end with an expression), as a notebook cell would."""
-    tree = ast.parse(code)
-    last = tree.body[-1] if tree.body and isinstance(tree.body[-1], ast.Expr) else None
-    if last is not None:
-        tree.body = tree.body[:-1]
-    exec(compile(tree, "<cell>", "exec"), namespace)
-    if last is None:
-        return None
-    return eval(compile(ast.Expression(last.value), "<cell>", "eval"), namespace)
