@@ -27,9 +27,19 @@ run's best validation checkpoint is then tested on the test split:
   the training pairs and on the test pairs, overall and per branch, and
   ``after``: ``test``, ``truth`` and ``siblings`` measured again after the fit.
 
+Every record also holds ``win_rate``: per epoch, the percent of training
+image rows / caption columns / both whose positive scored above the batch's
+hardest negative (eq 33's; :func:`cccl_lite.loss.hardest_negative_wins`),
+and a row with ``against`` changes exactly one thing of the row it names.
+
 The results file is rewritten (atomically) after each row and a rerun with
 the same settings skips the rows it holds, so a study can span sessions and
-run as two processes (``--only``) of one thread each.
+run as two processes (``--only``) of one thread each. A row is run at the
+study's seed (the settings' ``seed``) and, with ``seeds``, at others: such a
+record carries its ``seed`` and is its own entry of the same file, so the
+rows recorded at the study's seed stay valid. (Why one module of ~560 lines:
+the rows, the measures they record and the resumable runner are read
+together by chapter 5; splitting them would scatter one study.)
 """
 
 from __future__ import annotations
@@ -78,6 +88,9 @@ class Row:
     # After training and testing, this many steps of
     # cccl_lite.probes.fit_sibling_pairs on the relation pairs (0: none).
     fit_steps: int = 0
+    # The row this one changes exactly ONE thing of (config or option; tested),
+    # or None for the older rows, whose question says what they change.
+    against: str | None = None
 
 
 _ALL = {"warmup_epochs": None}
@@ -97,6 +110,17 @@ ROWS = (
     # false negatives
     Row("hardest, truth positives", "does the collapse come from negatives that are "
         "true matches?", options={"warmup_epochs": 0, "positives": "truth"}),
+    # eq 33 after a warm-up, and at a small batch (issue 28)
+    Row("warm-up 1, hardest", "the paper's schedule: one epoch of the sum over negatives, "
+        "then eq 33 (λ 0.5, L_c summed)", options={"warmup_epochs": 1}, against="reference"),
+    Row("warm-up 1, hardest, λ 0", "does eq 33 train after a warm-up without the coherence "
+        "term?", {"coherence_weight": 0.0}, {"warmup_epochs": 1}, against="λ 0"),
+    Row("warm-up 1, hardest, L_c per item", "does eq 33 train after a warm-up with L_c "
+        "per item?", {"coherence_reduction": "per_item"}, {"warmup_epochs": 1},
+        against="L_c per item"),
+    Row("hardest, B 8", "eq 33 from the first step at B = 8, where the positive beats the "
+        "hardest of 7 negatives more often", {"batch_size": 8}, {"warmup_epochs": 0},
+        against="hardest"),
     Row("truth positives", "the reference with true matches never used as negatives",
         options={**_ALL, "positives": "truth"}),
     # the data's signal
@@ -364,8 +388,12 @@ def _row_options(row: Row) -> dict:
 
 
 def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
-            max_steps: int | None = None, cache: dict | None = None) -> dict:
-    """Train and test one row; return its record (see the module docstring)."""
+            max_steps: int | None = None, cache: dict | None = None,
+            study_seed: int | None = None) -> dict:
+    """Train and test one row at ``seed``; return its record (see the module
+    docstring). At a seed other than ``study_seed`` (None: ``seed``) the run
+    has its own directory and the record a ``seed`` field."""
+    study_seed = seed if study_seed is None else study_seed
     cache = {} if cache is None else cache
     t0 = time.perf_counter()
     # Every row starts from the lite config with the paper's L_c (summed over
@@ -382,7 +410,7 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
     ablation = overrides.pop("ablation", None)
     config = resolve_config("lite", data, ablation, epochs=epochs, lr_decay_epoch=epochs,
                             **overrides)
-    run_dir = Path(out_dir) / slug(row.name)
+    run_dir = Path(out_dir) / (slug(row.name) + ("" if seed == study_seed else f"-seed{seed}"))
     best = train(config, data, run_dir, recipe_options(
         "paper", seed=seed, device="cpu", max_steps=max_steps, quiet=True, overwrite=True,
         **_row_options(row)))
@@ -403,10 +431,13 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
         fit = {"relation_fit": {"steps": row.fit_steps, "lr": config.lr, "curve": curve,
                                 "after": after}}
     return {
-        "name": row.name, "question": row.question, "config": row.config,
+        "name": row.name, **({} if seed == study_seed else {"seed": seed}),
+        "question": row.question, "config": row.config,
         "options": _row_options(row), **({"oracle": row.oracle} if row.oracle else {}),
         "val_rsum": round(best_rec["val"]["rsum"], 2), "best_epoch": best_rec["epoch"],
         "val_curve": [round(r["val"]["rsum"], 1) for r in history],
+        "win_rate": {k: [round(r["win_rate"][k], 1) for r in history]
+                     for k in ("images", "captions", "both")},
         **measured,
         "collapse": {"last_alignment_over_2BΔ": round(history[-1]["losses"]["alignment"]
                                                        / full_scale, 3),
@@ -422,17 +453,23 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
 
 def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
                   max_steps: int | None = None, only: list[str] | None = None,
-                  overwrite: bool = False, rerun: bool = False, log=print) -> dict:
+                  overwrite: bool = False, rerun: bool = False, log=print,
+                  seeds: list[int] | None = None) -> dict:
     """Run every row of :data:`ROWS` (or ``only`` those, in that order) not yet in
     ``results_path`` under the same settings; return the results dict
     {"settings", "provenance", "baselines" (:func:`baselines`, computed once),
     "rows"}, also written there after each row.
 
+    ``seed`` is the study's (part of the settings); ``seeds`` (default
+    [``seed``]) the seeds each row is run at, one row's seeds before the next
+    row's. A record is keyed by (name, seed): one at another seed than the
+    study's carries a ``seed`` field and leaves the study's record alone.
     An existing results file with other settings is an error unless
-    ``overwrite``; a row already there is skipped unless ``rerun``.
+    ``overwrite``; a (row, seed) already there is skipped unless ``rerun``.
     """
     results_path = Path(results_path)
     settings = _settings(data, epochs, max_steps, seed)
+    seeds = [seed] if not seeds else list(dict.fromkeys(seeds))
     names = [r.name for r in ROWS]
     unknown = set(only or ()) - set(names)
     if unknown:
@@ -441,7 +478,7 @@ def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
     if results_path.exists():
         old = json.loads(results_path.read_text())
         if old.get("settings") == settings:
-            done = {r["name"]: r for r in old["rows"]}
+            done = {_key(r, seed): r for r in old["rows"]}
         elif not overwrite:
             raise ValueError(f"{results_path}: holds a diagnosis with other settings "
                              f"({old.get('settings')}); pass --overwrite to replace it or "
@@ -457,18 +494,24 @@ def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
     by_name = {r.name: r for r in ROWS}
     # ``only`` also sets the order: the most telling rows of a long study first.
     todo = [by_name[n] for n in only] if only else list(ROWS)
-    todo = [r for r in todo if rerun or r.name not in done]
-    for row in todo:
-        rec = run_row(row, data, out_dir, epochs, seed, max_steps, cache)
-        log(f"{row.name}: val R@sum {rec['val_rsum']:.1f}, test {rec['test']['rsum']:.1f}, "
-            f"truth {rec['truth']['rsum']:.1f}, siblings {rec['siblings']}, "
+    todo = [(r, s) for r in todo for s in seeds if rerun or (r.name, s) not in done]
+    for row, row_seed in todo:
+        rec = run_row(row, data, out_dir, epochs, row_seed, max_steps, cache, study_seed=seed)
+        log(f"{row.name} (seed {row_seed}): val R@sum {rec['val_rsum']:.1f}, test "
+            f"{rec['test']['rsum']:.1f}, truth {rec['truth']['rsum']:.1f}, siblings "
+            f"{rec['siblings']}, win rate {rec['win_rate']['both']} %, "
             f"{rec['seconds']:.0f} s")
         with shared_file(results_path):
             # Re-read under the lock: another process (--only) may have added rows.
             done = _merge(results_path, settings, done)
-            done[row.name] = rec
+            done[(row.name, row_seed)] = rec
             _write(results_path, settings, done, names)
     return json.loads(results_path.read_text())
+
+
+def _key(record: dict, study_seed: int) -> tuple[str, int]:
+    """(name, seed) of a record: the study's seed unless it names another."""
+    return record["name"], record.get("seed", study_seed)
 
 
 def _merge(path: Path, settings: dict, done: dict) -> dict:
@@ -477,7 +520,8 @@ def _merge(path: Path, settings: dict, done: dict) -> dict:
     if path.exists():
         old = json.loads(path.read_text())
         if old.get("settings") == settings:
-            done.update({r["name"]: r for r in old["rows"] if r["name"] not in done})
+            done.update({_key(r, settings["seed"]): r for r in old["rows"]
+                         if _key(r, settings["seed"]) not in done})
     return done
 
 
@@ -486,8 +530,13 @@ def _write(path: Path, settings: dict, done: dict, names: list[str],
     if base is None and path.exists():
         old = json.loads(path.read_text())
         base = old.get("baselines") if old.get("settings") == settings else None
+    # ROWS' order, each row's seeds in ascending order (the study's seed first
+    # when it is the smallest, as it is for seed 0).
+    order = {n: k for k, n in enumerate(names)}
+    rows = [done[k] for k in sorted((k for k in done if k[0] in order),
+                                    key=lambda k: (order[k[0]], k[1]))]
     result = {"settings": settings, "provenance": provenance(), "baselines": base,
-              "rows": [done[n] for n in names if n in done]}
+              "rows": rows}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(json.dumps(result, indent=1, ensure_ascii=False) + "\n", path)
     return result

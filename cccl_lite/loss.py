@@ -33,6 +33,7 @@ __all__ = [
     "SimilarityMLP",
     "coherence_term",
     "alignment_term",
+    "hardest_negative_wins",
     "COHERENCE_REDUCTIONS",
     "NEGATIVES",
     "fuse_scores",
@@ -165,6 +166,36 @@ def alignment_term(scores: torch.Tensor, margin: float = 0.2,
     cost_i2t = (margin - diag + hardest_text).clamp(min=0)
     cost_t2i = (margin - diag + hardest_image).clamp(min=0)
     return cost_i2t.sum() + cost_t2i.sum()
+
+
+@torch.no_grad()
+def hardest_negative_wins(scores: torch.Tensor,
+                          positive_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """How often the positive beats eq 33's hardest negative: the in-batch win rate.
+
+    scores (B, B) and positive_mask as in :func:`alignment_term` (the
+    diagonal is the positive; other Trues, a second caption of the same image,
+    are neither positive nor negative for the row or column they share). Image
+    row i *wins* when F_ii > max_{j neg} F_ij (strictly: a tie with the hardest
+    negative is a loss), caption column j when F_jj > max_{i neg} F_ij; a row
+    or column without a negative is not counted. Returns a float64 tensor of
+    four counts [image rows won, image rows counted, caption columns won,
+    caption columns counted], so that batches (and ranks) add up before the
+    division. Diagnostic only (no gradient): whether eq 33 can train depends
+    on it (issue 28), e.g. the score scale collapses when few rows win.
+    """
+    if scores.dim() != 2 or scores.shape[0] != scores.shape[1]:
+        raise ValueError(f"hardest_negative_wins: scores must be (B, B), "
+                         f"got {tuple(scores.shape)}")
+    eye = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
+    if positive_mask is None:
+        positive_mask = eye
+    negs = scores.detach().float().masked_fill(positive_mask, float("-inf"))
+    diag = scores.detach().float().diagonal()
+    hardest_text, hardest_image = negs.amax(dim=1), negs.amax(dim=0)
+    has_text, has_image = torch.isfinite(hardest_text), torch.isfinite(hardest_image)
+    return torch.stack([((diag > hardest_text) & has_text).sum(), has_text.sum(),
+                        ((diag > hardest_image) & has_image).sum(), has_image.sum()]).double()
 
 
 def fuse_scores(scores: Sequence[torch.Tensor | None]) -> torch.Tensor:

@@ -38,8 +38,11 @@ Outputs, in ``out_dir`` (written by rank 0 only):
 * ``config.json``: {"config": CCCLConfig dict, "options": TrainOptions dict,
   "data": path, "world_size": N};
 * ``log.jsonl``: one object per epoch: epoch (1-based), step, lr,
-  negatives ("all" or "hardest"), losses {total, alignment, coherence}
-  (means per batch), val (every key of ``recall_at_k``), val_truth (the
+  negatives ("all" or "hardest"), win_rate {images, captions, both}: the
+  percent of the epoch's image rows / caption columns / both whose positive
+  scored above the batch's hardest negative (eq 33's, counted in every
+  epoch; :func:`cccl_lite.loss.hardest_negative_wins`), losses {total,
+  alignment, coherence} (means per batch), val (every key of ``recall_at_k``), val_truth (the
   same, truth-aware; only under ``select="truth_rsum"``), best, seconds;
 * ``last.pt``: everything needed to resume (model, optimizer, scheduler,
   AMP scaler, RNG states, epoch, step, the best value of the selected
@@ -102,7 +105,7 @@ from .data.truth import SplitTruth
 from .errors import InputError
 from . import evaluate
 from .files import RunLock, check_output_dir, remove_stale_temps, write_text_atomic
-from .loss import HybridLoss, alignment_term, hybrid_loss
+from .loss import HybridLoss, alignment_term, hardest_negative_wins, hybrid_loss
 from .metrics import truth_recall_at_k
 from .model import CCCL, CCCLConfig
 from .provenance import provenance
@@ -398,6 +401,9 @@ class Trainer:
         all_negatives = o.warmup_epochs is None or self.epoch < o.warmup_epochs
         n_steps = len(self.loader) if o.max_steps is None else min(o.max_steps, len(self.loader))
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        # eq 33's in-batch win rate, counted whatever the epoch's negatives
+        # (loss.hardest_negative_wins): [image rows won, counted, captions won, counted]
+        wins = torch.zeros(4, dtype=torch.float64, device=self.device)
         bar = None
         if self.is_main and not o.quiet and sys.stderr.isatty():
             from tqdm.auto import tqdm
@@ -440,6 +446,7 @@ class Trainer:
                 sums += torch.stack([loss.total.detach(), loss.alignment.detach(),
                                      loss.coherence.detach(), torch.ones((), device=self.device)
                                      ]).double()
+                wins += hardest_negative_wins(fused, positive)
                 if o.log_every and (i + 1) % o.log_every == 0 or i + 1 == n_steps:
                     mean = (sums[:3] / sums[3]).tolist()
                     if bar is not None:
@@ -457,9 +464,13 @@ class Trainer:
         if self.dist.enabled:
             import torch.distributed as tdist
             tdist.all_reduce(sums)  # the losses of every rank's batches
+            tdist.all_reduce(wins)
         total, alignment, coherence = (sums[:3] / sums[3].clamp(min=1)).tolist()
+        w = wins.tolist()
+        win_rate = {"images": 100 * w[0] / max(w[1], 1), "captions": 100 * w[2] / max(w[3], 1),
+                    "both": 100 * (w[0] + w[2]) / max(w[1] + w[3], 1)}
         return {"total": total, "alignment": alignment, "coherence": coherence,
-                "negatives": "all" if all_negatives else "hardest"}
+                "negatives": "all" if all_negatives else "hardest", "win_rate": win_rate}
 
     def _check_collapse(self, fused, alignment, positive, negatives: str) -> None:
         """Feed one batch to the collapse guard: print its warning once (rank 0);
@@ -566,7 +577,8 @@ class Trainer:
                     if improved:
                         self.best_rsum, self.best_epoch = selected, self.epoch
                     record = {"epoch": self.epoch, "step": self.step, "lr": lr,
-                              "negatives": losses.pop("negatives"), "losses": losses,
+                              "negatives": losses.pop("negatives"),
+                              "win_rate": losses.pop("win_rate"), "losses": losses,
                               "val": recalls,
                               **({"val_truth": truth_recalls} if truth_recalls else {}),
                               "best": improved,
