@@ -59,7 +59,12 @@ def add_diagnose_arguments(p) -> None:
     p.add_argument("--results", required=True,
                    help="JSON results file (chapter 5 reads cccl_lite/results/diagnosis.json)")
     p.add_argument("--epochs", type=positive_int, default=3, help="the budget of every row")
-    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="the study's seed (part of the results file's settings)")
+    p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=None,
+                   help="run each row at these seeds (default: --seed); a row at another "
+                        "seed than --seed is its own entry, with a 'seed' field, in the "
+                        "same results file")
     p.add_argument("--max-steps", type=positive_int, default=None,
                    help="batches per epoch (smoke)")
     p.add_argument("--only", nargs="+", default=None,
@@ -74,7 +79,7 @@ def run_diagnose(args) -> int:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     run_diagnosis(args.data, args.out, args.results, epochs=args.epochs, seed=args.seed,
                   max_steps=args.max_steps, only=args.only, overwrite=args.overwrite,
-                  rerun=args.rerun)
+                  rerun=args.rerun, seeds=args.seeds)
     return 0
 
 
