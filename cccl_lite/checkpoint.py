@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from .data.dataset import SplitReader, build_vocab
+from .data.features import DETECTOR_SEED, detector_name, file_detector
 from .data.schema import SchemaError, check_file
 from .errors import InputError
 from .files import write_atomic
@@ -52,6 +53,8 @@ __all__ = [
     "load_model",
     "load_for_data",
     "check_resumable",
+    "checkpoint_detector",
+    "check_detector",
 ]
 
 CONFIGS = {"lite": CCCLConfig.lite, "paper": CCCLConfig.paper}
@@ -108,12 +111,15 @@ def _plain(value):
 def data_identity(path) -> dict:
     """What makes a data file the same dataset for a resumed run: its path
     (resolved), name, seed and size attributes, word encoder, and the images
-    and captions of the train and val splits (read from the file's header)."""
+    and captions of the train and val splits (read from the file's header),
+    and the simulated detector of synthetic scenes (:func:`file_detector`,
+    None for real data): a checkpoint keeps it as ``data``."""
     path = Path(path)
     with check_file(path, "train") as f:
         wv = f["train/captions"].get("word_vectors")
         ident = {"path": str(path.resolve()), "dataset": str(f.attrs.get("dataset", "")),
                  "seed": _plain(f.attrs.get("seed")), "size": _plain(f.attrs.get("size")),
+                 "detector": file_detector(f.attrs),
                  "encoder": None if wv is None else str(wv.attrs.get("encoder", ""))}
         for split in ("train", "val"):
             if split in f:
@@ -291,7 +297,10 @@ def config_of(ckpt: dict, path) -> CCCLConfig:
 def load_model(checkpoint_path, device="cpu") -> tuple[CCCL, CCCLConfig, dict | None]:
     """(model in eval mode on ``device``, its config, its vocab or None) from
     ``best.pt`` or ``last.pt``. Unknown config fields raise InputError."""
-    ckpt = load_checkpoint(checkpoint_path, device)
+    return _model_of(load_checkpoint(checkpoint_path, device), checkpoint_path, device)
+
+
+def _model_of(ckpt: dict, checkpoint_path, device) -> tuple[CCCL, CCCLConfig, dict | None]:
     config = config_of(ckpt, checkpoint_path)
     model = CCCL(config)
     try:
@@ -320,17 +329,47 @@ def load_for_data(checkpoint_path, data_path, split: str = "test", device="cpu")
     if not data.is_file():
         raise InputError(f"{data}: no such data file")
     try:
-        model, config, vocab = load_model(ckpt, device=device)
+        loaded = load_checkpoint(ckpt, device)
+        model, config, vocab = _model_of(loaded, ckpt, device)
     except (ValueError, FileNotFoundError):  # InputError included
         raise
     except (OSError, RuntimeError, KeyError, TypeError, EOFError) as e:
         raise InputError(f"{ckpt}: not a readable CCCL checkpoint ({_one_line(e)})") from None
     if not config.use_bert and vocab is None:
         raise InputError(f"{ckpt}: a 'w/o BERT' checkpoint without its vocabulary")
+    with check_file(data, split) as f:
+        check_detector(loaded, ckpt, file_detector(f.attrs), data)
     reader = make_reader(data, split, config, vocab)
     check_fits(config, reader.region_dim, reader.word_dim if config.use_bert else None,
                reader.has_boxes, f"{data}:/{split}", "checkpoint", getattr(reader, "encoder", None))
     return model, config, reader
+
+
+def checkpoint_detector(ckpt: dict) -> str | None:
+    """The simulated detector a checkpoint was trained on: ``data["detector"]``;
+    for a checkpoint that recorded its data before the detector was, the one
+    its synthetic data had then (their scene seed's); for one that recorded no
+    data (the shipped models), the scenes' default (:data:`DETECTOR_SEED`)."""
+    data = ckpt.get("data")
+    if not isinstance(data, dict):
+        return detector_name(DETECTOR_SEED)
+    if "detector" in data:
+        return data["detector"]
+    if data.get("dataset") == "synthetic-scenes" and isinstance(data.get("seed"), int):
+        return detector_name(data["seed"])
+    return None
+
+
+def check_detector(ckpt: dict, ckpt_path, data_detector: str | None, data_path) -> None:
+    """Refuse synthetic scenes seen by another simulated detector than the
+    checkpoint's: its features would mean nothing to the model (scores at
+    chance, issue 29). Real data (``data_detector`` None) are left to
+    :func:`check_fits`."""
+    trained = checkpoint_detector(ckpt)
+    if data_detector is not None and trained is not None and data_detector != trained:
+        raise InputError(f"{data_path}: features from the {data_detector}, but {ckpt_path} was "
+                         f"trained on the {trained}'s; make the data with the same detector "
+                         f"(make-synthetic's default) or use a model trained on it")
 
 
 # --------------------------------------------------------------------------
@@ -388,6 +427,8 @@ def check_same_data(ckpt: dict, run_dir, data_path, data_ident: dict, log=print)
                              f"{data_path}; resume with --data {old_path}, or use "
                              f"another --out")
         return
+    if "detector" not in old:  # recorded before the detector was: the one it implies
+        old = {**old, "detector": checkpoint_detector(ckpt)}
     new = data_ident
     diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if k != "path" and old.get(k) != new.get(k)]

@@ -503,7 +503,9 @@ def test_streaming_matches_eager(tmp_path, monkeypatch):
     # (noise off here, so the comparison needs no knowledge of the random streams).
     quiet = synthetic.split_content(SceneSpec("q", (7, 3, 2), 36, 2048, 96, False, noise=0.0),
                                      4, "train")["features"]
-    tables = appearance_tables(4, 2048)
+    # The detector is the scenes' (its seed in the file), not the scene seed 4's (issue 29).
+    with h5py.File(lazy, "r") as f:
+        tables = appearance_tables(int(f.attrs["detector_seed"]), 2048)
     for i, (scene, boxes, mask) in enumerate(zip(s["scenes"], s["boxes"], s["mask"])):
         want = region_features(scene, boxes[mask], tables)
         np.testing.assert_allclose(quiet[i][mask], want, atol=1e-6)

@@ -21,7 +21,32 @@ import numpy as np
 from .grammar import COLOURS, OBJECT_SIZES, SHAPES
 from .layout import NOISE, TABLES, stream
 
-__all__ = ["AppearanceTables", "appearance_tables", "region_features", "SyntheticFeatures"]
+__all__ = ["AppearanceTables", "appearance_tables", "region_features", "SyntheticFeatures",
+           "DETECTOR_SEED", "detector_name", "file_detector"]
+
+# The simulated detector of the scenes (version 1): its appearance tables come
+# from this seed, never from a file's scene seed, so that ``--seed`` varies the
+# scenes and not the world a model has learnt to see (issue 29). 0 keeps the
+# files of seed 0 byte for byte what they were when the tables came from the
+# scene seed.
+DETECTOR_SEED = 0
+
+
+def detector_name(detector_seed: int) -> str:
+    """How messages and checkpoints name the simulated detector of ``detector_seed``."""
+    return f"synthetic-scenes detector {int(detector_seed)}"
+
+
+def file_detector(attrs) -> str | None:
+    """The simulated detector whose features a file holds (:func:`detector_name`),
+    from its HDF5 attributes: ``detector_seed``; for a synthetic file written
+    before that attribute existed, its scene ``seed`` (the tables came from it
+    then); None for data of a real detector (Flickr30K, COCO)."""
+    if "detector_seed" in attrs:
+        return detector_name(int(attrs["detector_seed"]))
+    if str(attrs.get("dataset", "")) == "synthetic-scenes" and "seed" in attrs:
+        return detector_name(int(attrs["seed"]))
+    return None
 
 
 @dataclass(frozen=True)
@@ -50,7 +75,8 @@ class AppearanceTables:
 
 
 def appearance_tables(seed: int, feature_dim: int) -> AppearanceTables:
-    """The tables of a dataset, drawn from its seed (float64, entries ~ N(0, w^2))."""
+    """The tables of the simulated detector of ``seed`` (:data:`DETECTOR_SEED` for
+    the scenes; float64, entries ~ N(0, w^2))."""
     rng = stream(seed, TABLES, 0, feature_dim)
     ns, nc, nz, d = len(SHAPES), len(COLOURS), len(OBJECT_SIZES), feature_dim
     # The pair term is weaker than shape and colour but far above the noise:

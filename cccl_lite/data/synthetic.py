@@ -50,8 +50,10 @@ Besides the fields of :mod:`cccl_lite.data.schema`, every split holds::
                                             "box": [x1, y1, x2, y2]} (pixels)
     /<split>/captions/kind    (M,) UTF-8   the grammar template of the caption
 
-and the file attributes ``seed`` (int) and ``size`` (the size's name, e.g.
-"small"). Groups never straddle splits; the last group of a split may be
+and the file attributes ``seed`` (int: the scenes), ``size`` (the size's name,
+e.g. "small") and ``detector_seed`` (int: the simulated detector, the same
+for every scene seed, :data:`~cccl_lite.data.features.DETECTOR_SEED`; a file
+without it was written when the detector came from ``seed``). Groups never straddle splits; the last group of a split may be
 partial (base, or base + binding) so that the image counts are exact.
 ``tokens`` are the lower-case words joined by single spaces (no
 punctuation); ``text`` is the caption as written, capitalised with a final
@@ -74,7 +76,8 @@ import h5py
 import numpy as np
 
 from .captions import CAPTIONS_PER_IMAGE, group_captions, image_captions
-from .features import AppearanceTables, SyntheticFeatures, appearance_tables, region_features
+from .features import (DETECTOR_SEED, AppearanceTables, SyntheticFeatures, appearance_tables,
+                       region_features)
 from .grammar import (COLOURS, KINDS, OBJECT_SIZES, RELATIONS, SHAPES, Caption, NounPhrase,
                       build_caption, caption_holds, caption_text)
 from .layout import (CAPTIONS, GRID, REGIONS, SCENE, VARIANTS, Group, make_group, region_boxes,
@@ -175,8 +178,13 @@ def _resolve(size: str | SceneSpec) -> SceneSpec:
     return SIZES[size]
 
 
-def split_content(spec: SceneSpec, seed: int, split: str) -> dict:
+def split_content(spec: SceneSpec, seed: int, split: str,
+                  detector_seed: int = DETECTOR_SEED) -> dict:
     """Everything of one split that goes into the file, without writing it.
+
+    ``seed`` draws the scenes, boxes, captions and feature noise;
+    ``detector_seed`` the simulated detector's appearance tables, fixed
+    for the scenes (:data:`DETECTOR_SEED`) like a real detector's weights.
 
     Keys: scenes (N lists of object dicts), variants, groups, boxes
     (N, n, 4), region_mask (N, n), features (a lazy
@@ -207,7 +215,7 @@ def split_content(spec: SceneSpec, seed: int, split: str) -> dict:
         "scenes": scenes, "variants": variants, "groups": groups, "boxes": boxes,
         "region_mask": np.arange(n)[None, :] < num_real[:, None],
         "features": SyntheticFeatures(scenes, boxes, num_real,
-                                      appearance_tables(seed, spec.feature_dim), seed, sid,
+                                      appearance_tables(detector_seed, spec.feature_dim), seed, sid,
                                       spec.noise),
         "text": [caption_text(w) for w, _ in words_heads],
         "tokens": [" ".join(w) for w, _ in words_heads],
@@ -218,21 +226,25 @@ def split_content(spec: SceneSpec, seed: int, split: str) -> dict:
 
 
 def make_synthetic(out: str | Path, seed: int = 0, size: str | SceneSpec = "small", *,
-                   stream: bool | None = None) -> Path:
+                   stream: bool | None = None, detector_seed: int = DETECTOR_SEED) -> Path:
     """Write the synthetic-scenes dataset of ``size`` (a name of :data:`SIZES` or a
     :class:`SceneSpec`) to ``out``; return its path.
 
     ``stream``: copy features into the file chunk by chunk as they are
     generated (default: only when a split's float32 features would exceed
     256 MiB). Both ways give the same bytes; so does the same seed and size.
+    ``seed`` varies the scenes only; the simulated detector is
+    ``detector_seed``'s (default: the scenes' one, :data:`DETECTOR_SEED`),
+    recorded as the file attribute ``detector_seed``.
     """
     spec = _resolve(size)
     out = Path(out)
     with atomic_h5(out, dataset="synthetic-scenes", has_boxes=True) as f:
         f.attrs["seed"] = int(seed)
         f.attrs["size"] = spec.name
+        f.attrs["detector_seed"] = int(detector_seed)
         for split in SPLITS:
-            c = split_content(spec, seed, split)
+            c = split_content(spec, seed, split, detector_seed)
             feats = c["features"]
             big = np.prod(feats.shape) * 4 > 2**28
             if not (big if stream is None else stream):

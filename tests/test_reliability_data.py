@@ -1,0 +1,154 @@
+"""Issue 29, the data side: the simulated detector apart from the scenes, and
+the data commands' numbered defects (#3, #5, #13, #15, #18, #19, #22). Each
+test builds the situation the issue reports and checks what a user sees
+against what the test itself computed or wrote, never against the code's
+own output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from cccl_lite.checkpoint import data_identity
+from cccl_lite.data.difficulty import hard_negative_pairs
+from cccl_lite.data.synthetic import make_synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "cccl_lite" / "assets" / "lite-scenes-small-seed0.pt"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _cli(*argv, cwd=None, pre: str = ""):
+    """``python -m cccl_lite ARGV`` in a subprocess (``pre``: shell words run first,
+    such as a ulimit); returns the completed process."""
+    cmd = " ".join([sys.executable, "-m", "cccl_lite", *map(str, argv)])
+    return subprocess.run(["bash", "-c", f"{pre} {cmd}"], capture_output=True, text=True,
+                          env=ENV, cwd=cwd or ROOT, timeout=600)
+
+
+def _one_line(proc, *needles) -> str:
+    """A refusal: exit 1 or 2, stderr exactly one error line holding every needle."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode in (1, 2) and len(lines) == 1, (proc.returncode, proc.stderr)
+    assert "error" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+# ---- the detector: fixed for the scenes, --seed varies the scenes only --------------
+
+
+def _appearances(path) -> dict[tuple, np.ndarray]:
+    """Least-squares estimate of each object type's appearance vector, from the
+    file alone: every region's features are modelled, as chapter 1 states, as
+    sum_o (fraction of object o inside the region) x appearance(o's type) +
+    (uncovered fraction) x background + noise; the fractions are computed here
+    from the stored boxes and scene JSON."""
+    rows, feats, types = [], [], {}
+    with h5py.File(path, "r") as f:
+        for split in ("train", "val", "test"):
+            im = f[split]["images"]
+            scenes = [json.loads(s) for s in im["scene"].asstr()[:]]
+            boxes, mask = im["boxes"][:].astype(np.float64), im["region_mask"][:]
+            x = im["features"][:].astype(np.float64)
+            for i, objects in enumerate(scenes):
+                for r in np.nonzero(mask[i])[0]:
+                    b = boxes[i, r]
+                    area = (b[2] - b[0]) * (b[3] - b[1])
+                    row, covered = {}, 0.0
+                    for o in objects:
+                        ob = o["box"]
+                        w = max(0.0, min(b[2], ob[2]) - max(b[0], ob[0]))
+                        h = max(0.0, min(b[3], ob[3]) - max(b[1], ob[1]))
+                        key = (o["shape"], o["colour"], o["size"])
+                        row[key] = row.get(key, 0.0) + w * h / ((ob[2] - ob[0]) * (ob[3] - ob[1]))
+                        covered += w * h
+                        types.setdefault(key, len(types))
+                    row["bg"] = max(0.0, 1.0 - covered / area)
+                    rows.append(row)
+                    feats.append(x[i, r])
+    cols = {**types, "bg": len(types)}
+    a = np.zeros((len(rows), len(cols)))
+    for k, row in enumerate(rows):
+        for key, v in row.items():
+            a[k, cols[key]] = v
+    est = np.linalg.lstsq(a, np.asarray(feats), rcond=None)[0]
+    return {key: est[j] for key, j in cols.items()}
+
+
+def test_two_scene_seeds_are_seen_by_one_detector(tmp_path):
+    """The issue: --seed 1 drew a new detector. Now the appearance of a red
+    large circle is the same vector in the files of seeds 1 and 2 (up to the
+    feature noise), and both files record the detector they were made with."""
+    one = make_synthetic(tmp_path / "s1.h5", seed=1, size="tiny")
+    two = make_synthetic(tmp_path / "s2.h5", seed=2, size="tiny")
+    a, b = _appearances(one), _appearances(two)
+    common = sorted(set(a) & set(b), key=str)
+    assert len(common) > 20
+    corr = [np.corrcoef(a[k], b[k])[0, 1] for k in common]
+    # Independent tables (the defect) give correlations near 0; one detector
+    # gives the same vector up to noise of 0.25 per entry against ~1.6.
+    assert np.median(corr) > 0.9, np.round(corr, 2)
+    for p in (one, two):
+        with h5py.File(p, "r") as f:
+            assert int(f.attrs["detector_seed"]) == 0
+        assert data_identity(p)["detector"] == "synthetic-scenes detector 0"
+
+
+def _other_detector(path: Path, how: str) -> Path:
+    """Tiny scenes of another detector: written so (``attr``), or an old file of
+    seed 3, whose tables came from its seed (``old``)."""
+    if how == "attr":
+        return make_synthetic(path, seed=0, size="tiny", detector_seed=5)
+    make_synthetic(path, seed=3, size="tiny")
+    with h5py.File(path, "r+") as f:
+        del f.attrs["detector_seed"]
+    return path
+
+
+@pytest.mark.parametrize("how, named", [("attr", "detector 5"), ("old", "detector 3")])
+def test_evaluate_refuses_scenes_of_another_detector(tmp_path, how, named):
+    data = _other_detector(tmp_path / "other.h5", how)
+    proc = _cli("evaluate", "--checkpoint", SHIPPED, "--data", data, "--split", "test")
+    line = _one_line(proc, str(data), named, "detector 0", str(SHIPPED))
+    assert "R@" not in proc.stdout, proc.stdout
+    proc = _cli("retrieve", "--checkpoint", SHIPPED, "--data", data, "--split", "test",
+                "--caption", 0)
+    _one_line(proc, named, "detector 0")
+    assert line
+
+
+@pytest.mark.slow  # 8 s of scenes, a minute of MiniLM, the shipped model on 201 images
+def test_the_shipped_model_reads_scenes_of_another_seed(tmp_path):
+    """The held-out test of issue 29: fresh scenes of seed 7 (never seen in
+    training) through the same detector; the issue measured binding 100 % and
+    relation 99.6 % this way, and chance (50 %) with seed 7's own detector."""
+    data = tmp_path / "seed7.h5"
+    assert _cli("make-synthetic", "--out", data, "--seed", 7, "--size", "small").returncode == 0
+    proc = _cli("encode-words", data)
+    assert proc.returncode == 0, proc.stderr
+    sims = tmp_path / "sims.npy"
+    proc = _cli("evaluate", "--checkpoint", SHIPPED, "--data", data, "--split", "test",
+                "--save-sims", sims)
+    assert proc.returncode == 0, proc.stderr
+    recalls = json.loads(proc.stdout.strip().splitlines()[-1])
+    scores = np.load(sims)  # (images, captions)
+    with h5py.File(data, "r") as f:
+        own = f["test/captions/image"][:]
+    acc = {}
+    for kind, pairs in hard_negative_pairs(data, "test").items():
+        k, j = np.array(pairs).T
+        acc[kind] = 100 * np.mean(scores[own[k], k] > scores[j, k])
+    print(f"seed-7 scenes, shipped model: R@sum {recalls['rsum']:.1f}, sibling accuracy {acc}")
+    assert acc["binding"] >= 95.0 and acc["relation"] >= 95.0, (acc, recalls)
+    assert recalls["rsum"] > 150, recalls  # chance is about 9 on 201 images
