@@ -22,6 +22,7 @@ freshly made scenes (``tests/test_pretrained.py`` checks it).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -49,21 +50,48 @@ def checkpoint_path(name: str = NAME, folder: Path | None = None) -> Path:
     return Path(folder or ASSET_DIR) / f"{name}.pt"
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _checked_record(name: str, folder: Path | None) -> dict:
+    """The record ``name.json``, after checking that ``name.pt`` is the model
+    it describes (its ``model_sha256``): a ship killed between writing the
+    model and its record leaves a new model beside the old record (issue 29
+    #6), whose recalls would then be reported for the wrong weights."""
+    from .errors import InputError, read_json
+
+    path = checkpoint_path(name, folder)
+    record_path = path.with_suffix(".json")
+    for p in (path, record_path):
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no shipped model of that name")
+    record = read_json(record_path, "shipped model's record")
+    want = record.get("model_sha256") if isinstance(record, dict) else None
+    if want is not None and _sha256(path) != want:
+        raise InputError(f"{path}: is not the model its record {record_path} describes (sha256 "
+                         f"differs from model_sha256: a ship was interrupted?); ship it again "
+                         f"with --overwrite")
+    return record
+
+
 def provenance(name: str = NAME, folder: Path | None = None) -> dict:
-    """The shipped model's provenance JSON (see the module docstring)."""
-    path = checkpoint_path(name, folder).with_suffix(".json")
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no shipped model of that name")
-    return json.loads(path.read_text())
+    """The shipped model's provenance JSON (see the module docstring), checked
+    to describe the shipped ``.pt`` (its ``model_sha256``)."""
+    return _checked_record(name, folder)
 
 
 def load_pretrained(device="cpu", name: str = NAME, folder: Path | None = None):
-    """(model in eval mode, config, checkpoint path) of the shipped lite CCCL."""
+    """(model in eval mode, config, checkpoint path) of the shipped lite CCCL,
+    checked to be the model its record describes."""
     from .checkpoint import load_model
 
+    _checked_record(name, folder)
     path = checkpoint_path(name, folder)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no shipped model of that name")
     model, config, _ = load_model(path, device=device)
     return model.eval(), config, path
 
@@ -111,22 +139,28 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
 
     "trained": the provenance the run wrote to its ``config.json`` (runs
     from before that was recorded: ``trained_commit``, the commit it was
-    trained from); "provenance": where and when it was shipped and measured.
+    trained from); "provenance": where and when it was shipped and measured;
+    "model_sha256": the shipped ``.pt``'s, checked when it is loaded.
+    Before anything is written: ``data`` must be the data the run trained on
+    (best.pt's record of them), and the run's config.json and log.jsonl must
+    hold the fields read here (else one line naming the file and field).
     """
     from .provenance import provenance as where
-    from .checkpoint import load_checkpoint, load_model, save_atomic
-    from .files import write_text_atomic
-    from .train import read_log
+    from .checkpoint import data_identity, load_checkpoint, load_model, save_atomic
+    from . import files
+    from .errors import InputError, read_json
 
     run_dir, data = Path(run_dir), Path(data)
     dest = checkpoint_path(name, folder)
-    if dest.exists() and not overwrite:
-        # ValueError: the command line prints it as one line.
-        raise ValueError(f"{dest}: exists; pass --overwrite to replace the shipped model")
+    record_path = dest.with_suffix(".json")
+    for p in (dest, record_path):
+        if p.exists() and not overwrite:
+            # InputError: the command line prints it as one line.
+            raise InputError(f"{p}: exists; pass --overwrite to replace the shipped model")
     best = run_dir / "best.pt"
     ckpt = load_checkpoint(best)
-    info = json.loads((run_dir / "config.json").read_text())
-    log = read_log(run_dir)
+    info, log = _read_run(run_dir, read_json, InputError)
+    _check_trained_on(ckpt, run_dir, data, data_identity, InputError)
     model, config, vocab = load_model(best)
     model.eval()
     t0 = time.perf_counter()
@@ -156,7 +190,68 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
         "measure_seconds": round(time.perf_counter() - t0, 1),
     }
     dest.parent.mkdir(parents=True, exist_ok=True)
+    # The model first, then its record naming the model's sha256: a ship
+    # killed between the two leaves a pair that provenance() and
+    # load_pretrained() refuse (issue 29 #6), never one that silently
+    # reports another model's recalls.
     save_atomic({k: ckpt[k] for k in _KEEP if k in ckpt}, dest)
-    write_text_atomic(json.dumps(record, indent=1, ensure_ascii=False) + "\n",
-                       dest.with_suffix(".json"))
+    record["model_sha256"] = _sha256(dest)
+    files.write_text_atomic(json.dumps(record, indent=1, ensure_ascii=False) + "\n",
+                            record_path)
     return record
+
+
+# What ship reads of each log line (train's log.jsonl, module docstring of
+# cccl_lite.train); a hand-edited or truncated log fails naming the field.
+_LOG_FIELDS = {"epoch": int, "negatives": str, "losses": dict, "val": dict,
+               "seconds": (int, float)}
+
+
+def _read_run(run_dir: Path, read_json, InputError) -> tuple[dict, list[dict]]:
+    """(config.json, log.jsonl's records) of a finished run, checked for the
+    fields ship reads: one line naming the file and field otherwise."""
+    from .errors import field
+
+    info_path, log_path = run_dir / "config.json", run_dir / "log.jsonl"
+    info = read_json(info_path, "run's config.json")
+    for key in ("config", "options"):
+        field(info, key, info_path, kind=dict)
+    try:
+        lines = log_path.read_text().splitlines()
+    except FileNotFoundError:
+        raise InputError(f"{log_path}: no such file; is {run_dir} a training run?") from None
+    log = []
+    for i, ln in enumerate(lines, 1):
+        try:
+            rec = json.loads(ln)
+        except ValueError:
+            raise InputError(f"{log_path}: line {i} is not a JSON record (cut short?)") from None
+        for key, kind in _LOG_FIELDS.items():
+            field(rec, key, log_path, f"line {i}", kind)
+        for key in ("total", "alignment", "coherence"):
+            field(rec["losses"], key, log_path, f"line {i}: losses", (int, float))
+        field(rec["val"], "rsum", log_path, f"line {i}: val", (int, float))
+        log.append(rec)
+    if not log:
+        raise InputError(f"{log_path}: no epoch recorded; ship needs a run that finished at "
+                         f"least one epoch")
+    return info, log
+
+
+def _check_trained_on(ckpt: dict, run_dir: Path, data: Path, data_identity, InputError) -> None:
+    """Refuse to measure a run on data other than those it trained on (issue
+    29 #7): the record would pair its recalls with the wrong scenes. Compared
+    as resume compares them (:func:`cccl_lite.checkpoint.check_same_data`):
+    every field of the data's identity but its path."""
+    if not data.is_file():
+        raise InputError(f"--data {data}: no such data file")
+    old = ckpt.get("data")
+    if old is None:
+        return  # a checkpoint from before the data were recorded in it
+    new = data_identity(data)
+    diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if k != "path" and old.get(k) != new.get(k)]
+    if diff:
+        raise InputError(f"--data {data}: {run_dir} was trained on other data "
+                         f"({old.get('path')}: {'; '.join(diff)}); ship it with the data it "
+                         f"was trained on")

@@ -100,3 +100,86 @@ def test_batch_size_one_is_refused_with_one_line(tiny_words_h5, tmp_path, capsys
     assert code == 1
     _one_error_line(capsys, "--batch-size", "1", "at least 2")
     assert not (tmp_path / "r" / "log.jsonl").exists()
+
+
+# ---- ship: #6 a ship killed between its renames, #7 other data, #17 bad run files -----
+
+
+@pytest.fixture(scope="module")
+def other_run_dir(tiny_words_h5, tmp_path_factory):
+    """Another finished run on the same data (seed 1: other weights)."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    train(small_config(epochs=1), tiny_words_h5, out, quick(max_steps=2, seed=1))
+    return out
+
+
+def test_a_ship_killed_between_its_renames_is_caught_on_load(tiny_words_h5, run_dir,
+                                                               other_run_dir, tmp_path,
+                                                               monkeypatch):
+    from cccl_lite import files
+
+    folder = tmp_path / "assets"
+    pretrained.ship(run_dir, tiny_words_h5, folder, name="m")
+    old_record = (folder / "m.json").read_text()
+
+    def killed(*a, **k):  # kill -9 after the model's rename, before the record's
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files, "write_text_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pretrained.ship(other_run_dir, tiny_words_h5, folder, name="m", overwrite=True)
+    monkeypatch.undo()
+    new_weights = torch.load(other_run_dir / "best.pt", weights_only=True)["model"]
+    shipped = torch.load(folder / "m.pt", weights_only=True)["model"]
+    # The new model beside the old record (what the issue found): loading
+    # either must say so rather than report the old recalls for it.
+    assert (folder / "m.json").read_text() == old_record
+    assert all(torch.equal(shipped[k], new_weights[k]) for k in new_weights)
+    with pytest.raises(InputError, match="m.json"):
+        pretrained.load_pretrained(name="m", folder=folder)
+    with pytest.raises(InputError, match="m.pt"):
+        pretrained.provenance(name="m", folder=folder)
+    # Shipping again repairs the pair.
+    pretrained.ship(other_run_dir, tiny_words_h5, folder, name="m", overwrite=True)
+    model, _, _ = pretrained.load_pretrained(name="m", folder=folder)
+    assert all(torch.equal(v, new_weights[k]) for k, v in model.state_dict().items())
+
+
+def test_ship_refuses_data_the_run_was_not_trained_on(run_dir, tmp_path, capsys):
+    from cccl_lite.data.synthetic import make_synthetic
+    from helpers import add_word_vectors
+
+    other = make_synthetic(tmp_path / "other.h5", seed=1, size="tiny")
+    add_word_vectors(other)
+    code = main(["ship", "--run-dir", str(run_dir), "--data", str(other),
+                 "--folder", str(tmp_path / "assets"), "--name", "m"])
+    assert code == 1
+    _one_error_line(capsys, "--data", str(other), "trained on")
+    assert not (tmp_path / "assets" / "m.pt").exists()
+
+
+@pytest.mark.parametrize("case", ["empty log", "log line without val", "config not json",
+                                  "config without options"])
+def test_ship_on_bad_run_files_is_one_line(tiny_words_h5, run_dir, tmp_path, capsys, case):
+    run = _copy_run(run_dir, tmp_path / "run")
+    name, needle = {"empty log": ("log.jsonl", "no epoch"),
+                    "log line without val": ("log.jsonl", "val"),
+                    "config not json": ("config.json", "JSON"),
+                    "config without options": ("config.json", "options")}[case]
+    if case == "empty log":
+        (run / "log.jsonl").write_text("")
+    elif case == "log line without val":
+        rec = json.loads((run / "log.jsonl").read_text().splitlines()[0])
+        del rec["val"]
+        (run / "log.jsonl").write_text(json.dumps(rec) + "\n")
+    elif case == "config not json":
+        (run / "config.json").write_text('{"config": ')
+    else:
+        info = json.loads((run / "config.json").read_text())
+        del info["options"]
+        (run / "config.json").write_text(json.dumps(info))
+    code = main(["ship", "--run-dir", str(run), "--data", str(tiny_words_h5),
+                 "--folder", str(tmp_path / "assets"), "--name", "m"])
+    assert code == 1
+    _one_error_line(capsys, str(run / name), needle)
+    assert not (tmp_path / "assets").exists() or not any((tmp_path / "assets").iterdir())
