@@ -33,7 +33,7 @@ import torch
 from .data.dataset import SplitReader, build_vocab
 from .data.features import DETECTOR_SEED, detector_name, file_detector
 from .data.schema import SchemaError, check_file
-from .errors import InputError
+from .errors import InputError, one_line
 from .files import write_atomic
 from .model import ABLATIONS, CCCL, CCCLConfig
 
@@ -239,7 +239,28 @@ def save_atomic(obj, path) -> Path:
     """torch.save through a temp file in the same directory, then os.replace
     (:func:`cccl_lite.files.write_atomic`): ``path`` is either the old file or
     the complete new one, never a part."""
-    return write_atomic(path, lambda f: torch.save(obj, f))
+    path = Path(path)
+    try:
+        return write_atomic(path, lambda f: torch.save(obj, f))
+    except (OSError, RuntimeError) as e:
+        # A full disk (or a file-size limit) surfaces from torch's zip writer
+        # as an OSError wrapped in a RuntimeError: one line naming the file,
+        # not torch's traceback (issue 29 #14). write_atomic removed the temp.
+        kept = (f"the previous {path.name} is kept" if path.exists()
+                else "nothing was written under that name")
+        raise InputError(f"{path}: cannot write the checkpoint ({_os_reason(e)}); is the disk "
+                         f"full? {kept}") from None
+
+
+def _os_reason(e: BaseException) -> str:
+    """The OS's reason (e.g. "No space left on device") behind ``e``, found
+    along its chain of causes; else its message on one line."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    return one_line(e)[:200]
 
 
 def _load_failure(e: Exception) -> str:
@@ -311,10 +332,6 @@ def _model_of(ckpt: dict, checkpoint_path, device) -> tuple[CCCL, CCCLConfig, di
     return model.to(device).eval(), config, ckpt.get("vocab")
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
 def load_for_data(checkpoint_path, data_path, split: str = "test", device="cpu"):
     """(model, config, reader): a checkpoint and the reader of ``split`` of a
     data file it fits, checked before any scoring.
@@ -334,7 +351,7 @@ def load_for_data(checkpoint_path, data_path, split: str = "test", device="cpu")
     except (ValueError, FileNotFoundError):  # InputError included
         raise
     except (OSError, RuntimeError, KeyError, TypeError, EOFError) as e:
-        raise InputError(f"{ckpt}: not a readable CCCL checkpoint ({_one_line(e)})") from None
+        raise InputError(f"{ckpt}: not a readable CCCL checkpoint ({one_line(e)})") from None
     if not config.use_bert and vocab is None:
         raise InputError(f"{ckpt}: a 'w/o BERT' checkpoint without its vocabulary")
     with check_file(data, split) as f:

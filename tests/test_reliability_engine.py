@@ -183,3 +183,28 @@ def test_ship_on_bad_run_files_is_one_line(tiny_words_h5, run_dir, tmp_path, cap
     assert code == 1
     _one_error_line(capsys, str(run / name), needle)
     assert not (tmp_path / "assets").exists() or not any((tmp_path / "assets").iterdir())
+
+
+# ---- #14: a full disk while saving a checkpoint ---------------------------------------
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line(tiny_words_h5, tmp_path):
+    """The file-size limit (ulimit -f, SIGXFSZ ignored) stands in for a full
+    disk: every write past 1 MB fails with EFBIG, as ENOSPC would."""
+    out = tmp_path / "run"
+    code = ("import resource, signal, sys\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+            "from cccl_lite.cli import main\n"
+            f"sys.exit(main(['train', '--data', {str(tiny_words_h5)!r}, '--out', {str(out)!r},"
+            " '--epochs', '1', '--max-steps', '1', '--quiet']))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CCCL_LITE_FUSED": "0"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "best.pt" in lines[0] and "disk" in lines[0], lines[0]
+    # Nothing half-written under a final name, no temp file left.
+    assert not (out / "best.pt").exists() and not (out / "last.pt").exists()
+    assert [p.name for p in out.iterdir() if ".tmp-" in p.name] == []
