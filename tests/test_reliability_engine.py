@@ -208,3 +208,36 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line(tiny_words_h5, tmp_pa
     # Nothing half-written under a final name, no temp file left.
     assert not (out / "best.pt").exists() and not (out / "last.pt").exists()
     assert [p.name for p in out.iterdir() if ".tmp-" in p.name] == []
+
+
+# ---- #4: one environment reached through two paths builds the kernels once ------------
+
+_NINJA_FILE = """
+import sys
+from torch.utils import cpp_extension as c
+c._run_ninja_build = lambda *a, **k: None            # no compiler run: the test reads
+c._import_module_from_library = lambda *a, **k: "m"  # the build file torch would run
+from cccl_lite.fast import fused
+fused._load()
+sys.stdout.write((fused._build_dir(fused._build_name()) / "build.ninja").read_text())
+"""
+
+
+@pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="needs a virtual environment")
+def test_the_kernel_build_does_not_depend_on_the_path_to_the_environment(tmp_path):
+    """ninja rebuilds when a build command changes; torch writes its include
+    and library folders into the command as Python reached them. Through two
+    symlinks to one venv the same cache folder then got two commands, and
+    every command alternately rebuilt the kernels (33-38 s each)."""
+    link = tmp_path / "venv-link"
+    link.symlink_to(Path(sys.prefix), target_is_directory=True)
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "OMP_NUM_THREADS": "1"}
+    env.pop("CCCL_LITE_FUSED", None)
+    files = []
+    for python in (Path(sys.prefix) / "bin" / "python", link / "bin" / "python"):
+        proc = subprocess.run([str(python), "-c", _NINJA_FILE], capture_output=True, text=True,
+                              env=env, timeout=300, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        files.append(proc.stdout)
+    assert str(link) not in files[1], "the build command names the symlinked path"
+    assert files[0] == files[1]

@@ -31,7 +31,9 @@ The build cache (issue 14):
   source's hash, the compiler flags, torch's version and location, Python's
   ABI and the CPU (``-march=native``). Two checkouts or environments on one
   machine then never rebuild each other's kernels; the source is copied into
-  that folder, so the build does not depend on where the checkout lies.
+  that folder, so the build does not depend on where the checkout lies, and
+  torch's folders are named by their resolved paths in the build command, so
+  it does not depend on the path that reached the environment either.
 * torch's own build lock is a file that a killed build leaves behind, and
   every later ``load`` then waits for it forever. So a build first takes our
   lock, ``cccl_lite.lock`` in the same folder: an ``flock``, which the kernel
@@ -203,9 +205,30 @@ def _load():
     folder.mkdir(parents=True, exist_ok=True)
     with _build_lock(folder):
         source = _copy_source(folder)
-        with _ninja_on_path():
+        with _ninja_on_path(), _resolved_torch_paths():
             return load(name=name, sources=[str(source)], extra_cflags=_FLAGS,
                         build_directory=str(folder), verbose=False)
+
+
+@contextlib.contextmanager
+def _resolved_torch_paths():
+    """torch writes its include and library folders into the build command as
+    Python reached them (``torch.__file__``). The same environment reached
+    through two paths (two symlinks) then gave one cache folder two commands,
+    and ninja rebuilt the kernels at every switch (issue 29 #4: 2 s -> 33-38 s
+    a command). For the build, torch's folder is its resolved path, so the
+    command is the same whichever path reached it."""
+    from torch.utils import cpp_extension as ext
+
+    names = ("_TORCH_PATH", "TORCH_LIB_PATH")
+    saved = {n: getattr(ext, n) for n in names if hasattr(ext, n)}
+    for n, value in saved.items():
+        setattr(ext, n, os.path.realpath(value))
+    try:
+        yield
+    finally:
+        for n, value in saved.items():
+            setattr(ext, n, value)
 
 
 @contextlib.contextmanager
