@@ -8,7 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test book clean-book
+.PHONY: setup test book clean-book notebooks
 
 setup: $(STAMP)
 
@@ -30,6 +30,14 @@ test: $(STAMP)
 book: $(STAMP)
 	$(PY) -c "from cccl_lite.notebook import default_data; print(default_data())"
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+
+# The notebooks made from the book's sources: the paired book/*.ipynb
+# (jupytext; pages without a pairing are skipped with a warning) and the
+# Colab edition in colab/, what the launch buttons open (cccl_lite.editions;
+# tests/test_colab.py fails when colab/ is out of date).
+notebooks: $(STAMP)
+	$(VENV)/bin/jupytext --sync book/*.md
+	$(PY) -m cccl_lite colab-edition --out colab --overwrite
 
 clean-book:
 	rm -rf _build

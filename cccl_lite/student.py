@@ -1,22 +1,45 @@
-"""The student edition: every chapter as a plain notebook with stubs and no solutions.
+"""The converter from the book's MyST chapters to plain Markdown, and the student edition.
 
-    python -m cccl_lite student-edition --out DIR        # from a checkout of the book
+    python -m cccl_lite student-edition --out DIR [--overwrite]   # from a checkout of the book
 
 The book's chapters are MyST-markdown notebooks (``book/NN_*.md``). Opened
-in Jupyter or Colab, their directives arrive as raw text. This module makes,
-from the same sources, one ``NN_*_empty.ipynb`` per chapter in the style of
-the UvA deep-learning course's ``_empty`` notebooks: the same code cells,
-every "write it yourself" cell a stub (``raise NotImplementedError``, as in
-the book), and no solutions. Markdown is made readable without Sphinx:
+in Jupyter or Colab, their directives arrive as raw text. This module holds
+the one converter (:func:`myst_to_markdown`) that both generated editions
+use (:mod:`cccl_lite.editions` assembles the notebooks: the Colab edition in
+``colab/`` and the student edition). The student edition is one
+``NN_*_empty.ipynb`` per chapter in the style of the UvA deep-learning
+course's ``_empty`` notebooks: the same code cells, every "write it
+yourself" cell a stub (``raise NotImplementedError``, as in the book), no
+solutions, and an answer cell under each written exercise. Markdown is made
+readable without Sphinx:
 
-* ``{solution}`` blocks are dropped;
+* ``{solution}`` blocks are dropped (``show_solution("ex-...")`` prints one);
 * ``{exercise}`` blocks become a "✍️ Exercise" quote, ``{admonition}`` and
-  notes a titled quote, ``{figure}`` an image with its caption (the SVGs are
-  copied next to the notebooks);
-* ``{ref}`` roles become the title they point to, ``{cite}`` roles
-  "(Author et al., year)" read from ``book/references.bib``;
+  notes a quote with its title in bold, ``{figure}`` an image with its
+  caption, the image embedded as a cell attachment
+  (``![alt](attachment:NAME.svg)``), so a notebook uploaded alone shows it;
+* ``{ref}``, ``{numref}``, ``{doc}`` and ``{eq}`` roles become links to the
+  rendered book's page and anchor (``link(page, label)``, given by the
+  caller), ``{cite}`` roles "(Author et al., year)" read from
+  ``book/references.bib``, linked to the entry's DOI or URL where it has one;
+  ``{glue:text}`name:fmt``` (a number computed by a cell, which
+  :func:`cccl_lite.notebook.glue` prints as ``name = value`` outside the book
+  build) becomes the code-formatted ``name``; ``{math}`` becomes ``$...$``;
 * ``(label)=`` targets and build-only directives (``{bibliography}``,
-  ``{nb-exec-table}``) disappear.
+  ``{nb-exec-table}``, ``{literalinclude}``) disappear; an ``{include}`` of a
+  Markdown file is resolved (converted in place), any other is dropped.
+
+Cell metadata of the student edition, for a grader (``python -m cccl_lite
+grade``): every exercise stub code cell (its first line ``# ✍️ <label>:``)
+carries ``{"cccl": {"exercise": label, "kind": "code", "function": ...,
+"checker": ...}}`` (function and checker from
+:data:`cccl_lite.exercises.EXERCISES`), and each written exercise (one with
+no stub in its chapter) is followed by a Markdown cell with ``{"cccl":
+{"exercise": label, "kind": "written"}}`` whose text, until the student
+writes in it, is exactly :func:`answer_placeholder` ``(label)``. The
+notebook's own metadata says ``{"cccl": {"edition": "student", "source":
+"book/NN_name.md"}}``. Cell ids are stable (``NN_name-017``), but a grader
+should find cells by metadata, since students add and move cells.
 
 The test suite builds the edition and checks that it holds no solution text,
 that each stub's checker says "not implemented yet" and that each reference
@@ -26,20 +49,33 @@ solution (``cccl_lite/solutions/``) passes its checker.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
+from typing import Callable
 
-__all__ = ["myst_to_markdown", "student_notebook", "make_student_edition"]
+__all__ = ["myst_to_markdown", "student_notebook", "make_student_edition", "answer_placeholder",
+           "reference_targets", "reference_titles", "citation_labels", "chapter_sources",
+           "default_book_dir", "SUFFIX"]
 
 SUFFIX = "_empty"
 _DIRECTIVE = re.compile(r"^(?P<fence>`{3,}|:{3,})\{(?P<name>[\w-]+)\}[ \t]*(?P<arg>.*)$")
-_ROLE = re.compile(r"\{(?P<role>[a-z:]+)\}`(?P<text>[^`]*)`")
+_ROLE = re.compile(r"\{(?P<role>[a-z][\w:-]*)\}`(?P<text>[^`]*)`")
 _TARGET = re.compile(r"^\((?P<label>[\w-]+)\)=[ \t]*$")
+# Where a written exercise's answer cell goes: a line of its own that
+# cccl_lite.editions splits the converted cell at.
+ANSWER_MARK = "\x00answer:{label}\x00"
+ANSWER_LINE = re.compile(r"^\x00answer:(?P<label>[\w-]+)\x00$", flags=re.M)
 _STUDENT_NOTE = (
     "Cells marked ✍️ are yours to write: replace `raise NotImplementedError` with "
-    "your code. Until you do, the checker under each says \"not implemented yet\"; "
-    "then it says what differs from the reference, or that yours matches.\n")
+    "your code, and write your answers to the other exercises in the \"Your answer\" "
+    "cell under each. Until you do, the checker under each code cell says \"not "
+    "implemented yet\"; then it says what differs from the reference, or that yours "
+    "matches.\n")
 _BOOK_NOTE = "Each exercise's solution is folded under it in the book."
+
+
+def answer_placeholder(label: str) -> str:
+    """The text of a written exercise's answer cell before the student writes in it."""
+    return f"✍️ **Your answer** ({label}): *double-click here and write your answer.*"
 
 
 def default_book_dir() -> Path:
@@ -47,26 +83,37 @@ def default_book_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "book"
 
 
-# ---- references: {ref} titles and {cite} labels ---------------------------------
+# ---- references: {ref} targets and {cite} labels ---------------------------------
+
+
+def reference_targets(book_dir: Path) -> dict[str, tuple[str, str]]:
+    """Every ``(label)=`` target and figure ``:name:`` of the book's pages ->
+    (page stem, the heading or caption after it); every page stem -> (stem,
+    its first heading), for ``{doc}``."""
+    targets = {}
+    for md in sorted(Path(book_dir).glob("*.md")):
+        lines = md.read_text(encoding="utf-8").splitlines()
+        heading = next((h for h in lines if h.startswith("# ")), "")
+        targets.setdefault(md.stem, (md.stem, heading.lstrip("#").strip() or md.stem))
+        for i, line in enumerate(lines):
+            m = _TARGET.match(line) or re.match(r"^:name: (?P<label>[\w-]+)\s*$", line)
+            if m:
+                after = next((h for h in lines[i + 1:] if h.strip() and not h.startswith(":")), "")
+                targets[m["label"]] = (md.stem, after.lstrip("#").strip() or m["label"])
+    return targets
 
 
 def reference_titles(book_dir: Path) -> dict[str, str]:
     """Every ``(label)=`` target of the book's pages -> the heading after it
     ("1. The task: ..." for a chapter)."""
-    titles = {}
-    for md in sorted(Path(book_dir).glob("*.md")):
-        lines = md.read_text(encoding="utf-8").splitlines()
-        for i, line in enumerate(lines):
-            m = _TARGET.match(line)
-            if m:
-                heading = next((h for h in lines[i + 1:] if h.strip()), "")
-                titles[m["label"]] = heading.lstrip("#").strip() or m["label"]
-    return titles
+    return {label: title for label, (_, title) in reference_targets(book_dir).items()}
 
 
-def citation_labels(bib: Path) -> dict[str, tuple[str, str]]:
-    """BibTeX key -> (authors as cited, year): "Liu et al.", "Kipf and
-    Welling", "Lee et al.". Empty when the file or pybtex is missing."""
+def citation_labels(bib: Path) -> dict[str, tuple[str, str, str]]:
+    """BibTeX key -> (authors as cited, year, URL): "Liu et al.", "Kipf and
+    Welling", "Lee et al."; the URL is the entry's ``url``, else
+    ``https://doi.org/`` + its ``doi``, else "". Empty when the file or pybtex
+    is missing."""
     try:
         from pybtex.database import parse_file
     except ImportError:  # pybtex comes with the book's extra (sphinxcontrib-bibtex)
@@ -79,29 +126,63 @@ def citation_labels(bib: Path) -> dict[str, tuple[str, str]]:
                 for p in entry.persons.get("author", [])]
         who = (last[0] if len(last) == 1 else " and ".join(last) if len(last) == 2
                else f"{last[0]} et al." if last else key)
-        out[key] = (who, entry.fields.get("year", "n.d."))
+        url = entry.fields.get("url", "") or (
+            f"https://doi.org/{entry.fields['doi']}" if entry.fields.get("doi") else "")
+        out[key] = (who, entry.fields.get("year", "n.d."), url)
     return out
 
 
-def _roles(text: str, titles: dict, cites: dict) -> str:
-    def cite_p(keys):
-        return "(" + "; ".join(f"{cites[k][0]}, {cites[k][1]}" if k in cites else k
-                               for k in keys) + ")"
+def _linked(text: str, url: str | None) -> str:
+    return f"[{text}]({url})" if url else text
+
+
+def _roles(text: str, ctx: dict) -> str:
+    titles, cites, link = ctx["titles"], ctx["cites"], ctx["link"]
+
+    def target(label):  # (page or None, title) of a label
+        value = titles.get(label)
+        if isinstance(value, tuple):
+            return value
+        return None, value
+
+    def url_of(label, page=None):
+        if link is None or (page is None and label not in titles):
+            return None
+        return link(page if page is not None else target(label)[0], label)
+
+    def cite(key, textual):
+        who, year, url = (tuple(cites[key]) + ("",))[:3] if key in cites else (key, "", "")
+        shown = (f"{who} ({year})" if textual else f"{who}, {year}") if year else who
+        return _linked(shown, url)
 
     def replace(m):
         role, body = m["role"], m["text"]
         if role.startswith("cite"):
             keys = [k.strip() for k in body.split(",")]
             if role == "cite:t":
-                return ", ".join(f"{cites[k][0]} ({cites[k][1]})" if k in cites else k
-                                 for k in keys)
-            return cite_p(keys)
-        explicit = re.match(r"^(.*?)\s*<([^>]+)>$", body)  # {ref}`text <label>`
-        if explicit:
-            return explicit[1]
-        if role in ("ref", "numref", "doc"):
-            return f"*{titles.get(body, body)}*"
-        return f"`{body}`" if role in ("code", "samp") else body
+                return ", ".join(cite(k, True) for k in keys)
+            return "(" + "; ".join(cite(k, False) for k in keys) + ")"
+        if role.startswith("glue"):  # {glue:text}`name:fmt`: the name the cell prints
+            return f"`{body.split(':')[0].strip()}`"
+        if role == "math":
+            return f"${body}$"
+        explicit = re.match(r"^(.*?)\s*<([^>]+)>$", body, flags=re.S)  # {ref}`text <label>`
+        shown, label = (explicit[1], explicit[2]) if explicit else (None, body)
+        if role in ("ref", "numref", "eq"):
+            page, title = target(label)
+            shown = shown or (f"({label})" if role == "eq" else title)
+            url = url_of(label)
+            if url:
+                return _linked(shown, url)
+            return shown if explicit else f"*{shown or label}*"
+        if role == "doc":
+            page = label.split("/")[-1]
+            page_title = target(page)[1]
+            url = link(page, None) if link is not None and page in titles else None
+            return _linked(shown or page_title or page, url) if url else f"*{shown or page}*"
+        if role in ("code", "samp", "download", "file"):
+            return f"`{shown or label}`" if not shown else shown
+        return shown or label  # term, abbr, anything else: its text
     return _ROLE.sub(replace, text)
 
 
@@ -147,23 +228,31 @@ def _convert_lines(lines: list[str], ctx: dict) -> list[str]:
 
 
 def _directive(name: str, arg: str, options: dict, body: list[str], ctx: dict) -> list[str]:
-    inner = _convert_lines(body, ctx)
-    if name in ("solution", "bibliography", "nb-exec-table", "include", "literalinclude",
+    if name in ("solution", "bibliography", "nb-exec-table", "literalinclude",
                 "tableofcontents"):
         return []
+    if name == "include":  # a Markdown file is read in place; anything else is build-only
+        path = Path(ctx["base"], arg) if ctx["base"] is not None else None
+        if path is None or path.suffix != ".md" or not path.is_file():
+            return []
+        return _convert_lines(path.read_text(encoding="utf-8").splitlines(), ctx)
+    inner = _convert_lines(body, ctx)
     if name == "exercise":
-        label = options.get("label", "")
+        label = options.get("label", "") or arg
         title = f"**✍️ Exercise** ({label})" if label else "**✍️ Exercise**"
-        return _quote([title, ""] + inner) + [""]
+        answer = [ANSWER_MARK.format(label=label), ""] if label in ctx["written"] else []
+        return _quote([title, ""] + inner) + [""] + answer
     if name == "figure":
         ctx["figures"].add(arg)
         alt = options.get("alt", "figure")
+        where = f"attachment:{Path(arg).name}" if ctx["embed"] else arg
         caption = " ".join(x.strip() for x in inner if x.strip())
-        return [f"![{alt}]({arg})", "", f"*{caption}*" if caption else "", ""]
+        return [f"![{alt}]({where})", "", f"*{caption}*" if caption else "", ""]
     if name == "admonition":
         return _quote([f"**{arg}**", ""] + inner) + [""]
-    if name in ("note", "tip", "important", "warning", "caution", "hint", "seealso"):
-        return _quote([f"**{name.capitalize()}.**", ""] + inner) + [""]
+    if name in ("note", "tip", "important", "warning", "caution", "hint", "seealso",
+                "attention", "danger", "error"):
+        return _quote([f"**{arg or name.capitalize() + '.'}**", ""] + inner) + [""]
     if name in ("math",):
         return ["$$", *inner, "$$", ""]
     # A code block or anything else: keep its text, fenced.
@@ -171,51 +260,34 @@ def _directive(name: str, arg: str, options: dict, body: list[str], ctx: dict) -
 
 
 def myst_to_markdown(text: str, titles: dict | None = None, cites: dict | None = None,
-                     figures: set | None = None) -> str:
+                     figures: set | None = None, *, link: Callable | None = None,
+                     written=(), base: Path | None = None, embed: bool = False,
+                     note: str | None = _STUDENT_NOTE) -> str:
     """One markdown cell of a chapter, readable in Jupyter and Colab: MyST
     directives and roles rewritten as described in the module docstring.
-    ``figures`` collects the paths of ``{figure}`` images."""
-    ctx = {"figures": figures if figures is not None else set()}
+
+    ``titles``: label -> title, or label -> (page stem, title) as
+    :func:`reference_targets` gives; ``cites``: :func:`citation_labels`;
+    ``link(page, label)``: the URL of a label on a page of the rendered book
+    (None: no links). ``figures`` collects the paths of ``{figure}`` images;
+    ``embed`` points them at cell attachments. ``written``: labels of the
+    exercises that get an answer cell (a marker line :data:`ANSWER_LINE` the
+    caller splits at). ``base``: the folder ``{include}`` paths start from.
+    ``note``: what replaces the book's paragraph on folded solutions (when
+    the cell has a ✍️ stub; else the paragraph goes); None keeps it."""
+    ctx = {"figures": figures if figures is not None else set(), "written": set(written),
+           "base": base, "embed": embed, "titles": titles or {}, "cites": cites or {},
+           "link": link}
     lines = _convert_lines(text.splitlines(), ctx)
-    text = _roles("\n".join(lines), titles or {}, cites or {})
-    # The book's note on folded solutions becomes the student edition's (or
-    # goes, in a chapter without stubs).
-    paragraphs = [(_STUDENT_NOTE.strip() if "✍️" in para else "")
-                  if para.startswith(_BOOK_NOTE) else para for para in text.split("\n\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n\n".join(paragraphs)).strip("\n")
+    text = _roles("\n".join(lines), ctx)
+    if note is not None:
+        paragraphs = [(note.strip() if "✍️" in para else "") if para.startswith(_BOOK_NOTE)
+                      else para for para in text.split("\n\n")]
+        text = "\n\n".join(paragraphs)
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n")
 
 
-# ---- notebooks ---------------------------------------------------------------------
-
-
-def student_notebook(md_path, titles: dict | None = None, cites: dict | None = None,
-                     figures: set | None = None):
-    """The student notebook (an nbformat v4 node) of one chapter source."""
-    import jupytext
-    import nbformat
-
-    md_path = Path(md_path)
-    nb = jupytext.read(md_path)
-    cells = [nbformat.v4.new_markdown_cell(
-        f"*Student edition of `book/{md_path.name}`: the chapter's code with every ✍️ "
-        f"exercise a stub to fill in, and no solutions. Made by `python -m "
-        f"cccl_lite.student`.*")]
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            text = myst_to_markdown(cell.source, titles, cites, figures)
-            if text.strip():
-                cells.append(nbformat.v4.new_markdown_cell(text))
-        elif cell.cell_type == "code":
-            new = nbformat.v4.new_code_cell(cell.source)
-            tags = cell.metadata.get("tags")
-            if tags:
-                new.metadata["tags"] = list(tags)
-            cells.append(new)
-    out = nbformat.v4.new_notebook(cells=cells)
-    out.metadata["kernelspec"] = dict(nb.metadata.get(
-        "kernelspec", {"display_name": "Python 3", "language": "python", "name": "python3"}))
-    out.metadata["language_info"] = {"name": "python"}
-    return out
+# ---- the student edition ------------------------------------------------------------
 
 
 def chapter_sources(book_dir: Path) -> list[Path]:
@@ -224,35 +296,19 @@ def chapter_sources(book_dir: Path) -> list[Path]:
             if "jupytext" in p.read_text(encoding="utf-8")[:400]]
 
 
-def make_student_edition(out_dir, book_dir=None, chapters=None) -> list[Path]:
-    """Write ``NN_*_empty.ipynb`` for every chapter (or the given chapter
-    stems) into ``out_dir``, with the figures they show; return the paths."""
-    import nbformat
+def student_notebook(md_path, book_dir=None):
+    """The student notebook (an nbformat v4 node) of one chapter source."""
+    from .editions import edition_notebook
 
-    book_dir = Path(book_dir) if book_dir is not None else default_book_dir()
-    sources = chapter_sources(book_dir)
-    if not sources:
-        raise FileNotFoundError(f"{book_dir}: no chapters (book/NN_*.md) to make a student "
-                                f"edition from; run from a checkout of the book or pass --book")
-    if chapters:
-        unknown = sorted(set(chapters) - {p.stem for p in sources})
-        if unknown:
-            raise ValueError(f"unknown chapters {unknown}; known: "
-                             f"{', '.join(p.stem for p in sources)}")
-        sources = [p for p in sources if p.stem in chapters]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    titles = reference_titles(book_dir)
-    cites = citation_labels(book_dir / "references.bib")
-    written, figures = [], set()
-    for md in sources:
-        nb = student_notebook(md, titles, cites, figures)
-        nbformat.validate(nb)
-        path = out_dir / f"{md.stem}{SUFFIX}.ipynb"
-        nbformat.write(nb, path)
-        written.append(path)
-    for figure in sorted(figures):
-        target = out_dir / figure
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(book_dir / figure, target)
-    return written
+    return edition_notebook(md_path, "student", book_dir=book_dir)
+
+
+def make_student_edition(out_dir, book_dir=None, chapters=None, overwrite: bool = False
+                         ) -> list[Path]:
+    """Write ``NN_*_empty.ipynb`` for every chapter (or the given chapter
+    stems) into ``out_dir``; return the paths. Refuses (InputError, nothing
+    written) the book's own folders, and notebooks already there unless
+    ``overwrite``: they may hold a student's work."""
+    from .editions import make_edition
+
+    return make_edition("student", out_dir, book_dir, chapters, overwrite)

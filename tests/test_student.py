@@ -3,6 +3,8 @@ from the book's sources, with every checked exercise a stub whose checker says
 "not implemented yet", no solution text, and no MyST syntax left for Jupyter or
 Colab to show raw."""
 
+import base64
+import json
 import re
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 import cccl_lite.exercises as exercises
 from cccl_lite.exercises import EXERCISES, _last_value, solution_code, solution_text
 from cccl_lite.cli import main as cli_main
-from cccl_lite.student import make_student_edition, myst_to_markdown
+from cccl_lite.student import answer_placeholder, make_student_edition, myst_to_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
@@ -38,10 +40,15 @@ def test_one_valid_notebook_per_chapter_with_its_figures(edition):
         nbformat.validate(nb)
         assert "jupytext" not in nb.metadata  # a standalone notebook, not a pair
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    # Figures are embedded (a notebook uploaded alone shows them), not linked.
+    assert not (out / "figures").exists()
     for stage in ("perceive", "reason", "align", "loss"):
-        assert (out / "figures" / f"architecture-{stage}.svg").is_file()
-    assert "](figures/architecture-perceive.svg)" in "".join(
-        c.source for c in notebooks["02_perceive"].cells)
+        cells = [c for c in notebooks[f"0{2 + ('perceive', 'reason', 'align', 'loss').index(stage)}"
+                                      f"_{stage}"].cells
+                 if f"](attachment:architecture-{stage}.svg)" in c.source]
+        assert len(cells) == 1, stage
+        svg = cells[0].attachments[f"architecture-{stage}.svg"]["image/svg+xml"]
+        assert base64.b64decode(svg) == (BOOK / "figures" / f"architecture-{stage}.svg").read_bytes()
 
 
 def test_no_myst_left_and_every_exercise_kept(edition):
@@ -111,3 +118,73 @@ def test_command_line(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "b"), "--chapter", "99_nothing"]) == 1
     assert main(["--out", str(tmp_path / "c"), "--book", str(tmp_path / "nowhere")]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_stub_and_answer_cells_carry_the_graders_metadata(edition):
+    # The convention H4's grader reads (cccl_lite.student's docstring): every
+    # stub code cell and one answer cell per written exercise, by metadata.
+    _, notebooks = edition
+    for stem, nb in notebooks.items():
+        assert nb.metadata["cccl"] == {"edition": "student", "source": f"book/{stem}.md"}
+        marks = [(c.cell_type, c.metadata["cccl"]) for c in nb.cells if "cccl" in c.metadata]
+        source = (BOOK / f"{stem}.md").read_text()
+        stubs = re.findall(r"^# ✍️ (ex-[\w-]+):", source, flags=re.M)
+        written = [label for label in labels_of(stem) if label not in stubs]
+        assert [m["exercise"] for t, m in marks if m["kind"] == "code"] == stubs, stem
+        assert [m["exercise"] for t, m in marks if m["kind"] == "written"] == written, stem
+        for i, cell in enumerate(nb.cells):
+            mark = cell.metadata.get("cccl", {})
+            if mark.get("kind") == "code":
+                assert cell.cell_type == "code" and cell.source.startswith(f"# ✍️ {mark['exercise']}:")
+                ex = EXERCISES[mark["exercise"]]
+                assert (mark["function"], mark["checker"]) == (ex.function, ex.checker)
+            elif mark.get("kind") == "written":
+                assert cell.cell_type == "markdown"
+                assert cell.source == answer_placeholder(mark["exercise"])
+                # right under its exercise's quote
+                assert f"**✍️ Exercise** ({mark['exercise']})" in nb.cells[i - 1].source
+    total_written = sum(len([m for m in (c.metadata.get("cccl", {}) for c in nb.cells)
+                             if m.get("kind") == "written"]) for nb in notebooks.values())
+    assert total_written >= 20  # most of the book's 40-odd exercises are written ones
+
+
+def test_a_second_edition_does_not_overwrite_a_students_work(tmp_path, capsys):
+    # Issue 29, defect 1: the second run used to replace the filled-in notebook.
+    out = tmp_path / "class"
+    assert cli_main(["student-edition", "--out", str(out), "--chapter", "01_task"]) == 0
+    path = out / "01_task_empty.ipynb"
+    work = json.loads(path.read_text())
+    work["cells"][1]["source"] = "my answers"
+    path.write_text(json.dumps(work))
+    before = path.read_bytes()
+    capsys.readouterr()
+    assert cli_main(["student-edition", "--out", str(out), "--chapter", "01_task"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert path.read_bytes() == before
+    assert len(err.splitlines()) == 1 and "01_task_empty.ipynb" in err and "--overwrite" in err
+    assert cli_main(["student-edition", "--out", str(out), "--chapter", "01_task",
+                     "--overwrite"]) == 0
+    assert path.read_bytes() != before
+
+
+@pytest.mark.parametrize("inside", ["", "student"])
+def test_the_book_folder_is_refused_before_anything_is_written(tmp_path, capsys, inside):
+    # Issue 29, defect 21: `--out book` wrote ten notebooks into book/, then
+    # failed with PosixPath reprs. A copy of the sources stands in for book/.
+    book = tmp_path / "book"
+    book.mkdir()
+    for md in BOOK.glob("*.md"):
+        (book / md.name).write_text(md.read_text())
+    (book / "references.bib").write_text((BOOK / "references.bib").read_text())
+    before = sorted(p.relative_to(book) for p in book.rglob("*"))
+    out = book / inside if inside else book
+    assert cli_main(["student-edition", "--book", str(book), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert sorted(p.relative_to(book) for p in book.rglob("*")) == before
+    assert len(err.splitlines()) == 1 and "PosixPath" not in err
+    assert err.startswith("error: --out ") and "book's source folder" in err
+    # and the Colab edition's folder is not a student edition's either
+    assert cli_main(["student-edition", "--book", str(book), "--out",
+                     str(tmp_path / "colab")]) == 1
+    assert "Colab edition's folder" in capsys.readouterr().err
+    assert not (tmp_path / "colab").exists()

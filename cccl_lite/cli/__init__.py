@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "make a finished run the package's shipped lite model, with its provenance"),
         "student-edition": (studies.add_student_arguments, studies.run_student,
                             "notebooks with exercise stubs and no solutions, for students"),
+        "colab-edition": (studies.add_colab_arguments, studies.run_colab,
+                          "the book's pages as plain notebooks for Colab (colab/)"),
     }
     for name, cmd in data.COMMANDS.items():
         commands[name] = (cmd.add, _data_runner(cmd.run, name),

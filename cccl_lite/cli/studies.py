@@ -113,6 +113,8 @@ def add_student_arguments(parser) -> None:
                                                      "checkout's book/)")
     parser.add_argument("--chapter", action="append", default=None, metavar="STEM",
                         help="only this chapter, e.g. 02_perceive (repeatable)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace notebooks already in --out (a student's work, perhaps)")
 
 
 def run_student(args) -> int:
@@ -120,6 +122,29 @@ def run_student(args) -> int:
     print each notebook's path."""
     from ..student import make_student_edition
 
-    for path in make_student_edition(args.out, args.book, args.chapter):
+    for path in make_student_edition(args.out, args.book, args.chapter, args.overwrite):
+        print(path)
+    return 0
+
+
+def add_colab_arguments(parser) -> None:
+    """``python -m cccl_lite colab-edition``'s arguments."""
+    parser.add_argument("--out", default=None,
+                        help="folder for the notebooks (default: colab/ of this checkout, "
+                             "what the book's launch buttons open)")
+    parser.add_argument("--book", default=None, help="the book's folder (default: this "
+                                                     "checkout's book/)")
+    parser.add_argument("--chapter", action="append", default=None, metavar="STEM",
+                        help="only this page, e.g. 02_perceive (repeatable)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace notebooks already in --out")
+
+
+def run_colab(args) -> int:
+    """Write the Colab edition (:func:`cccl_lite.editions.make_colab_edition`);
+    print each notebook's path."""
+    from ..editions import make_colab_edition
+
+    for path in make_colab_edition(args.out, args.book, args.chapter, args.overwrite):
         print(path)
     return 0
