@@ -28,6 +28,9 @@ test: $(STAMP)
 # the build, so that no notebook cell spends the build's 600 s cell limit on
 # it; the chapters then find it in data/ (cccl_lite.notebook.default_data).
 book: $(STAMP)
+	@# The equations render offline from MathJax that sphinx-mathjax-offline (the
+	@# [book] extra, from PyPI) copies into the output; say so in one line if absent.
+	@$(PY) -c "import importlib.util as u, sys; u.find_spec('sphinx-mathjax-offline') or sys.exit('make book: MathJax for offline equations is missing: $(PY) -m pip install sphinx-mathjax-offline (the [book] extra)')"
 	$(PY) -c "from cccl_lite.notebook import default_data; print(default_data())"
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 
