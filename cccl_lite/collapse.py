@@ -1,9 +1,12 @@
 """The collapse guard: a warning (or a stop) when every score of a batch is the same.
 
-Issue 13: with eq 33's hardest negatives the lite model collapsed from
-scratch (every score equal, L_t stuck at exactly 2·B·Δ) and stayed at
-chance; :class:`CollapseGuard` watches each training batch for it
-(chapter 6).
+Issue 13: with eq 33's hardest negatives from scratch the lite model's
+scores went flat (every score nearly equal, L_t stuck at exactly 2·B·Δ).
+What collapses is the *scale* of the scores, not necessarily the ranking:
+chapter 5's diagnosis rows with eq 33 from the first step still rank the
+test set above chance (issue 28; "hardest, λ 0": test R@sum 137.4, chance
+about 16). :class:`CollapseGuard` watches each training batch for flat
+scores and says what it sees, not what recall is (chapter 6).
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ class CollapseGuard:
     Δ per row and per column that has a negative, 2·B·Δ with hardest
     negatives (Δ per negative pair, both ways, with the sum over negatives).
     That value is computed by the loss itself on a constant matrix with the
-    batch's positive mask, not by a formula. Then every hinge is exactly Δ,
-    the gradient of L_t pushes positives and negatives alike, and the model
-    stays at chance.
+    batch's positive mask, not by a formula. Then every hinge is exactly Δ
+    and the scores have lost their scale; the order of the nearly equal
+    scores may still rank better than chance, which the guard does not
+    measure (validation R@K does).
 
     :meth:`update` returns True once, at the ``steps``-th flat batch in a row;
     ``report`` then holds the numbers (step, spread, L_t, the flat value).
@@ -61,8 +65,8 @@ class CollapseGuard:
 
     def message(self) -> str:
         r = self.report
-        return (f"warning: training looks collapsed: {r['steps_in_a_row']} batches in a row up "
-                f"to step {r['step']} had flat scores (std of F {r['spread']:.2e}, L_t "
+        return (f"warning: the score scale looks collapsed: {r['steps_in_a_row']} batches in a "
+                f"row up to step {r['step']} had flat scores (std of F {r['spread']:.2e}, L_t "
                 f"{r['alignment']:.6g} against {r['flat_alignment']:.6g} for constant scores, "
                 f"{r['negatives']} negatives, batch {r['batch'][0]}x{r['batch'][1]}). Try: "
                 f"--warmup-epochs all (the sum over negatives), a lower --lr, resuming from "

@@ -148,8 +148,9 @@ class TrainOptions:
 # Each preset's training recipe: the TrainOptions it trains with unless told
 # otherwise (command line, lite_options). The paper's: Table 1 plus a one-epoch
 # warm-up (VSE∞'s). The lite one is what chapter 5's diagnosis measured on the
-# synthetic scenes: the sum over negatives (eq 33's hardest negatives collapse
-# the lite model from scratch), a group's siblings in every batch (under a
+# synthetic scenes: the sum over negatives (eq 33's hardest negatives from
+# scratch flatten the lite model's scores, and its recall falls well below the
+# sum's, though not to chance), a group's siblings in every batch (under a
 # shuffle 1.4 % of captions ever meet a binding or relation hard negative),
 # the scenes' truth as positives (a test caption is true of ~13 images), a
 # scene's siblings weighted 10-fold among the summed negatives (without that,

@@ -74,7 +74,7 @@ def test_forced_collapse_warns_once_with_the_numbers(tiny_words_h5, tmp_path, mo
     box["trainer"] = trainer
     trainer.fit()
     out = capsys.readouterr().out
-    assert out.count("training looks collapsed") == 1
+    assert out.count("the score scale looks collapsed") == 1
     report = trainer.collapse
     assert report["step"] == 4 and report["spread"] == 0.0
     assert report["flat_alignment"] == pytest.approx(2 * B * MARGIN)  # 3.2: eq 33, by hand
