@@ -14,6 +14,7 @@ are checked the same way.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -208,8 +209,6 @@ def test_chapter_5_typesets_its_equations_offline_in_chromium(tmp_path):
     element of the page must become a MathJax container, with no MathJax error.
     Set CCCL_MATH_SCREENSHOT=PATH.png to keep a screenshot of the page."""
     pytest.importorskip("jupyter_book", reason="jupyter-book is in the [book] extra (make setup installs it)")
-    import os
-
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     chapters = [c["file"] for part in toc.get("parts", []) for c in part.get("chapters", [])]
     chapter = next((c for c in chapters if Path(c).name.startswith("05_")), None)
