@@ -111,8 +111,8 @@ ROWS = (
     Row("hardest, truth positives", "does the collapse come from negatives that are "
         "true matches?", options={"warmup_epochs": 0, "positives": "truth"}),
     # eq 33 after a warm-up, and at a small batch (issue 28)
-    Row("warm-up 1, hardest", "the paper's schedule: one epoch of the sum over negatives, "
-        "then eq 33 (λ 0.5, L_c summed)", options={"warmup_epochs": 1}, against="reference"),
+    Row("warm-up 1, hardest", "the paper preset's schedule (the paper has no warm-up): one "
+        "epoch of the sum over negatives, then eq 33 (λ 0.5, L_c summed)", options={"warmup_epochs": 1}, against="reference"),
     Row("warm-up 1, hardest, λ 0", "does eq 33 train after a warm-up without the coherence "
         "term?", {"coherence_weight": 0.0}, {"warmup_epochs": 1}, against="λ 0"),
     Row("warm-up 1, hardest, L_c per item", "does eq 33 train after a warm-up with L_c "
@@ -146,8 +146,8 @@ ROWS = (
         options={"warmup_epochs": 0, **_TRUTH_SIBLINGS}),
     Row("siblings, hardest, L_c per item", "the two fixes together, eq 33 from the start",
         {"coherence_reduction": "per_item"}, {"warmup_epochs": 0, **_TRUTH_SIBLINGS}),
-    Row("siblings, warm-up 1, hardest, L_c per item", "the paper's schedule (one warm-up "
-        "epoch, then eq 33) with both fixes",
+    Row("siblings, warm-up 1, hardest, L_c per item", "the paper preset's schedule (one "
+        "warm-up epoch, ours, then eq 33) with both fixes",
         {"coherence_reduction": "per_item"}, {"warmup_epochs": 1, **_TRUTH_SIBLINGS}),
     # relations: hand the model one half, then both (cccl_lite.probes.write_oracle)
     Row("siblings, L_c per item, side oracle", "does CCCL learn relations when the text "
@@ -175,9 +175,9 @@ ROWS = (
            {"position_fusion": "sum"}, "side"),
           ("centre oracle, w/o BERT", ", with the centre oracle and learned word embeddings "
            "read by a Bi-GRU instead of MiniLM", {"ablation": "w/o BERT"}, "centre"))),
-    Row("siblings, warm-up 1, hardest, L_c per item, side and centre oracles", "the paper's "
-        "schedule (one warm-up epoch, then eq 33, whose hardest negative is often the "
-        "sibling) with both halves handed over: does ordinary training then learn relations?",
+    Row("siblings, warm-up 1, hardest, L_c per item, side and centre oracles", "the paper "
+        "preset's schedule (one warm-up epoch, ours, then eq 33, whose hardest negative is "
+        "often the sibling) with both halves handed over: does ordinary training then learn relations?",
         {"coherence_reduction": "per_item"}, {"warmup_epochs": 1, **_TRUTH_SIBLINGS},
         oracle="side+centre"),
     # relations: the model finds both halves itself, and the loss asks for them
@@ -382,8 +382,9 @@ def _settings(data, epochs: int, max_steps: int | None, seed: int) -> dict:
 
 
 def _row_options(row: Row) -> dict:
-    # Every row starts from the paper's recipe (one warm-up epoch, then eq 33;
-    # image positives, random batches) and changes what it names.
+    # Every row starts from the paper preset's recipe (one warm-up epoch, which
+    # the paper does not print, then eq 33; image positives, random batches)
+    # and changes what it names.
     return {**RECIPES["paper"], **row.options}
 
 
