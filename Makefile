@@ -34,13 +34,14 @@ book: $(STAMP)
 	$(PY) -c "from cccl_lite.notebook import default_data; print(default_data())"
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 
-# The notebooks made from the book's sources: the paired book/*.ipynb
-# (jupytext; pages without a pairing are skipped with a warning) and the
-# Colab edition in colab/, what the launch buttons open (cccl_lite.editions;
-# tests/test_colab.py fails when colab/ is out of date).
+# The notebooks made from the book's sources: the Colab edition in colab/,
+# what the launch buttons open (cccl_lite.editions; tests/test_colab.py fails
+# when colab/ is out of date), after writing _config.yml's repository.url into
+# the pages' install cells (--sync-url); then the paired book/*.ipynb
+# (jupytext; pages without a pairing are skipped with a warning).
 notebooks: $(STAMP)
+	$(PY) -m cccl_lite colab-edition --sync-url --out colab --overwrite
 	$(VENV)/bin/jupytext --sync book/*.md
-	$(PY) -m cccl_lite colab-edition --out colab --overwrite
 
 clean-book:
 	rm -rf _build

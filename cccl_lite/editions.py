@@ -27,7 +27,8 @@ mirrors the URL, tests/test_repo_url.py checks): every install cell's
 ``cccl_lite @ git+URL`` is rewritten to it, ``{ref}`` links go to
 :func:`book_page_url` (GitHub Pages) and the launch buttons to
 :func:`colab_url`. Changing the URL there and running ``make notebooks``
-changes all of them.
+changes all of them: its ``colab-edition --sync-url`` first writes the URL
+into the two places that must spell it out (:func:`sync_repository_url`).
 
 Figures are embedded as cell attachments (base64), so a notebook uploaded
 alone shows them. The cell metadata a grader reads is described in
@@ -54,7 +55,8 @@ from .student import (ANSWER_LINE, SUFFIX, _STUDENT_NOTE, answer_placeholder,
                       reference_targets)
 
 __all__ = ["EDITIONS", "repository", "book_page_url", "colab_url", "edition_sources",
-           "edition_notebook", "make_edition", "make_colab_edition", "COLAB_DIR"]
+           "edition_notebook", "make_edition", "make_colab_edition", "sync_repository_url",
+           "COLAB_DIR"]
 
 EDITIONS = ("colab", "student")
 COLAB_DIR = "colab"
@@ -306,6 +308,35 @@ def make_edition(edition: str, out_dir, book_dir=None, chapters=None, overwrite:
     for nb, path in zip(notebooks, paths):
         _write_whole(nb, path)
     return paths
+
+
+def sync_repository_url(root=None) -> list[Path]:
+    """Write ``_config.yml``'s ``repository.url`` (:func:`repository`) into the
+    two places of checkout ``root`` that must spell it out: the install cell
+    of every page (``cccl_lite @ git+URL`` in ``book/*.md``, which the built
+    book shows) and :data:`cccl_lite.notebook.REPOSITORY` (which an installed
+    package reads); return the files changed. ``make notebooks`` runs it
+    first, so that a new URL in ``_config.yml`` reaches everything."""
+    root = Path(root) if root is not None else default_book_dir().parent
+    url, _ = repository(root)
+    changed = []
+    pages = sorted((root / "book").glob("*.md"))
+    module = root / "cccl_lite" / "notebook.py"
+    for path in pages + ([module] if module.is_file() else []):
+        text = path.read_text(encoding="utf-8")
+        if path == module:
+            new = re.sub(r'^REPOSITORY = "[^"]*"$', f'REPOSITORY = "{url}"', text, count=1,
+                         flags=re.M)
+        else:
+            new = _INSTALL_URL.sub(lambda m: m[1] + url, text)
+        if new != text:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(new)
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+            os.replace(tmp, path)
+            changed.append(path)
+    return changed
 
 
 def make_colab_edition(out_dir=None, book_dir=None, chapters=None, overwrite: bool = False,

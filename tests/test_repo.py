@@ -206,6 +206,7 @@ def test_config_excludes_ipynb():
 
 ALLOWED_TOP_LEVEL = {
     "book",
+    "colab",  # the Colab edition of the chapters (make notebooks; tests/test_colab.py)
     "cccl_lite",
     "data_scripts",
     "tests",

@@ -138,13 +138,22 @@ def add_colab_arguments(parser) -> None:
                         help="only this page, e.g. 02_perceive (repeatable)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace notebooks already in --out")
+    parser.add_argument("--sync-url", action="store_true",
+                        help="first write _config.yml's repository.url into every page's "
+                             "install cell and cccl_lite/notebook.py (after a change of URL)")
 
 
 def run_colab(args) -> int:
     """Write the Colab edition (:func:`cccl_lite.editions.make_colab_edition`);
-    print each notebook's path."""
-    from ..editions import make_colab_edition
+    print each notebook's path (and, with ``--sync-url``, each source file
+    whose repository URL it updated first)."""
+    from ..editions import make_colab_edition, sync_repository_url
+    from ..student import default_book_dir
 
+    if args.sync_url:
+        book = Path(args.book) if args.book else default_book_dir()
+        for path in sync_repository_url(book.parent):
+            print(f"{path}: repository URL updated")
     for path in make_colab_edition(args.out, args.book, args.chapter, args.overwrite):
         print(path)
     return 0
