@@ -10,6 +10,16 @@ Readings taken where the paper is ambiguous (the book's readings appendix,
 
 * eq 14 prints W_v twice: images and texts get separate layers W_v, W_t.
 * eq 15 has no bias (SGRAF adds one): :func:`vector_similarity` has none.
+* eq 15's inputs are taken as they come: SGRAF l2-normalises the region and
+  word embeddings, the global vectors and the attended vectors before the
+  squared difference; the paper prints no normalisation, so none is applied
+  (eq 17's cosine normalises only to weigh the attention; the attended
+  vectors u are weighted sums of the raw vectors). Only VSF's output is
+  unit length.
+* the VSF matrices W (bare parameters, which have no PyTorch default) start
+  Xavier-uniform; every other layer of the model keeps PyTorch's default
+  initialisation (the paper names none; readings appendix, "Precision and
+  initialisation").
 * eq 17: M̄ = relu(M) l2-normalised over the *query* axis, then a softmax
   with temperature λ (SCAN/SGRAF use 9; not the loss weight of eq 34) over
   the attended axis, as SCAN's ``func_attention`` does.
@@ -42,8 +52,9 @@ __all__ = [
 def vector_similarity(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """VSF(a, b, W) = W|a − b|² / ‖W|a − b|²‖₂ (eq 15), bias-free.
 
-    a, b: broadcastable (..., d); weight: (P, d). Returns (..., P) of unit l2
-    norm (the zero vector when a = b exactly).
+    a, b: broadcastable (..., d), not normalised (the paper prints no
+    normalisation; SGRAF l2-normalises its inputs); weight: (P, d). Returns
+    (..., P) of unit l2 norm (the zero vector when a = b exactly).
     """
     return F.normalize(F.linear((a - b) ** 2, weight), dim=-1)
 

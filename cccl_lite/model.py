@@ -259,6 +259,10 @@ class CCCL(nn.Module):
     (B_i, B_t): every image scored against every text; F is their mean
     (eq 32). A branch removed by an ablation gives None in its place.
     Keywords ``fast`` and ``pair_chunk``: see :meth:`score`.
+
+    Initialisation (the paper names none): PyTorch's default for every
+    layer, the VSF matrices W of eqs 15-20 and 27 Xavier-uniform
+    (:mod:`cccl_lite.align`; a bare parameter has no default).
     """
 
     def __init__(self, config: CCCLConfig):

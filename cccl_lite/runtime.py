@@ -104,7 +104,13 @@ def resolve_device(name: str, dist: Dist) -> torch.device:
 
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``--amp mode`` on ``device`` (None: no autocast):
-    "auto" is bf16 on a GPU with bf16 units, else fp16; off on the CPU."""
+    "auto" is bf16 on a GPU with bf16 units, else fp16; off on the CPU.
+
+    A reading (the paper names no precision): "auto" is the default
+    (``TrainOptions.amp``), so on CUDA mixed precision is on unless
+    ``--amp off``; the scores (eq 28's MLP and sigmoid, eq 32's mean) and the
+    loss stay float32 (``cccl_lite.loss.SimilarityMLP.forward``). Readings
+    appendix, "Precision and initialisation"."""
     if device.type == "cpu":
         if mode == "fp16":
             raise InputError("--amp fp16 needs CUDA; on the CPU use bf16 or off")
