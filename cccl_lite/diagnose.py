@@ -112,7 +112,8 @@ ROWS = (
         "true matches?", options={"warmup_epochs": 0, "positives": "truth"}),
     # eq 33 after a warm-up, and at a small batch (issue 28)
     Row("warm-up 1, hardest", "the paper preset's schedule (the paper has no warm-up): one "
-        "epoch of the sum over negatives, then eq 33 (λ 0.5, L_c summed)", options={"warmup_epochs": 1}, against="reference"),
+        "epoch of the sum over negatives, then eq 33 (λ 0.5, L_c summed)",
+        options={"warmup_epochs": 1}, against="reference"),
     Row("warm-up 1, hardest, λ 0", "does eq 33 train after a warm-up without the coherence "
         "term?", {"coherence_weight": 0.0}, {"warmup_epochs": 1}, against="λ 0"),
     Row("warm-up 1, hardest, L_c per item", "does eq 33 train after a warm-up with L_c "
@@ -177,7 +178,8 @@ ROWS = (
            "read by a Bi-GRU instead of MiniLM", {"ablation": "w/o BERT"}, "centre"))),
     Row("siblings, warm-up 1, hardest, L_c per item, side and centre oracles", "the paper "
         "preset's schedule (one warm-up epoch, ours, then eq 33, whose hardest negative is "
-        "often the sibling) with both halves handed over: does ordinary training then learn relations?",
+        "often the sibling) with both halves handed over: does ordinary training then "
+        "learn relations?",
         {"coherence_reduction": "per_item"}, {"warmup_epochs": 1, **_TRUTH_SIBLINGS},
         oracle="side+centre"),
     # relations: the model finds both halves itself, and the loss asks for them
