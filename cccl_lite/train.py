@@ -11,7 +11,7 @@ validation R@sum (eq 36) kept (or of the best truth-aware R@sum:
 One addition the paper does not print: the first ``warmup_epochs`` epochs
 (default 1; None = every epoch) use :func:`alignment_term_all_negatives`,
 the hinge summed over *every* negative of the batch, instead of eq 33's
-hardest negative, as VSE∞ and HREM do. On the synthetic scenes (``small``,
+hardest negative, as VSE∞ does. On the synthetic scenes (``small``,
 lite, B = 32), from scratch, hardest negatives flatten the scores (every
 score nearly equal, L_t stuck at exactly 2·B·Δ). What collapses is the
 scale, not necessarily the ranking: chapter 5's recorded rows with eq 33
