@@ -63,6 +63,7 @@ from .pretrained import measure_scores
 from .probes import fit_sibling_pairs, write_oracle
 from .checkpoint import load_model, make_reader, resolve_config
 from .model import LITE_CENTRE_SCALE
+from .errors import InputError, field as json_field, one_line
 from .files import shared_file, slug, write_text_atomic
 from .recipes import RECIPES, recipe_options
 from .train import best_record, read_log, train
@@ -479,15 +480,17 @@ def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
         raise ValueError(f"unknown row(s) {sorted(unknown)}; expected some of: {names}")
     done = {}
     if results_path.exists():
-        old = json.loads(results_path.read_text())
-        if old.get("settings") == settings:
+        old = _results_under(results_path, settings)
+        if old is not None:
             done = {_key(r, seed): r for r in old["rows"]}
         elif not overwrite:
-            raise ValueError(f"{results_path}: holds a diagnosis with other settings "
-                             f"({old.get('settings')}); pass --overwrite to replace it or "
-                             f"choose another --results")
-    if not (results_path.exists()
-            and json.loads(results_path.read_text()).get("baselines")):
+            raise InputError(f"{results_path}: holds {_what_is(results_path)}; pass --overwrite "
+                             f"to replace it or choose another --results")
+    # The baselines of *these* settings: a file of other settings replaced
+    # under --overwrite keeps none of its own (issue 29 #8: they were
+    # written as null, which chapter 5 reads).
+    current = _results_under(results_path, settings)
+    if not (current and current.get("baselines")):
         log("bag of words and structure probe (the floor and the ceiling)...")
         base = baselines(data, seed)
         with shared_file(results_path):
@@ -520,19 +523,49 @@ def _key(record: dict, study_seed: int) -> tuple[str, int]:
 def _merge(path: Path, settings: dict, done: dict) -> dict:
     """``done`` plus the rows another process wrote to ``path`` meanwhile."""
     done = dict(done)
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old.get("settings") == settings:
-            done.update({_key(r, settings["seed"]): r for r in old["rows"]
-                         if _key(r, settings["seed"]) not in done})
+    old = _results_under(path, settings)
+    if old is not None:
+        done.update({_key(r, settings["seed"]): r for r in old["rows"]
+                     if _key(r, settings["seed"]) not in done})
     return done
+
+
+def _results_under(path: Path, settings: dict) -> dict | None:
+    """The results file's content when it holds a diagnosis of ``settings``,
+    its rows checked for the fields read back (a hand-edited file fails with
+    one line naming it and the field, issue 29 #16); None when there is none
+    yet, or it holds other settings or no diagnosis at all."""
+    if not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        return None
+    if not isinstance(old, dict) or old.get("settings") != settings:
+        return None
+    for i, row in enumerate(json_field(old, "rows", path, kind=list)):
+        json_field(row, "name", path, f"rows[{i}]", str)
+        if "seed" in row:
+            json_field(row, "seed", path, f"rows[{i}]", int)
+    return old
+
+
+def _what_is(path: Path) -> str:
+    """What a results file of other settings holds, for the refusal's line."""
+    try:
+        old = json.loads(path.read_text())
+    except ValueError as e:
+        return f"no diagnosis (not valid JSON: {one_line(e)})"
+    if not isinstance(old, dict) or "settings" not in old:
+        return "no diagnosis (no settings)"
+    return f"a diagnosis with other settings ({old.get('settings')})"
 
 
 def _write(path: Path, settings: dict, done: dict, names: list[str],
            base: dict | None = None) -> dict:
-    if base is None and path.exists():
-        old = json.loads(path.read_text())
-        base = old.get("baselines") if old.get("settings") == settings else None
+    if base is None:
+        old = _results_under(path, settings)
+        base = old.get("baselines") if old is not None else None
     # ROWS' order, each row's seeds in ascending order (the study's seed first
     # when it is the smallest, as it is for seed 0).
     order = {n: k for k, n in enumerate(names)}

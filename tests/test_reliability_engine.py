@@ -241,3 +241,83 @@ def test_the_kernel_build_does_not_depend_on_the_path_to_the_environment(tmp_pat
         files.append(proc.stdout)
     assert str(link) not in files[1], "the build command names the symlinked path"
     assert files[0] == files[1]
+
+
+# ---- #8 diagnose --overwrite keeps its baselines, #16 hand-edited results files --------
+
+
+def test_diagnose_overwrite_writes_the_baselines_again(tiny_words_h5, tmp_path):
+    from cccl_lite.diagnose import run_diagnosis
+
+    results = tmp_path / "diagnosis.json"
+    other = {"settings": {"data": "another.h5"}, "provenance": {},
+             "baselines": {"bag of words": {"rsum": -1.0}}, "rows": []}
+    results.write_text(json.dumps(other))
+    out = run_diagnosis(tiny_words_h5, tmp_path / "runs", results, epochs=1, max_steps=1,
+                        only=["reference"], overwrite=True, log=lambda s: None)
+    written = json.loads(results.read_text())
+    assert written["settings"]["data"] == Path(tiny_words_h5).name
+    # Measured on these data: neither null nor the other settings' numbers.
+    assert isinstance(written["baselines"], dict) and written["baselines"]
+    assert written["baselines"] != other["baselines"]
+    assert out["baselines"] == written["baselines"]
+
+
+def _entry(name="CCCL", seed=0):
+    """An ablate entry as run_ablations writes it (the fields it reads back)."""
+    return {"name": name, "seed": seed, "seconds": 1.0, "test": {"rsum": 100.0},
+            "truth": {"rsum": 120.0}, "siblings": {"binding": 90.0, "relation": 60.0}}
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda e: e.pop("seed"), "'seed'"),
+    (lambda e: e["test"].pop("rsum"), "'rsum'"),
+    (lambda e: e.update(name="no such row"), "no such row"),
+    (lambda e: e.update(seed="zero"), "'seed'"),
+])
+def test_a_hand_edited_ablate_results_file_is_one_line(tiny_words_h5, tmp_path, capsys,
+                                                        edit, needle):
+    from cccl_lite import ablate
+
+    results = tmp_path / "ablations.json"
+    entry = _entry()
+    edit(entry)
+    results.write_text(json.dumps({"settings": ablate._settings(tiny_words_h5, 1, 1),
+                                   "entries": [entry]}))
+    code = main(["ablate", "--data", str(tiny_words_h5), "--out", str(tmp_path / "runs"),
+                 "--results", str(results), "--epochs", "1", "--max-steps", "1",
+                 "--seeds", "1"])
+    assert code == 1
+    _one_error_line(capsys, str(results), needle)
+
+
+@pytest.mark.parametrize("rows, needle", [
+    ([{"val_rsum": 1.0}], "'name'"),
+    (5, "'rows'"),
+    ([{"name": "reference", "seed": "zero"}], "'seed'"),
+])
+def test_a_hand_edited_diagnose_results_file_is_one_line(tiny_words_h5, tmp_path, capsys,
+                                                          rows, needle):
+    from cccl_lite import diagnose
+
+    results = tmp_path / "diagnosis.json"
+    results.write_text(json.dumps({"settings": diagnose._settings(tiny_words_h5, 1, 1, 0),
+                                   "baselines": {"bag of words": {}}, "rows": rows}))
+    code = main(["diagnose", "--data", str(tiny_words_h5), "--out", str(tmp_path / "runs"),
+                 "--results", str(results), "--epochs", "1", "--max-steps", "1",
+                 "--only", "reference"])
+    assert code == 1
+    _one_error_line(capsys, str(results), needle)
+
+
+@pytest.mark.parametrize("command", ["ablate", "diagnose"])
+def test_a_results_file_that_is_not_json_is_one_line(tiny_words_h5, tmp_path, capsys,
+                                                      command):
+    results = tmp_path / "results.json"
+    results.write_text('{"settings": ')
+    code = main([command, "--data", str(tiny_words_h5), "--out", str(tmp_path / "runs"),
+                 "--results", str(results), "--epochs", "1", "--max-steps", "1"]
+                + (["--seeds", "1"] if command == "ablate" else ["--only", "reference"]))
+    assert code == 1
+    _one_error_line(capsys, str(results), "--overwrite")
+    assert results.read_text() == '{"settings": '
