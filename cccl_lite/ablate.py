@@ -38,7 +38,7 @@ import torch
 from .model import ABLATIONS
 from .provenance import provenance
 from .checkpoint import CONFIGS, load_model, resolve_config
-from .errors import InputError
+from .errors import InputError, field as json_field
 from .files import (OutputError, check_output_dir, check_output_file, shared_file, slug,
                     write_text_atomic)
 from .recipes import RECIPES, lite_options
@@ -284,7 +284,7 @@ def run_ablations(data, out_dir, results_path, epochs: int | None = None,
         except (ValueError, AttributeError):
             old, same = None, False
         if same:
-            done = {_key(e["name"], e["seed"]): e for e in old["entries"]}
+            done = {_key(e["name"], e["seed"]): e for e in _checked_entries(old, results_path)}
         elif not overwrite:
             what = "other settings" if old is not None else "not a results file of ablate"
             raise OutputError(f"{results_path}: holds {what}; pass --overwrite to replace it, "
@@ -358,8 +358,30 @@ def _merge(path: Path, settings: dict, done: dict) -> None:
     if path.exists():
         old = json.loads(path.read_text())
         if old.get("settings") == settings:
-            for e in old["entries"]:
+            for e in _checked_entries(old, path):
                 done.setdefault(_key(e["name"], e["seed"]), e)
+
+
+def _checked_entries(results: dict, path: Path) -> list[dict]:
+    """A results file's entries, checked for every field the study reads back
+    (:func:`summarize`, the rows' order): a hand-edited file fails with one
+    line naming it and the field (issue 29 #16), not a KeyError."""
+    names = {name for name, _ in row_names()}
+    entries = json_field(results, "entries", path, kind=list)
+    for i, e in enumerate(entries):
+        where = f"entries[{i}]"
+        name = json_field(e, "name", path, where, str)
+        if name not in names:
+            raise InputError(f"{path}: {where}: name {name!r} is no row of the study; "
+                             f"expected one of: {', '.join(sorted(names))}")
+        json_field(e, "seed", path, where, int)
+        json_field(e, "seconds", path, where, (int, float))
+        for group, keys in (("test", ("rsum",)), ("truth", ("rsum",)),
+                            ("siblings", ("binding", "relation"))):
+            for key in keys:
+                json_field(json_field(e, group, path, where, dict), key, path,
+                           f"{where}: {group}", (int, float))
+    return entries
 
 
 def _write(path: Path, settings: dict, done: dict) -> dict:
