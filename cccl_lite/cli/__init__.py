@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "notebooks with exercise stubs and no solutions, for students"),
         "colab-edition": (studies.add_colab_arguments, studies.run_colab,
                           "the book's pages as plain notebooks for Colab (colab/)"),
+        "grade": (studies.add_grade_arguments, studies.run_grade,
+                  "run students' notebooks and their exercise checkers; a CSV of verdicts"),
     }
     for name, cmd in data.COMMANDS.items():
         commands[name] = (cmd.add, _data_runner(cmd.run, name),

@@ -12,10 +12,10 @@ from pathlib import Path
 from ..ablate import run_ablations
 from ..diagnose import run_diagnosis
 from ..pretrained import ASSET_DIR, NAME, checkpoint_path, ship
-from .types import nonnegative_int, positive_int
+from .types import nonnegative_int, positive_float, positive_int
 
 __all__ = ["add_ablate_arguments", "run_ablate", "add_diagnose_arguments", "run_diagnose",
-           "add_ship_arguments", "run_ship"]
+           "add_ship_arguments", "run_ship", "add_grade_arguments", "run_grade"]
 
 
 # ---- ablate -----------------------------------------------------------------
@@ -156,4 +156,25 @@ def run_colab(args) -> int:
             print(f"{path}: repository URL updated")
     for path in make_colab_edition(args.out, args.book, args.chapter, args.overwrite):
         print(path)
+    return 0
+
+
+def add_grade_arguments(parser) -> None:
+    """``python -m cccl_lite grade``'s arguments (layout: :mod:`cccl_lite.grade`)."""
+    parser.add_argument("submissions", metavar="SUBMISSIONS",
+                        help="folder with SUBMISSIONS/<student>/<chapter>.ipynb or "
+                             "SUBMISSIONS/<student>[__<anything>].ipynb")
+    parser.add_argument("--out", default=None, help="folder for grades.csv and summary.csv "
+                                                    "(default: SUBMISSIONS-grades beside it)")
+    parser.add_argument("--timeout", type=positive_float, default=600.0, metavar="SECONDS",
+                        help="time limit per notebook, kernel start not counted (default 600)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace grades.csv and summary.csv if they exist")
+
+
+def run_grade(args) -> int:
+    """Grade every submitted notebook (:func:`cccl_lite.grade.grade_submissions`)."""
+    from ..grade import grade_submissions
+
+    grade_submissions(args.submissions, args.out, args.timeout, args.overwrite)
     return 0
