@@ -30,8 +30,11 @@ mirrors the URL, tests/test_repo_url.py checks): every install cell's
 changes all of them: its ``colab-edition --sync-url`` first writes the URL
 into the two places that must spell it out (:func:`sync_repository_url`).
 
-Figures are embedded as cell attachments (base64), so a notebook uploaded
-alone shows them. The cell metadata a grader reads is described in
+Figures are embedded as ``data:image/png;base64`` URIs, so a notebook
+uploaded alone shows them: for a ``{figure}`` SVG, the PNG of the same name
+beside it (``book/figures/make_architecture.py`` writes both), since Colab
+shows neither an SVG data URI nor a cell attachment (googlecolab/colabtools
+issues 2092 and 3836). The cell metadata a grader reads is described in
 :mod:`cccl_lite.student`; every cell has a stable id (``NN_name-017``) and
 the output is byte-for-byte the same for the same sources.
 
@@ -55,7 +58,7 @@ from .student import (ANSWER_LINE, SUFFIX, _STUDENT_NOTE, answer_placeholder,
                       reference_targets)
 
 __all__ = ["EDITIONS", "repository", "book_page_url", "colab_url", "edition_sources",
-           "edition_notebook", "make_edition", "make_colab_edition", "sync_repository_url",
+           "edition_notebook", "figure_uri", "make_edition", "make_colab_edition", "sync_repository_url",
            "COLAB_DIR"]
 
 EDITIONS = ("colab", "student")
@@ -64,8 +67,7 @@ _GITHUB = re.compile(r"https://github\.com/(?P<owner>[\w.-]+)/(?P<repo>[\w.-]+?)
 _INSTALL_URL = re.compile(r"(cccl_lite(?:\[[\w,-]*\])? @ git\+)https://[^\"'\s@]+")
 _STUB = re.compile(r"^# ✍️ (?P<label>ex-[\w-]+):", flags=re.M)
 _EXERCISE_LABEL = re.compile(r"^:label: (?P<label>ex-[\w-]+)\s*$", flags=re.M)
-_MIME = {".svg": "image/svg+xml", ".png": "image/png", ".jpg": "image/jpeg",
-         ".jpeg": "image/jpeg", ".gif": "image/gif"}
+_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
 _INSTALL_CELL = ('import sys\n\n'
                  'if "google.colab" in sys.modules:  # Colab: install the package\n'
                  '    !pip install -q "cccl_lite @ git+{url}"')
@@ -134,14 +136,17 @@ def _output_name(edition: str, md: Path) -> str:
     return f"{md.stem}{SUFFIX}.ipynb" if edition == "student" else f"{md.stem}.ipynb"
 
 
-def _attachments(source: str, figures: dict[str, Path]) -> dict:
-    """Cell attachments (base64 data) of the ``attachment:NAME`` images in ``source``."""
-    out = {}
-    for name in re.findall(r"\]\(attachment:([^)\s]+)\)", source):
-        path = figures[name]
-        mime = _MIME.get(path.suffix.lower(), "application/octet-stream")
-        out[name] = {mime: base64.b64encode(path.read_bytes()).decode("ascii")}
-    return out
+def figure_uri(path: Path) -> str:
+    """The ``data:`` URI a notebook shows the figure at ``path`` from: the
+    file itself if it is a PNG, JPEG or GIF, else (an SVG) the PNG beside it."""
+    path = Path(path)
+    shown = path if path.suffix.lower() in _MIME else path.with_suffix(".png")
+    if not shown.is_file():
+        raise InputError(f"{path}: no {shown.name} beside it to embed (Colab does not show "
+                         f"SVG); python book/figures/make_architecture.py writes the "
+                         f"architecture's")
+    data = base64.b64encode(shown.read_bytes()).decode("ascii")
+    return f"data:{_MIME[shown.suffix.lower()]};base64,{data}"
 
 
 def edition_notebook(md_path, edition: str = "colab", book_dir=None, url: str | None = None,
@@ -183,14 +188,12 @@ def edition_notebook(md_path, edition: str = "colab", book_dir=None, url: str | 
                   f"a stub to fill in or an answer cell to write in, and no solutions. Made by "
                   f"`python -m cccl_lite student-edition`.*")
     cells = [nbformat.v4.new_markdown_cell(header)]
-    figure_paths: dict[str, Path] = {}
     for cell in nb.cells:
         if cell.cell_type == "markdown":
-            figures: set = set()
-            text = myst_to_markdown(cell.source, targets, cites, figures, link=link,
-                                    written=written, base=md_path.parent, embed=True,
+            text = myst_to_markdown(cell.source, targets, cites, link=link, written=written,
+                                    base=md_path.parent,
+                                    embed=lambda figure: figure_uri(md_path.parent / figure),
                                     note=_STUDENT_NOTE if edition == "student" else None)
-            figure_paths.update({Path(f).name: md_path.parent / f for f in figures})
             pieces = ANSWER_LINE.split(text)  # text, label, text, label, ..., text
             for i, piece in enumerate(pieces):
                 if i % 2:
@@ -198,11 +201,7 @@ def edition_notebook(md_path, edition: str = "colab", book_dir=None, url: str | 
                     answer.metadata["cccl"] = {"exercise": piece, "kind": "written"}
                     cells.append(answer)
                 elif piece.strip():
-                    new = nbformat.v4.new_markdown_cell(piece.strip("\n"))
-                    attachments = _attachments(new.source, figure_paths)
-                    if attachments:
-                        new.attachments = attachments
-                    cells.append(new)
+                    cells.append(nbformat.v4.new_markdown_cell(piece.strip("\n")))
         elif cell.cell_type == "code":
             new = nbformat.v4.new_code_cell(_INSTALL_URL.sub(lambda m: m[1] + url, cell.source))
             tags = cell.metadata.get("tags")

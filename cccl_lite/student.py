@@ -16,8 +16,9 @@ readable without Sphinx:
 * ``{solution}`` blocks are dropped (``show_solution("ex-...")`` prints one);
 * ``{exercise}`` blocks become a "✍️ Exercise" quote, ``{admonition}`` and
   notes a quote with its title in bold, ``{figure}`` an image with its
-  caption, the image embedded as a cell attachment
-  (``![alt](attachment:NAME.svg)``), so a notebook uploaded alone shows it;
+  caption, embedded as a data URI (``![alt](data:image/png;base64,...)``,
+  the PNG beside the book's SVG), so a notebook uploaded alone shows it:
+  Colab shows neither SVG data URIs nor cell attachments;
 * ``{ref}``, ``{numref}``, ``{doc}`` and ``{eq}`` roles become links to the
   rendered book's page and anchor (``link(page, label)``, given by the
   caller), ``{cite}`` roles "(Author et al., year)" read from
@@ -245,7 +246,7 @@ def _directive(name: str, arg: str, options: dict, body: list[str], ctx: dict) -
     if name == "figure":
         ctx["figures"].add(arg)
         alt = options.get("alt", "figure")
-        where = f"attachment:{Path(arg).name}" if ctx["embed"] else arg
+        where = ctx["embed"](arg) if ctx["embed"] is not None else arg
         caption = " ".join(x.strip() for x in inner if x.strip())
         return [f"![{alt}]({where})", "", f"*{caption}*" if caption else "", ""]
     if name == "admonition":
@@ -261,7 +262,7 @@ def _directive(name: str, arg: str, options: dict, body: list[str], ctx: dict) -
 
 def myst_to_markdown(text: str, titles: dict | None = None, cites: dict | None = None,
                      figures: set | None = None, *, link: Callable | None = None,
-                     written=(), base: Path | None = None, embed: bool = False,
+                     written=(), base: Path | None = None, embed: Callable | None = None,
                      note: str | None = _STUDENT_NOTE) -> str:
     """One markdown cell of a chapter, readable in Jupyter and Colab: MyST
     directives and roles rewritten as described in the module docstring.
@@ -270,7 +271,8 @@ def myst_to_markdown(text: str, titles: dict | None = None, cites: dict | None =
     :func:`reference_targets` gives; ``cites``: :func:`citation_labels`;
     ``link(page, label)``: the URL of a label on a page of the rendered book
     (None: no links). ``figures`` collects the paths of ``{figure}`` images;
-    ``embed`` points them at cell attachments. ``written``: labels of the
+    ``embed(path)``, where given, is the address an image is shown from (a
+    data URI). ``written``: labels of the
     exercises that get an answer cell (a marker line :data:`ANSWER_LINE` the
     caller splits at). ``base``: the folder ``{include}`` paths start from.
     ``note``: what replaces the book's paragraph on folded solutions (when

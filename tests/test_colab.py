@@ -88,20 +88,35 @@ def test_no_myst_left_and_no_solution(regenerated):
 
 
 def test_figures_are_embedded_not_linked(regenerated):
+    # Colab shows neither an SVG data URI nor a cell attachment: a PNG data URI.
     out, _ = regenerated
-    shown = 0
+    pngs = {p.read_bytes(): p.name for p in (BOOK / "figures").glob("*.png")}
+    shown = {}
     for name, nb in notebooks(out).items():
         for cell in nb.cells:
+            assert "attachments" not in cell, name
             if cell.cell_type != "markdown":
                 continue
             for target in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", cell.source):
-                assert target.startswith("attachment:"), (name, target)
-                svg = target.removeprefix("attachment:")
-                data = cell.attachments[svg]["image/svg+xml"]
-                assert base64.b64decode(data) == (BOOK / "figures" / svg).read_bytes()
-                shown += 1
-            assert "<img" not in cell.source or "src=\"http" in cell.source, name
-    assert shown >= 4  # chapters 2-5 open with the architecture, their stage highlighted
+                assert target.startswith("data:image/png;base64,"), (name, target[:80])
+                shown[name] = pngs[base64.b64decode(target.split(",", 1)[1])]
+            assert not re.search(r"<img[^>]+src=[\"'](?!data:image/png|https?:)", cell.source), name
+    assert shown == {f"0{n + 2}_{stage}.ipynb": f"architecture-{stage}.png"
+                     for n, stage in enumerate(("perceive", "reason", "align", "loss"))}
+
+
+def test_each_png_is_its_svg_drawn_at_100_dpi():
+    # The PNGs the notebooks embed are the book's SVGs again (make_architecture.py):
+    # same names, and pixel sizes = the SVG's size in points * 100 / 72.
+    svgs = sorted((BOOK / "figures").glob("*.svg"))
+    assert svgs and sorted(p.stem for p in (BOOK / "figures").glob("*.png")) == sorted(p.stem for p in svgs)
+    for svg in svgs:
+        w, h = (float(x) for x in re.search(r'width="([\d.]+)pt" height="([\d.]+)pt"',
+                                               svg.read_text()[:2000]).groups())
+        png = svg.with_suffix(".png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        pw, ph = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+        assert abs(pw - w * 100 / 72) <= 1 and abs(ph - h * 100 / 72) <= 1, (svg.name, pw, ph, w, h)
 
 
 def test_every_install_cell_installs_the_configured_repository(regenerated):

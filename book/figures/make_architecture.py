@@ -1,9 +1,12 @@
-"""Regenerate the book's architecture figures (architecture*.svg beside this file).
+"""Regenerate the book's architecture figures (architecture*.svg and .png beside this file).
 
     python book/figures/make_architecture.py
 
 The drawing is cccl_lite.figures.architecture_figure; this script only says
-where the files go. Commit the SVGs it writes.
+where the files go. The SVGs are what the built book shows; the PNGs, the
+same drawings at 100 dpi, are what the Colab and student editions embed
+(cccl_lite.editions), since Colab shows neither an SVG data URI nor a cell
+attachment. Commit both.
 """
 
 from pathlib import Path
@@ -12,8 +15,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from cccl_lite.figures import write_architecture_svgs  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+
+from cccl_lite.figures import STAGES, architecture_figure, write_architecture_svgs  # noqa: E402
 
 if __name__ == "__main__":
-    for path in write_architecture_svgs(Path(__file__).resolve().parent):
+    here = Path(__file__).resolve().parent
+    for path in write_architecture_svgs(here):
         print(path)
+    with matplotlib.rc_context({"font.family": "DejaVu Sans"}):
+        for stage in (None, *STAGES):
+            fig = architecture_figure(stage)
+            path = here / ("architecture.png" if stage is None else f"architecture-{stage}.png")
+            fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+            plt.close(fig)
+            print(path)
