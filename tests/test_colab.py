@@ -219,7 +219,8 @@ def test_one_step_publishing_writes_the_url_into_the_sources(tmp_path, capsys):
     # cccl_lite.notebook.REPOSITORY, and nothing else in those files changes.
     fork = "https://github.com/someone-else/fork_of_book"
     root = fake_checkout(tmp_path, fork)
-    assert cli_main(["colab-edition", "--book", str(root / "book"), "--sync-url"]) == 0
+    assert cli_main(["colab-edition", "--book", str(root / "book"), "--sync-url",
+                     "--chapter", "02_perceive"]) == 0
     updated = {Path(line.split(":")[0]).name for line in capsys.readouterr().out.splitlines()
                if line.endswith("repository URL updated")}
     pages = {p.name for p in BOOK.glob("*.md") if INSTALL.search(p.read_text())}
