@@ -93,7 +93,7 @@ class Handler(BaseHTTPRequestHandler):
             body = data
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if self.path.startswith("/short/"):
+        if self.path.startswith("/short/") and getattr(srv, "short", True):
             self.wfile.write(body[:len(body) // 2])
             self.close_connection = True
             return
@@ -155,9 +155,16 @@ def test_full_download_with_sha(server, tmp_path):
     assert len(server.log) == 1
 
 
+def partial(tmp_path, data, url):
+    """file.bin.part holding ``data``, as a download from ``url`` left it (a
+    .part is resumed only from the URL that served it: its origin file)."""
+    (tmp_path / "file.bin.part").write_bytes(data)
+    dl._origin_path(tmp_path / "file.bin.part").write_text(json.dumps({"url": url}))
+
+
 def test_resume_sends_range(server, tmp_path):
     dest = tmp_path / "file.bin"
-    (tmp_path / "file.bin.part").write_bytes(DATA[:1000])
+    partial(tmp_path, DATA[:1000], f"{server.base}/file.bin")
     download([f"{server.base}/file.bin"], dest, sha256=SHA)
     assert server.log == [("/file.bin", "bytes=1000-")]
     assert dest.read_bytes() == DATA
@@ -165,7 +172,7 @@ def test_resume_sends_range(server, tmp_path):
 
 def test_complete_part_is_finished_after_416(server, tmp_path):
     dest = tmp_path / "file.bin"
-    (tmp_path / "file.bin.part").write_bytes(DATA)
+    partial(tmp_path, DATA, f"{server.base}/file.bin")
     download([f"{server.base}/file.bin"], dest)
     assert server.log == [("/file.bin", f"bytes={len(DATA)}-")]
     assert dest.read_bytes() == DATA
@@ -173,7 +180,7 @@ def test_complete_part_is_finished_after_416(server, tmp_path):
 
 def test_server_ignoring_range_restarts(server, tmp_path):
     dest = tmp_path / "file.bin"
-    (tmp_path / "file.bin.part").write_bytes(b"x" * 500)  # appending would corrupt
+    partial(tmp_path, b"x" * 500, f"{server.base}/norange/file.bin")  # appending would corrupt
     download([f"{server.base}/norange/file.bin"], dest, sha256=SHA)
     assert server.log == [("/norange/file.bin", "bytes=500-")]
     assert dest.read_bytes() == DATA
@@ -203,8 +210,9 @@ def test_dropped_connection_keeps_part_then_resumes(server, tmp_path):
     assert not dest.exists() and 0 < part.stat().st_size < len(DATA)
     n = part.stat().st_size
     assert part.read_bytes() == DATA[:n]
-    download([f"{server.base}/file.bin"], dest, sha256=SHA)
-    assert server.log[-1] == ("/file.bin", f"bytes={n}-")
+    server.short = False  # the same mirror, whole again: continued where it stopped
+    download([f"{server.base}/short/file.bin"], dest, sha256=SHA)
+    assert server.log[-1] == ("/short/file.bin", f"bytes={n}-")
     assert dest.read_bytes() == DATA and not part.exists()
 
 

@@ -40,6 +40,13 @@ numbers, commit ``checksums.json``; every later download is then held to them.
 ``dest + ".part"``, a rerun continues it with ``Range: bytes=<size>-`` (a
 server that ignores Range and answers 200 restarts the .part from zero),
 redirects followed; only a complete, checked file is renamed to ``dest``.
+A .part is continued only from the URL that served it (recorded beside it
+in ``dest + ".origin.part"``, with the server's ETag for ``If-Range``):
+another mirror starts from zero, never splicing two files (issue 29 #11).
+A response without Content-Length is complete only once the server confirms
+its end (a ``Range`` request past it answered 416, or with the rest of the
+file), or once the expected size or sha256 is checked: a body cut short is
+never renamed to ``dest`` nor recorded by ``--record`` (issue 29 #10).
 Ctrl-C keeps the .part. :func:`extract_scan_files` then copies SCAN-layout
 files of one dataset out of whatever came (a zip, a folder, zips in a folder)
 into one folder, as ``prepare_precomp.py --src`` reads them.
@@ -64,6 +71,7 @@ from typing import Iterable, Sequence
 
 from tqdm import tqdm
 
+from ..files import write_text_atomic
 from .sources import (DATASET_TAGS, KINDS, KNOWN_FILES, SCAN_NAMES, SCAN_SPLITS, KnownFile,
                       Source)
 
@@ -156,12 +164,8 @@ def load_checksums(path=None) -> dict:
 
 def _write_json_atomic(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n",
+                      path)
 
 
 def _verify_recorded(source: Source, root: Path, files: list[Path], recorded: dict,
@@ -190,16 +194,47 @@ def _verify_recorded(source: Source, root: Path, files: list[Path], recorded: di
 # ---- HTTPS ----------------------------------------------------------------------
 
 
-def _fetch(url: str, part: Path, chunk: int, timeout: float) -> None:
-    """Append ``url``'s remaining bytes to ``part`` (or rewrite it from zero).
+def _origin_path(part: Path) -> Path:
+    """Where the URL (and ETag) that served ``part`` is recorded; its name
+    ends in .part, so the files of a finished download never include it."""
+    return part.with_name(part.name[:-5] + ".origin.part")
 
-    The first bytes of a fresh response are checked before anything is
-    written: an HTML page raises _NotTheFile at once (no gigabytes of it).
+
+def _drop_part(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    _origin_path(part).unlink(missing_ok=True)
+
+
+def _origin(part: Path) -> dict:
+    try:
+        origin = json.loads(_origin_path(part).read_text())
+        return origin if isinstance(origin, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _fetch(url: str, part: Path, chunk: int, timeout: float, probe: bool = False) -> bool:
+    """Append ``url``'s remaining bytes to ``part`` (or rewrite it from zero);
+    return whether the file is known complete: the bytes the server declared
+    (Content-Length, or Content-Range's total) all arrived, or it answered
+    416 for bytes past the end. ``probe``: only ask for bytes past ``part``'s
+    end, and give up (False) rather than download the whole file again when
+    the server ignores Range.
+
+    ``part`` is continued only if ``url`` served it (:func:`_origin`); else
+    it is deleted first: bytes of another mirror never get spliced on. The
+    first bytes of a fresh response are checked before anything is written:
+    an HTML page raises _NotTheFile at once (no gigabytes of it).
     """
+    origin = _origin(part)
+    if part.exists() and origin.get("url") != url:
+        _drop_part(part)
     start = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "cccl_lite-download/2"}
     if start:
         headers["Range"] = f"bytes={start}-"
+        if origin.get("etag"):  # the same version, or the whole (new) file
+            headers["If-Range"] = origin["etag"]
     try:
         # A fresh opener reads the proxy settings of the environment now,
         # not those of the first urlopen() call in this process. It follows
@@ -213,9 +248,9 @@ def _fetch(url: str, part: Path, chunk: int, timeout: float) -> None:
             m = re.fullmatch(r"bytes \*/(\d+)", e.headers.get("Content-Range", ""))
             e.close()
             if m and int(m.group(1)) == start:
-                return
-            part.unlink()
-            return _fetch(url, part, chunk, timeout)
+                return True
+            _drop_part(part)
+            return False if probe else _fetch(url, part, chunk, timeout)
         raise
     with resp:
         if start and resp.status == 206:
@@ -224,6 +259,8 @@ def _fetch(url: str, part: Path, chunk: int, timeout: float) -> None:
             if not m or int(m.group(1)) != start:
                 raise _Incomplete(f"asked for bytes {start}- and got Content-Range {cr!r}")
             mode, total = "ab", (int(m.group(3)) if m.group(3) != "*" else None)
+        elif probe:
+            return False  # the server ignores Range: it cannot confirm the end
         else:
             # 200 to a Range request: the server sends the whole file, so the
             # .part restarts from zero rather than getting it appended.
@@ -237,6 +274,9 @@ def _fetch(url: str, part: Path, chunk: int, timeout: float) -> None:
             check_payload(part.with_name(part.name[:-5]), None, head=first[:1024])
         got = len(first)
         part.parent.mkdir(parents=True, exist_ok=True)
+        if mode == "wb":  # who serves this .part, recorded before its first byte
+            _origin_path(part).write_text(json.dumps(
+                {"url": url, "etag": resp.headers.get("ETag")}))
         with open(part, mode) as out, tqdm(total=total, initial=start, unit="B",
                                            unit_scale=True, desc=part.name[:-5],
                                            disable=None) as bar:
@@ -248,6 +288,22 @@ def _fetch(url: str, part: Path, chunk: int, timeout: float) -> None:
                 got += len(buf)
     if expected is not None and got < expected:
         raise _Incomplete(f"connection closed after {start + got} of {start + expected} bytes")
+    return total is not None and start + got >= total
+
+
+def _confirm_end(url: str, part: Path, chunk: int, timeout: float) -> None:
+    """A body that came without Content-Length ends where the connection
+    closed, cut short or not: ask ``url`` for the bytes past it (a few
+    times, appending what comes) until the server confirms the end. Raises
+    _Incomplete when it cannot (it ignores Range): the .part stays, never
+    renamed to the file."""
+    for _ in range(3):
+        if _fetch(url, part, chunk, timeout, probe=True):
+            return
+    size = part.stat().st_size if part.exists() else 0
+    raise _Incomplete(f"sent no Content-Length and does not confirm the end by a Range "
+                      f"request, so the {size:,} bytes received may be cut short; not kept as "
+                      f"the file (pass the expected size or sha256 to accept it)")
 
 
 def download(urls: Sequence[str], dest, sha256: str | None = None, chunk: int = 1 << 20, *,
@@ -282,14 +338,16 @@ def download(urls: Sequence[str], dest, sha256: str | None = None, chunk: int = 
     errors = []
     for url in urls:
         try:
-            _fetch(url, part, chunk, timeout)
+            complete = _fetch(url, part, chunk, timeout)
+            if not complete and size is None and sha256 is None:
+                _confirm_end(url, part, chunk, timeout)
             check_payload(dest, None, head=_head(part))  # dest's name: its format
             if min_bytes is not None and part.stat().st_size < min_bytes:
                 raise _NotTheFile(f"{part.stat().st_size:,} bytes, far below the "
                                   f"{min_bytes:,} expected at least")
             break
         except _NotTheFile as e:
-            part.unlink(missing_ok=True)  # not a beginning of the file: never resume it
+            _drop_part(part)  # not a beginning of the file: never resume it
             errors.append(f"{url}: refused: {e}; deleted")
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
                 TimeoutError, _Incomplete) as e:
@@ -301,16 +359,17 @@ def download(urls: Sequence[str], dest, sha256: str | None = None, chunk: int = 
         raise DownloadError(f"{dest.name}: every mirror failed: {'; '.join(errors)}{kept}")
     if size is not None and part.stat().st_size != size:
         got = part.stat().st_size
-        part.unlink()
+        _drop_part(part)
         raise DownloadError(f"{dest.name}: {got:,} bytes, expected {size:,} (from {url}); the "
                             f"partial file was deleted")
     if sha256 is not None:
         actual = _sha256_file(part)
         if actual != sha256.lower():
-            part.unlink()
+            _drop_part(part)
             raise DownloadError(f"{dest.name}: sha256 mismatch: expected {sha256.lower()}, got "
                                 f"{actual} (from {url}); the partial file was deleted")
     os.replace(part, dest)
+    _origin_path(part).unlink(missing_ok=True)
     return dest
 
 
