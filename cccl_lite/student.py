@@ -58,7 +58,7 @@ __all__ = ["myst_to_markdown", "student_notebook", "make_student_edition", "answ
            "default_book_dir", "SUFFIX"]
 
 SUFFIX = "_empty"
-_DIRECTIVE = re.compile(r"^(?P<fence>`{3,}|:{3,})\{(?P<name>[\w-]+)\}[ \t]*(?P<arg>.*)$")
+_DIRECTIVE = re.compile(r"^(?P<fence>`{3,}|:{3,})\{(?P<name>[\w:-]+)\}[ \t]*(?P<arg>.*)$")
 _ROLE = re.compile(r"\{(?P<role>[a-z][\w:-]*)\}`(?P<text>[^`]*)`")
 _TARGET = re.compile(r"^\((?P<label>[\w-]+)\)=[ \t]*$")
 # Where a written exercise's answer cell goes: a line of its own that
@@ -256,6 +256,11 @@ def _directive(name: str, arg: str, options: dict, body: list[str], ctx: dict) -
         return _quote([f"**{arg or name.capitalize() + '.'}**", ""] + inner) + [""]
     if name in ("math",):
         return ["$$", *inner, "$$", ""]
+    if name.startswith("glue"):  # {glue:figure} name: what the cell that glued it shows
+        return [f"*(`{arg}`: shown by the cell that computes it)*", ""]
+    if name in ("margin", "sidebar", "dropdown", "topic", "epigraph", "table", "div",
+                "card", "container"):  # Markdown inside: kept, under its title if any
+        return (_quote([f"**{arg}**", ""] + inner) if arg else inner) + [""]
     # A code block or anything else: keep its text, fenced.
     return [f"```{arg}", *body, "```", ""]
 

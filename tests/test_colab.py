@@ -165,7 +165,9 @@ def test_roles_and_includes_by_hand(tmp_path):
     text = ("Gap {glue:text}`gap_rsum:.1f` and {glue}`runs`; {math}`x^2`; "
             "{numref}`ch-a`, {ref}`that <ch-a>`, {doc}`preface`, {eq}`eq-7`; "
             "{term}`CPC`, {download}`the file <../data/x.h5>`; {cite:t}`k2`.\n\n"
-            "```{include} part.md\n```\n\n```{include} ../cccl_lite/solutions/nothing.md\n```")
+            "```{include} part.md\n```\n\n```{include} ../cccl_lite/solutions/nothing.md\n```\n\n"
+            "```{glue:figure} rank_map\n:name: fig-rank\n```\n\n"
+            "```{margin} Aside\nA *side* note.\n```")
     got = myst_to_markdown(text, titles, cites, link=link, base=tmp_path, note=None)
     assert "Gap `gap_rsum` and `runs`" in got and "$x^2$" in got
     assert "[1. A](https://o.github.io/r/book/01_a.html#ch-a)" in got
@@ -174,7 +176,9 @@ def test_roles_and_includes_by_hand(tmp_path):
     assert "*(eq-7)*" in got  # an unknown label: its text, no link
     assert "CPC, the file; Lee et al. (2018)." in got
     assert "Included ([Kipf and Welling, 2017](https://doi.org/10/x)) text." in got
-    assert not MYST.search(got), got
+    assert "*(`rank_map`: shown by the cell that computes it)*" in got
+    assert "> **Aside**\n>\n> A *side* note." in got
+    assert not MYST.search(got) and ":name:" not in got, got
 
 
 def fake_checkout(tmp_path: Path, url: str) -> Path:
