@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.dataset import CaptionDataset, SplitReader, build_vocab, collate
-from .data.difficulty import hard_negative_pairs, pairwise_accuracy, relation_holds
+from .data.difficulty import check_scenes, hard_negative_pairs, pairwise_accuracy, relation_holds
 from .data.grammar import COLOURS, OBJECT_SIZES, SHAPES, Structure, caption_structure
 from .data.schema import check_file
 from .loss import alignment_term
@@ -192,6 +192,7 @@ def difficulty_report(path, split: str = "test", seed: int = 0, bow_epochs: int 
     and the bag of words' R@K on the whole split (the baseline a trained CCCL
     must beat)."""
     check_file(path, split).close()  # one clear error for a missing or foreign file
+    check_scenes(path, sorted({split, "train"}))  # the probe learns on train (issue 29, 18)
     pairs = hard_negative_pairs(path, split, seed)
     bow, vocab = train_bag_of_words(path, epochs=bow_epochs, seed=seed)
     probe = StructureProbe(path, seed=seed)

@@ -136,11 +136,23 @@ def _first_file_above(folder: Path) -> Path | None:
     return None
 
 
+def _check_no_dangling_link(path: Path, what: str) -> None:
+    """A symbolic link (``path`` or a folder above it) to nothing is not a file
+    that "exists" (mkdir's "File exists"), nor one to replace by a plain file
+    (the link would silently stop pointing anywhere): say what it is (issue 29)."""
+    for p in (path, *path.parents):
+        if p.is_symlink() and not p.exists():
+            raise OutputError(f"{path}: cannot be the {what}: {p} is a symbolic link to "
+                              f"{os.readlink(p)}, which does not exist; create its target or "
+                              f"remove the link")
+
+
 def check_output_dir(folder, what: str = "output folder", create: bool = False) -> Path:
     """Fail now, with one line, if results cannot be written into ``folder``:
     it (or a folder above it) is a file, or it exists and is not writable.
     ``create``: also make it (and its parents). Returns it as a Path."""
     folder = Path(folder)
+    _check_no_dangling_link(folder, what)
     blocker = _first_file_above(folder)
     if blocker is not None:
         raise OutputError(f"{folder}: cannot be the {what}: {blocker} is a file, not a folder")
@@ -167,6 +179,7 @@ def check_output_file(path, overwrite: bool = False, what: str = "output",
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path}: is a folder; expected a file name for the {what}")
+    _check_no_dangling_link(path, what)
     check_output_dir(path.parent if str(path.parent) else Path("."), f"folder of the {what}")
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: exists; pass {flag} to replace it, or choose another path")

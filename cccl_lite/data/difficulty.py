@@ -25,7 +25,31 @@ import numpy as np
 from .grammar import Phrase, Structure, caption_structure
 
 __all__ = ["Phrase", "Structure", "caption_structure", "relation_holds", "structure_holds",
-           "hard_negative_pairs", "pairwise_accuracy", "sibling_accuracy", "sibling_gap"]
+           "hard_negative_pairs", "pairwise_accuracy", "sibling_accuracy", "sibling_gap",
+           "check_scenes"]
+
+# What the measures read besides the schema: the groups of three, their scenes
+# and the gold heads, which only make-synthetic writes.
+SCENE_FIELDS = ("images/group", "images/variant", "images/scene", "captions/heads")
+
+
+def check_scenes(path, splits) -> None:
+    """Raise SchemaError, one line naming the file and the first missing field,
+    unless every split of ``splits`` holds :data:`SCENE_FIELDS` (data that are
+    not the synthetic scenes, such as Flickr30K, would otherwise be a KeyError)."""
+    from .schema import SchemaError, check_file
+
+    with check_file(path) as f:
+        dataset = str(f.attrs.get("dataset", "?"))
+        for split in splits:
+            if split not in f:
+                raise SchemaError(f"{path}: no split {split!r}")
+            for name in SCENE_FIELDS:
+                if name not in f[split]:
+                    raise SchemaError(
+                        f"{path}:/{split}/{name}: missing; these measures need the synthetic "
+                        f"scenes' groups of three and gold heads (make-synthetic), and the file "
+                        f"holds {dataset!r}")
 
 
 def _centre(box) -> tuple[float, float]:
@@ -61,6 +85,7 @@ def hard_negative_pairs(path, split: str = "test", seed: int = 0) -> dict[str, l
     rebound image), "relation" (a base and its swapped image), both only where
     the caption is false of the negative, and "random" (an image of another
     group; false of it as well)."""
+    check_scenes(path, [split])
     with h5py.File(path, "r") as f:
         g = f[split]
         group, variant = g["images/group"][:], g["images/variant"].asstr()[:]

@@ -39,6 +39,7 @@ Writers go through :func:`atomic_h5` (a temp file renamed on success) and
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -68,26 +69,75 @@ class SchemaError(ValueError):
     """A file or an array does not follow the schema; the message names the field."""
 
 
+# A file expected to be at most this large is built in memory and written
+# with plain file I/O: HDF5 itself, meeting a full disk or a file-size limit,
+# spews errors and then crashes (exit 139, issue 29, 13).
+IN_MEMORY_LIMIT = 2**29
+
+
+def _no_room(code: int | None, message: str) -> OSError:
+    e = OSError(message)  # str(e) is the message alone: one line on the command line
+    e.errno = code
+    return e
+
+
+def check_room(path: Path, need: int) -> None:
+    """Raise OSError, one line, if ``need`` bytes cannot be written at ``path``:
+    more than the file-size limit (``ulimit -f``) or the free disk space."""
+    import resource
+    import shutil
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and need > limit:
+        raise _no_room(errno.EFBIG, f"{path}: needs about {need / 2**20:,.1f} MiB, more than the "
+                                   f"file-size limit of {limit / 2**20:,.1f} MiB (ulimit -f)")
+    free = shutil.disk_usage(path.parent).free
+    if need > free:
+        raise _no_room(errno.ENOSPC, f"{path}: needs about {need / 2**20:,.1f} MiB, but its disk "
+                                    f"has {free / 2**20:,.1f} MiB free")
+
+
 @contextlib.contextmanager
-def atomic_h5(path: str | os.PathLike, dataset: str, has_boxes: bool = True) -> Iterator[h5py.File]:
+def atomic_h5(path: str | os.PathLike, dataset: str, has_boxes: bool = True,
+              expected_bytes: int | None = None) -> Iterator[h5py.File]:
     """Open ``path`` for writing through a temp file that is renamed on success.
 
     Nothing half-written is ever left under the final name: on any error
     (or Ctrl-C) the temp file is removed and ``path`` is untouched.
+    ``expected_bytes`` (an estimate of the file's size): up to
+    :data:`IN_MEMORY_LIMIT` the file is built in memory (HDF5's core driver,
+    the same bytes) and written with Python's file I/O once its exact size is
+    checked (:func:`check_room`), so a full disk is an OSError, not a crash;
+    a larger file is refused at once when the estimate does not fit.
     """
-    from ..files import remove_stale_temps, temp_path
+    from ..files import remove_stale_temps, temp_path, write_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)  # a killed writer's temp file (issue 14)
+    in_memory = expected_bytes is not None and expected_bytes <= IN_MEMORY_LIMIT
+    if expected_bytes is not None and not in_memory:
+        check_room(path, expected_bytes)
     tmp = temp_path(path)
+    kw = dict(driver="core", backing_store=False) if in_memory else {}
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", **kw) as f:
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["dataset"] = dataset
             f.attrs["has_boxes"] = bool(has_boxes)
             yield f
-        os.replace(tmp, path)
+            if in_memory:
+                f.flush()
+                image = f.id.get_file_image()
+        if in_memory:
+            check_room(path, len(image))  # the exact size, now that it is known
+            try:
+                write_atomic(path, lambda out: out.write(image))
+            except OSError as e:
+                raise _no_room(e.errno, f"{path}: cannot write it ({e.strerror or e}); nothing "
+                                       f"was written") from None
+        else:
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -214,15 +264,16 @@ def check_file(path: str | os.PathLike, split: str | None = None) -> h5py.File:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise SchemaError(f"{path}: not a readable HDF5 file ({e})") from None
+    f = _open(path)
     try:
         version = f.attrs.get("schema_version")
         if version != SCHEMA_VERSION:
             found = "missing (not a cccl_lite file?)" if version is None else str(version)
             _fail(str(path), f"schema_version {found}, expected {SCHEMA_VERSION}")
+        has_boxes = f.attrs.get("has_boxes")
+        if not isinstance(has_boxes, (bool, np.bool_)):
+            found = "missing" if has_boxes is None else f"{has_boxes!r}"
+            _fail(f"{path}: attribute has_boxes", f"{found}; expected True or False")
         splits = [split] if split else [s for s in SPLITS if s in f]
         for s in splits:
             if s not in SPLITS:
@@ -236,9 +287,11 @@ def check_file(path: str | os.PathLike, split: str | None = None) -> h5py.File:
             for name in need:
                 if name not in f[s]:
                     _fail(f"{path}:/{s}/{name}", "missing")
+            _check_kinds(f[s], f"{path}:/{s}")
             n_img, n_reg = f[s]["images/features"].shape[:2]
             if f[s]["images/region_mask"].shape != (n_img, n_reg):
                 _fail(f"{path}:/{s}/images/region_mask", "does not match images/features")
+            _check_shapes(f[s], n_img, n_reg, f"{path}:/{s}")
             m = f[s]["captions/text"].shape[0]
             for name in ("captions/image", "captions/tokens", "captions/heads"):
                 if name in f[s] and f[s][name].shape[0] != m:
@@ -256,6 +309,86 @@ def check_file(path: str | os.PathLike, split: str | None = None) -> h5py.File:
         f.close()
         raise
     return f
+
+
+def _open(path: Path) -> h5py.File:
+    """h5py.File(path, "r"), its failures said as what they are: a file another
+    process holds locked for writing is not "not a readable HDF5 file" (issue 29)."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        text = str(e)
+        if "lock" in text.lower():
+            raise SchemaError(f"{path}: locked by another process that is writing it (HDF5 "
+                              f"file locking); wait for it to finish, or set "
+                              f"HDF5_USE_FILE_LOCKING=FALSE if it only reads") from None
+        if isinstance(e, PermissionError) or "Permission denied" in text:
+            raise SchemaError(f"{path}: permission denied (cannot read it)") from None
+        raise SchemaError(f"{path}: not a readable HDF5 file ({text})") from None
+
+
+# What each field must hold (numpy dtype kinds), checked before any read:
+# a token that is a number or a mask that is a float would otherwise be a
+# traceback deep inside a batch (issue 29, 15).
+_KINDS = {"images/features": ("f", "floating-point"), "images/size": ("fiu", "numeric"),
+          "images/boxes": ("fiu", "numeric"), "images/region_mask": ("b", "bool"),
+          "captions/image": ("iu", "integer"), "captions/word_vectors": ("f", "floating-point"),
+          "captions/word_offsets": ("iu", "integer")}
+_TEXT = ("captions/text", "captions/tokens", "images/variant", "images/scene", "captions/kind")
+# Arrays a reader holds in memory whole (masks, sizes, boxes, caption tables):
+# their declared size is refused above this before anything is read, and so is
+# any field that declares more data than the file stores (issue 29, 5).
+READ_WHOLE_LIMIT = 2**30
+
+
+def _check_kinds(g: h5py.Group, where: str) -> None:
+    for name in _KINDS.keys() | set(_TEXT) | {"captions/heads"}:
+        if name not in g:
+            continue
+        ds = g[name]
+        if not isinstance(ds, h5py.Dataset):
+            _fail(f"{where}/{name}", "a group; expected a dataset")
+        if name in _TEXT:
+            if h5py.check_string_dtype(ds.dtype) is None:
+                _fail(f"{where}/{name}", f"{ds.dtype} values; expected UTF-8 strings")
+        elif name == "captions/heads":
+            base = h5py.check_vlen_dtype(ds.dtype)
+            if base is None or base.kind not in "iu":
+                _fail(f"{where}/{name}", f"{ds.dtype} values; expected variable-length integers "
+                      f"(one head per word)")
+        elif ds.dtype.kind not in _KINDS[name][0]:
+            _fail(f"{where}/{name}", f"{ds.dtype} values; expected {_KINDS[name][1]}")
+
+
+def _check_shapes(g: h5py.Group, n_img: int, n_reg: int, where: str) -> None:
+    """Shapes the readers rely on, and declared sizes against what the file
+    stores, from the metadata only."""
+    if g["images/features"].ndim != 3:
+        _fail(f"{where}/images/features", f"shape {g['images/features'].shape}; expected "
+              f"(N, n, d_F)")
+    size = g["images/size"]
+    if size.shape != (n_img, 2) and not (size.attrs.get("placeholder") and size.shape == (1, 1)):
+        _fail(f"{where}/images/size", f"shape {size.shape}; expected ({n_img}, 2)")
+    if "boxes" in g["images"] and g["images/boxes"].shape != (n_img, n_reg, 4):
+        _fail(f"{where}/images/boxes", f"shape {g['images/boxes'].shape}; expected "
+              f"({n_img}, {n_reg}, 4)")
+    whole = 0
+    for name in ("images/features", "images/size", "images/boxes", "images/region_mask",
+                 "captions/image", "captions/text", "captions/tokens", "captions/heads",
+                 "captions/word_vectors", "captions/word_offsets"):
+        if name not in g:
+            continue
+        ds = g[name]
+        stored = ds.id.get_storage_size()
+        if not ds._filters and stored < ds.nbytes:  # compressed data may be smaller
+            _fail(f"{where}/{name}", f"declares shape {ds.shape} ({ds.nbytes:,} bytes) but the "
+                  f"file stores {stored:,} bytes of it: truncated or crafted; re-create the file")
+        if name not in ("images/features", "captions/word_vectors", "captions/text"):
+            whole += ds.nbytes
+    if whole > READ_WHOLE_LIMIT:
+        _fail(where, f"its masks, sizes, boxes and caption tables declare {whole:,} bytes, more "
+              f"than the {READ_WHOLE_LIMIT:,} a reader holds in memory: crafted, or too large "
+              f"for cccl_lite")
 
 
 def _check_offsets(cap: h5py.Group, m: int, where: str) -> None:
