@@ -236,6 +236,9 @@ def edition_notebook(md_path, edition: str = "colab", book_dir=None, url: str | 
 def _check_out_dir(out: Path, edition: str, book_dir: Path, paths: list[Path],
                    overwrite: bool) -> None:
     """Refuse, before anything is written, a folder an edition must not go to."""
+    if out.is_symlink() and not out.exists():
+        raise InputError(f"--out {out}: a symbolic link to {os.readlink(out)}, which does not "
+                         f"exist (nothing written)")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: a file, not a folder (nothing written)")
     real, book = out.resolve(), book_dir.resolve()

@@ -279,6 +279,13 @@ def test_command_line_refuses_to_overwrite_and_the_book_folder(tmp_path, capsys)
     assert cli_main(["colab-edition", "--out", str(out), "--chapter", "01_task",
                      "--overwrite"]) == 0
     assert nbformat.read(path, as_version=4).metadata["cccl"]["edition"] == "colab"
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    (tmp_path / "file").write_text("x")
+    for bad, says in (("dangling", "which does not exist"), ("file", "a file, not a folder")):
+        assert cli_main(["colab-edition", "--out", str(tmp_path / bad)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert says in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "gone").exists()
     root = fake_checkout(tmp_path, config_url())
     before = sorted(p.name for p in (root / "book").iterdir())
     assert cli_main(["colab-edition", "--book", str(root / "book"),
