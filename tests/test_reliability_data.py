@@ -292,3 +292,46 @@ def test_prepare_precomp_under_ulimit_f_is_one_line(tmp_path):
                 "--out", out, pre="ulimit -f 4;")
     _one_line(proc, str(out), "ulimit -f")
     assert os.listdir(out.parent) == []
+
+
+# ---- 19: NaN word vectors or features are refused before training ------------------------
+
+
+def _nan(field: str, row: int):
+    def edit(f):
+        ds = f[f"train/{field}"]
+        if field.endswith("word_vectors"):
+            row_ = int(f["train/captions/word_offsets"][row]) + 1  # the caption's second word
+        else:
+            row_ = row
+        block = ds[row_]
+        block.flat[5] = np.nan
+        ds[row_] = block
+    return edit
+
+
+@pytest.mark.parametrize("field, row, named", [("images/features", 3, "image 3"),
+                                               ("captions/word_vectors", 7, "caption 7")])
+def test_nan_data_are_refused_before_training(tiny_words_h5, tmp_path, capsys, field, row, named):
+    """The issue: a whole epoch on NaN, then only "sims must be finite". The
+    command line's lite preset reads word ids, so word vectors go through a
+    config that reads them (the paper's text side)."""
+    from cccl_lite.cli import main
+    from cccl_lite.data.schema import SchemaError
+    from cccl_lite.train import train
+    from helpers import quick, small_config
+
+    bad = _edit(tiny_words_h5, tmp_path / "nan.h5", _nan(field, row))
+    needles = (f"{bad}:/train/{field}", named, "NaN")
+    with pytest.raises(SchemaError) as e:
+        train(small_config(epochs=1), bad, tmp_path / "api", quick(max_steps=1))
+    assert all(n in str(e.value) for n in needles), str(e.value)
+    assert not (tmp_path / "api" / "last.pt").exists()
+    if field == "images/features":
+        out = tmp_path / "run"
+        code = main(["train", "--data", str(bad), "--out", str(out), "--epochs", "1"])
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+        assert all(n in lines[0] for n in needles), lines[0]
+        assert not (out / "last.pt").exists()

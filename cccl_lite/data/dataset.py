@@ -40,6 +40,33 @@ def build_vocab(path, min_count: int = 1) -> dict[str, int]:
     return {"<pad>": PAD, "<unk>": UNK, **{w: i + 2 for i, w in enumerate(words)}}
 
 
+# Fields scanned whole for NaN and inf when a reader opens (issue 29, 19): up to
+# this many bytes each (all of the synthetic scenes, Flickr30K's word vectors);
+# larger ones are checked batch by batch as they are read.
+SCAN_LIMIT = 2**30
+
+
+def _nonfinite(where: str, row: int, what: str = "image") -> SchemaError:
+    return SchemaError(f"{where}: {what} {row} holds NaN or inf; expected finite values "
+                       f"(re-create or re-encode the file)")
+
+
+def check_finite(ds: h5py.Dataset, where: str, offsets: np.ndarray | None = None) -> None:
+    """Raise SchemaError naming the first image (``features``) or caption
+    (``word_vectors``, rows mapped through ``offsets``) that holds NaN or inf,
+    reading ``ds`` in blocks of about 64 MiB."""
+    per_row = max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize)
+    step = max(1, 2**26 // per_row)
+    for s in range(0, ds.shape[0], step):
+        block = ds[s:s + step]
+        bad = ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+        if bad.any():
+            row = s + int(np.flatnonzero(bad)[0])
+            if offsets is None:
+                raise _nonfinite(where, row)
+            raise _nonfinite(where, int(np.searchsorted(offsets, row, "right")) - 1, "caption")
+
+
 def _read_rows(dataset: h5py.Dataset, idx: np.ndarray) -> np.ndarray:
     """dataset[idx] for any index order (h5py wants increasing, unique indices)."""
     uniq, inverse = np.unique(idx, return_inverse=True)
@@ -95,9 +122,18 @@ class SplitReader:
                 self.offsets = g["captions/word_offsets"][:]
                 self.word_dim = g["captions/word_vectors"].shape[1]
                 self.encoder = str(g["captions/word_vectors"].attrs.get("encoder", ""))
+            # NaN refused before any training step, naming file, split and field.
+            for name in ("images/features", "captions/word_vectors"):
+                if (name in g and (words == "vectors" or name == "images/features")
+                        and g[name].nbytes <= SCAN_LIMIT):
+                    check_finite(g[name], self._where(name),
+                                 self.offsets if name.startswith("captions") else None)
         if not self.has_boxes:
             warnings.warn(f"{self.path} has no boxes: run the model 'w/o POS'", stacklevel=2)
         self._file = None
+
+    def _where(self, name: str) -> str:
+        return f"{self.path}:/{self.split}/{name}"
 
     @property
     def n_captions(self) -> int:
@@ -112,7 +148,11 @@ class SplitReader:
     def images(self, idx) -> dict:
         """regions (B, n, d_F) float32, positions (B, n, 6) or None, region_mask (B, n)."""
         idx = np.asarray(idx, dtype=np.int64)
-        regions = torch.from_numpy(_read_rows(self._h5()["images/features"], idx).astype(np.float32))
+        regions = _read_rows(self._h5()["images/features"], idx).astype(np.float32)
+        bad = ~np.isfinite(regions.reshape(len(idx), -1)).all(axis=1)
+        if bad.any():  # a file too large to scan when the reader opened
+            raise _nonfinite(self._where("images/features"), int(idx[np.flatnonzero(bad)[0]]))
+        regions = torch.from_numpy(regions)
         positions = None
         if self.has_boxes:
             positions = position_features(torch.from_numpy(self.boxes[idx]),
@@ -125,7 +165,10 @@ class SplitReader:
         if self.words == "ids":
             return word_ids(self.tokens[k], self.vocab)
         start, stop = self.offsets[k], self.offsets[k + 1]
-        return self._h5()["captions/word_vectors"][start:stop].astype(np.float32)
+        rows = self._h5()["captions/word_vectors"][start:stop].astype(np.float32)
+        if not np.isfinite(rows).all():
+            raise _nonfinite(self._where("captions/word_vectors"), int(k), "caption")
+        return rows
 
     def captions(self, idx) -> dict:
         """words (B, m, d_E) float32 or (B, m) int64 ids, word_mask (B, m), word_adjacency
