@@ -98,7 +98,7 @@ _ALL = {"warmup_epochs": None}
 _TRUTH_SIBLINGS = {"positives": "truth", "batching": "siblings"}
 
 ROWS = (
-    Row("reference", "the lite recipe as chapter 6 trained it: sum over negatives, "
+    Row("reference", "the first lite recipe (before this diagnosis): sum over negatives, "
         "λ 0.5 summed over B² pairs, random batches, image positives", options=_ALL),
     # loss balance
     Row("λ 0", "is the coherence term a brake?", {"coherence_weight": 0.0}, _ALL),
