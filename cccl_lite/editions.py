@@ -216,7 +216,7 @@ def edition_notebook(md_path, edition: str = "colab", book_dir=None, url: str | 
                 new.metadata["cccl"] = mark
             cells.append(new)
     codes = [c for c in cells if c.cell_type == "code"]
-    if (edition == "colab" and codes and not any("pip install" in c.source for c in codes)
+    if (edition == "colab" and codes and not any(_INSTALL_URL.search(c.source) for c in codes)
             and any("cccl_lite" in c.source for c in codes)):
         cells.insert(cells.index(codes[0]),
                      nbformat.v4.new_code_cell(_INSTALL_CELL.format(url=url)))
