@@ -14,9 +14,13 @@ no student has been timed. What the rules assume:
   (:data:`EXPERIMENTS`, plus the CPU time the run takes), ``"question"``
   for the rest (a short computation or an argument).
 
-Counting from the sources keeps the table current as chapters change; the
-execution time of each chapter is measured by the book build itself (its
-``nb-exec-table``).
+Counting from the sources keeps the table current as chapters change. The
+execution time of each chapter is *measured*: the Colab-like check
+(``.ci/colab_check.py --record``) records each notebook's seconds from
+kernel start to last cell, and :func:`execution_record` reads that record.
+:data:`SESSIONS` is the teaching page's plan of seven sessions as data, and
+:func:`session_table` adds up, per session, the estimated reading and
+exercise minutes and the measured run time.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import re
 from pathlib import Path
 
 __all__ = ["WORDS_PER_MINUTE", "MINUTES_PER_CELL", "EXERCISE_MINUTES", "EXPERIMENTS",
-           "exercise_kind", "chapter_stats", "chapter_table"]
+           "exercise_kind", "chapter_stats", "chapter_table", "SESSIONS", "RECORDS",
+           "execution_record", "session_table"]
 
 WORDS_PER_MINUTE = 120
 MINUTES_PER_CELL = 1.0
@@ -85,4 +90,84 @@ def chapter_table(book_dir=None):
     table = pd.DataFrame.from_dict(rows, orient="index")
     total = table.drop(columns="chapter").sum()
     table.loc["total"] = {"chapter": "all chapters", **total.to_dict()}
+    return table
+
+
+# ---- measured execution times and the session plan --------------------------------
+
+# Where .ci/run's Colab-like check writes its record (full sizes first: the
+# smoke record, CCCL_SMOKE=1 on tiny data, is a lower bound for a student).
+RECORDS = ("_build/colab-check/seconds-full.json", "_build/colab-check/seconds-smoke.json")
+
+# The teaching page's plan: session -> ({chapter: share of it read}, exercises).
+# Chapter 2 is split at eq 7 between sessions 1 and 2 (counted half each).
+# tests/test_course.py checks this against the page's table.
+SESSIONS = {
+    1: ({"01_task": 1, "02_perceive": 0.5}, ("ex-recall", "ex-constant", "ex-perceive-cpc")),
+    2: ({"02_perceive": 0.5, "03_reason": 1},
+        ("ex-perceive-sdpa", "ex-perceive-position", "ex-reason-gcn", "ex-reason-steps")),
+    3: ({"04_align": 1}, ("ex-align-vsf", "ex-align-p1", "ex-align-temperature")),
+    4: ({"05_loss": 1}, ("ex-loss-triplet", "ex-loss-flat", "ex-loss-scale")),
+    5: ({"06_training": 1, "07_ablations": 1},
+        ("ex-train-pairwise", "ex-train-pool", "ex-abl-noise", "ex-abl-params")),
+    6: ({"08_inside": 1}, ("ex-inside-rank", "ex-inside-mu", "ex-inside-word")),
+    7: ({"09_flickr30k": 1, "10_faster": 1},
+        ("ex-flickr-disk", "ex-flickr-coco", "ex-faster-vsf", "ex-faster-shortlist")),
+}
+
+
+def execution_record(path=None) -> dict | None:
+    """The Colab-like check's record (``.ci/colab_check.py --record``): a dict
+    with ``"seconds"`` (notebook file name, e.g. "01_task.ipynb" -> seconds
+    from kernel start to its last cell, or None), ``"mode"``, ``"date"``,
+    ``"machine"`` and ``"file"`` (where it was read). Read from ``path``,
+    else ``$CCCL_EXECUTION_RECORD``, else the first of :data:`RECORDS` in
+    this checkout; None when there is none (not recorded yet, or the package
+    installed without its checkout)."""
+    import json
+    import os
+
+    root = Path(__file__).resolve().parent.parent
+    candidates = ([Path(path)] if path is not None else
+                  [Path(os.environ["CCCL_EXECUTION_RECORD"])]
+                  if os.environ.get("CCCL_EXECUTION_RECORD") else [root / r for r in RECORDS])
+    for candidate in candidates:
+        if candidate.is_file():
+            record = json.loads(candidate.read_text(encoding="utf-8"))
+            if not isinstance(record.get("seconds"), dict):
+                raise ValueError(f"{candidate}: no 'seconds' object (notebook -> seconds); "
+                                 f"expected the record of .ci/colab_check.py --record")
+            return {**record, "file": str(candidate)}
+    return None
+
+
+def session_table(record: dict | None = None, book_dir=None, sessions=None):
+    """Minutes per session of :data:`SESSIONS` (or ``sessions``), as a pandas
+    DataFrame: reading (estimated: words at :data:`WORDS_PER_MINUTE` plus
+    :data:`MINUTES_PER_CELL` per code cell, times the share of the chapter),
+    exercises (estimated: :data:`EXERCISE_MINUTES` by kind, experiments'
+    runs not included), and the chapters' run time from ``record``
+    (measured, minutes; NaN where not recorded), unrounded."""
+    import pandas as pd
+
+    from .student import default_book_dir
+
+    book_dir = Path(book_dir) if book_dir is not None else default_book_dir()
+    stats, rows = {}, {}
+    for n, (chapters, labels) in (sessions or SESSIONS).items():
+        reading = run = 0.0
+        for stem, share in chapters.items():
+            if stem not in stats:
+                stats[stem] = chapter_stats(book_dir / f"{stem}.md")
+            s = stats[stem]
+            reading += share * (s["words"] / WORDS_PER_MINUTE + MINUTES_PER_CELL * s["code cells"])
+            seconds = (record or {}).get("seconds", {}).get(f"{stem}.ipynb")
+            run += share * seconds / 60 if seconds is not None else float("nan")
+        rows[n] = {"chapters": ", ".join(c[:2].lstrip("0") for c in chapters),
+                   "reading (min, est.)": reading,
+                   "exercises (min, est.)": sum(EXERCISE_MINUTES[exercise_kind(lb)]
+                                                for lb in labels),
+                   "run (min, measured)": run}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "session"
     return table
