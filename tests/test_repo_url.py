@@ -13,6 +13,8 @@ import yaml
 from helpers import notebook_chapters
 
 ROOT = Path(__file__).resolve().parent.parent
+# an install cell's requirement, with or without extras ("cccl_lite[download] @ git+URL")
+INSTALL = r'pip install[^\n]*"cccl_lite(?:\[[\w,-]+\])? @ git\+([^"\s]+)"'
 
 
 def config_url() -> str:
@@ -33,14 +35,15 @@ def test_every_install_cell_installs_the_configured_repository():
     assert len(numbered) >= 10
     for chapter in pages:
         text = chapter.read_text()
-        installs = re.findall(r'pip install[^\n]*"cccl_lite @ git\+([^"\s]+)"', text)
+        installs = re.findall(INSTALL, text)
         if chapter not in numbered and not installs:
             continue  # a page that installs nothing names no repository
         assert installs, f"{chapter.name}: no Colab install cell of cccl_lite"
         assert set(installs) == {url}, f"{chapter.name}: installs {installs}, _config.yml has {url}"
         # the paired notebook (what Colab opens) says the same
         ipynb = chapter.with_suffix(".ipynb")
-        assert set(re.findall(r'cccl_lite @ git\+([^"\\\s]+)', ipynb.read_text())) == {url}, \
+        assert set(re.findall(r'cccl_lite(?:\[[\w,-]+\])? @ git\+([^"\\\s]+)',
+                              ipynb.read_text())) == {url}, \
             ipynb.name
 
 
@@ -56,8 +59,10 @@ def test_chapter_9_runs_the_package_not_a_clone():
 def test_the_check_catches_a_different_url(tmp_path):
     # The regular expression must see a mismatch, not pass on anything.
     line = 'pip install -q "cccl_lite @ git+https://github.com/someone/fork"'
-    assert re.findall(r'pip install[^\n]*"cccl_lite @ git\+([^"\s]+)"', line) == [
-        "https://github.com/someone/fork"]
+    assert re.findall(INSTALL, line) == ["https://github.com/someone/fork"]
+    # with an extra, as chapter 9 installs it
+    line = 'pip install -q "cccl_lite[download] @ git+https://github.com/someone/fork"'
+    assert re.findall(INSTALL, line) == ["https://github.com/someone/fork"]
     assert "https://github.com/someone/fork" != config_url()
 
 
