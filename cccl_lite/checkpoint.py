@@ -33,7 +33,7 @@ import torch
 from .data.dataset import SplitReader, build_vocab
 from .data.features import DETECTOR_SEED, detector_name, file_detector
 from .data.schema import SchemaError, check_file
-from .errors import InputError, one_line
+from .errors import InputError, field, one_line
 from .files import write_atomic
 from .model import ABLATIONS, CCCL, CCCLConfig
 
@@ -144,9 +144,9 @@ def resolve_config(name: str, data_path, ablation: str | None = None,
     explicit ``coherence_weight`` override wins.
     """
     if name not in CONFIGS:
-        raise InputError(f"unknown config {name!r}; expected one of: {', '.join(CONFIGS)}")
+        raise InputError(f"--config {name!r}: unknown; expected one of: {', '.join(CONFIGS)}")
     if ablation is not None and ablation not in ABLATIONS:
-        raise InputError(f"unknown ablation {ablation!r}; expected one of: "
+        raise InputError(f"--ablation {ablation!r}: unknown; expected one of: "
                          + ", ".join(repr(a) for a in ABLATIONS))
     if name == "lite":
         dims = data_dims(data_path)
@@ -281,6 +281,14 @@ def _load_failure(e: Exception) -> str:
     return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
 
 
+# The kinds of a checkpoint's fields that the engine reads (train's
+# _checkpoint and _save write them).
+_FIELD_KINDS = {"config": dict, "model": dict, "vocab": (dict, type(None)), "options": dict,
+                "epoch": int, "step": int, "best_rsum": (int, float), "best_epoch": int,
+                "optimizer": dict, "scheduler": dict, "rng": dict, "data": (dict, type(None)),
+                "world_size": int}
+
+
 def load_checkpoint(path, device="cpu") -> dict:
     """A checkpoint of :class:`~cccl_lite.train.Trainer` as a dict, loaded with
     weights_only=True."""
@@ -299,6 +307,9 @@ def load_checkpoint(path, device="cpu") -> dict:
                          f"({_load_failure(e)})") from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise InputError(f"{path}: not a cccl_lite checkpoint (no config and model)")
+    for key, kind in _FIELD_KINDS.items():  # an edited file: one line naming the field
+        if key in ckpt:
+            field(ckpt, key, path, kind=kind)
     if ckpt.get("format", 0) > CHECKPOINT_FORMAT:
         raise InputError(f"{path}: checkpoint format {ckpt['format']} is newer than this "
                          f"cccl_lite ({CHECKPOINT_FORMAT}); upgrade cccl_lite")
@@ -326,9 +337,9 @@ def _model_of(ckpt: dict, checkpoint_path, device) -> tuple[CCCL, CCCLConfig, di
     model = CCCL(config)
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
+    except RuntimeError as e:  # torch's first line names no key; its next ones do
         raise InputError(f"{checkpoint_path}: weights do not fit the config "
-                         f"({str(e).splitlines()[0]})") from None
+                         f"({one_line(e)[:300]})") from None
     return model.to(device).eval(), config, ckpt.get("vocab")
 
 

@@ -153,6 +153,7 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
     run_dir, data = Path(run_dir), Path(data)
     dest = checkpoint_path(name, folder)
     record_path = dest.with_suffix(".json")
+    files.check_output_dir(dest.parent, "folder of the shipped model (--folder)")
     for p in (dest, record_path):
         if p.exists() and not overwrite:
             # InputError: the command line prints it as one line.

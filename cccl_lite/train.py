@@ -109,7 +109,7 @@ from .checkpoint import (CHECKPOINT_FORMAT, CONFIGS, check_resumable, data_datas
 from .collapse import CollapseGuard, TrainingCollapsed
 from .data.dataset import CaptionDataset, SiblingSampler, SplitReader, collate, model_inputs
 from .data.truth import SplitTruth
-from .errors import InputError
+from .errors import InputError, field, one_line
 from . import evaluate
 from .files import RunLock, check_output_dir, remove_stale_temps, write_text_atomic
 from .loss import HybridLoss, alignment_term, hardest_negative_wins, hybrid_loss
@@ -272,12 +272,21 @@ class Trainer:
         self.epoch, self.step, self.best_rsum, self.best_epoch = 0, 0, -math.inf, 0
         if self._resume_ckpt is not None:
             ck = self._resume_ckpt
-            self.model.load_state_dict(ck["model"])
-            self.optimizer.load_state_dict(ck["optimizer"])
-            self.scheduler.load_state_dict(ck["scheduler"])
-            if self.scaler is not None and ck.get("scaler"):
-                self.scaler.load_state_dict(ck["scaler"])
-            restore_rng(ck["rng"], self.loader_gen)
+            for key in ("best_rsum", "best_epoch"):  # an edited last.pt: one line
+                field(ck, key, self.last_path, "--resume")
+            try:
+                self.model.load_state_dict(ck["model"])
+                self.optimizer.load_state_dict(ck["optimizer"])
+                self.scheduler.load_state_dict(ck["scheduler"])
+                if self.scaler is not None and ck.get("scaler"):
+                    self.scaler.load_state_dict(ck["scaler"])
+                restore_rng(ck["rng"], self.loader_gen)
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+                # torch's message names neither the file nor which state.
+                raise InputError(f"--resume: {self.last_path}: its model, optimizer, "
+                                 f"scheduler or RNG state does not fit this run "
+                                 f"({one_line(e)[:200]}); start again with --overwrite"
+                                 ) from None
             self.epoch, self.step = ck["epoch"], ck["step"]
             self.best_rsum, self.best_epoch = ck["best_rsum"], ck["best_epoch"]
             self._resume_ckpt = None

@@ -438,3 +438,73 @@ def test_a_partial_download_is_resumed_only_from_its_own_mirror(mirrors, tmp_pat
     download([f"{mirrors.base}/b/file.bin"], dest2)
     assert dest2.read_bytes() == B_BYTES
     assert mirrors.log[0] == ("/b/file.bin", None)  # asked B for the whole file
+
+
+# ---- #20: errors that named neither the file nor the field ------------------------------
+
+
+def _edited_checkpoint(src, dest, edit):
+    ckpt = torch.load(src, weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def cli_run_dir(tiny_words_h5, tmp_path_factory):
+    """A one-epoch run of `python -m cccl_lite train` (the lite preset), to resume."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    assert main(["train", "--data", str(tiny_words_h5), "--out", str(out), "--epochs", "1",
+                 "--max-steps", "1", "--quiet"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda c: c.pop("best_rsum"), "best_rsum"),
+    (lambda c: c.update(epoch="one"), "epoch"),
+    (lambda c: c.update(optimizer={"state": {}, "param_groups": []}), "optimizer"),
+])
+def test_resume_from_a_damaged_last_pt_is_one_line_naming_it(tiny_words_h5, cli_run_dir,
+                                                              tmp_path, capsys, edit, needle):
+    run = _copy_run(cli_run_dir, tmp_path / "run")
+    argv = ["train", "--data", str(tiny_words_h5), "--out", str(run), "--resume",
+            "--epochs", "2", "--max-steps", "1", "--quiet"]
+    intact = [("1" if a == "2" else a) for a in argv]  # --epochs 1: already done
+    assert main(intact) == 0, capsys.readouterr().err  # the intact last.pt resumes
+    capsys.readouterr()
+    _edited_checkpoint(run / "last.pt", run / "last.pt", edit)
+    code = main(argv)
+    assert code == 1
+    _one_error_line(capsys, str(run / "last.pt"), needle)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda c: c.update(vocab=5), "vocab"),
+    (lambda c: c.update(model={k: v for k, v in list(c["model"].items())[1:]}), "Missing key"),
+])
+def test_evaluate_a_damaged_checkpoint_is_one_line_naming_file_and_field(tiny_words_h5, run_dir,
+                                                                         tmp_path, capsys,
+                                                                         edit, needle):
+    ckpt = _edited_checkpoint(run_dir / "best.pt", tmp_path / "best.pt", edit)
+    code = main(["evaluate", "--checkpoint", str(ckpt), "--data", str(tiny_words_h5)])
+    assert code == 1
+    _one_error_line(capsys, str(ckpt), needle)
+
+
+def test_ship_into_a_folder_that_is_a_file_names_it(tiny_words_h5, run_dir, tmp_path, capsys):
+    folder = tmp_path / "assets"
+    folder.write_text("a file")
+    code = main(["ship", "--run-dir", str(run_dir), "--data", str(tiny_words_h5),
+                 "--folder", str(folder), "--name", "m"])
+    assert code == 1
+    line = _one_error_line(capsys, str(folder), "not a folder")
+    assert "File exists" not in line
+
+
+@pytest.mark.parametrize("flag, value", [("--config", "huge"), ("--ablation", "w/o X")])
+def test_an_unknown_config_or_ablation_names_its_option(tiny_words_h5, tmp_path, capsys,
+                                                        flag, value):
+    code = main(["train", "--data", str(tiny_words_h5), "--out", str(tmp_path / "r"),
+                 flag, value])
+    assert code == 1
+    _one_error_line(capsys, f"{flag} {value!r}" if flag == "--config" else flag, value)

@@ -20,7 +20,7 @@ import argparse
 import sys
 
 from ..data.schema import SchemaError
-from ..errors import InputError
+from ..errors import InputError, one_line
 from .types import (float_at_least, int_at_least, nonnegative_float, nonnegative_int,
                     positive_float, positive_int, run_script)
 
@@ -40,7 +40,7 @@ def _error_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         where = f"{e.filename}: " if e.filename is not None else ""
         return where + e.strerror
-    return " ".join(str(e).split()) or type(e).__name__
+    return one_line(e)
 
 
 class OneLineParser(argparse.ArgumentParser):

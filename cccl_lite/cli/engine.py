@@ -17,7 +17,7 @@ import h5py
 import torch
 
 from ..checkpoint import CONFIGS, load_for_data, resolve_config
-from ..errors import InputError
+from ..errors import InputError, one_line as _one_line
 # train and evaluate as modules: their functions are looked up when a command
 # runs (tests stand in for Trainer and evaluate_split there).
 from .. import evaluate, train
@@ -219,10 +219,6 @@ def add_retrieve_arguments(p) -> None:
     p.add_argument("--shortlist", type=positive_int, default=None, metavar="S",
                    help="two-stage: score only the top S (>= k) candidates by Branch 1's "
                         "cheap score with the full model (default: every candidate)")
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _device(name: str) -> torch.device:

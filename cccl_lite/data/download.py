@@ -71,6 +71,7 @@ from typing import Iterable, Sequence
 
 from tqdm import tqdm
 
+from ..errors import one_line
 from ..files import write_text_atomic
 from .sources import (DATASET_TAGS, KINDS, KNOWN_FILES, SCAN_NAMES, SCAN_SPLITS, KnownFile,
                       Source)
@@ -400,7 +401,7 @@ def _call(fn, **kwargs):
 
 
 def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:300] or type(e).__name__
+    return one_line(e)[:300]
 
 
 def _fetch_gdrive(source: Source, staging: Path, timeout: float, quiet: bool) -> Path:

@@ -63,6 +63,8 @@ from pathlib import Path
 
 import torch
 
+from ..files import write_atomic
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: torch's lock alone, as before
@@ -191,9 +193,7 @@ def _copy_source(folder: Path) -> Path:
     target = folder / _SOURCE.name
     data = _SOURCE.read_bytes()
     if not target.exists() or target.read_bytes() != data:
-        tmp = folder / f".{_SOURCE.name}.tmp-{os.getpid()}"
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        write_atomic(target, lambda f: f.write(data))
     return target
 
 
