@@ -38,7 +38,15 @@ Verdicts (:data:`VERDICTS`):
 An error in an exercise cell fails that exercise and execution goes on; an
 error in any other cell (unless tagged ``raises-exception``) stops the
 notebook as it would stop "Run all". The grader then goes on with the next
-notebook, printing one line per notebook, never a traceback.
+notebook, printing one line per notebook, never a traceback. Messages
+number cells from 1, Markdown cells included. An exercise whose cell the
+student deleted is checked after the last cell, on whatever function of
+that name the notebook defined.
+
+The checks run in the student's own kernel, after the student's code: they
+catch honest mistakes, not a student set on fooling them (one who replaces
+the checker, say). The teaching page grades checked exercises as practice
+for that reason.
 
 Written under ``--out`` (atomically; existing files only with
 ``--overwrite``): ``grades.csv`` (one row per student, notebook and
@@ -177,7 +185,9 @@ def exercise_cells(nb) -> list[tuple[int, str, str]]:
     return found
 
 
-def _written(nb, index: int, label: str) -> str:
+def _written(nb, index: int) -> str:
+    """"answered (N words)" or "not answered": the answer cell at ``index``
+    without its "✍️ Your answer (label):" lead and the placeholder."""
     if index < 0:
         return "no answer cell (a student edition made before answer cells)"
     text = _ANSWER.sub("", nb.cells[index].source.strip(), count=1)
@@ -237,7 +247,7 @@ def grade_notebook(path, student: str = "", timeout: float = 600,
     grades: dict[str, Grade] = {}
     for index, label, kind in cells:
         if kind == "written":
-            grades[label] = Grade(student, chapter, label, kind, WRITTEN, _written(nb, index, label))
+            grades[label] = Grade(student, chapter, label, kind, WRITTEN, _written(nb, index))
     code_at = {i: label for i, label, kind in cells if kind == "code"}
     expected = [e.label for e in EXERCISES.values() if e.chapter == chapter]
     expected += [lb for lb in code_at.values() if lb not in expected]
