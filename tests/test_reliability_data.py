@@ -335,3 +335,40 @@ def test_nan_data_are_refused_before_training(tiny_words_h5, tmp_path, capsys, f
         assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
         assert all(n in lines[0] for n in needles), lines[0]
         assert not (out / "last.pt").exists()
+
+
+# ---- 3: encode-words killed during its last split keeps the splits it finished ------------
+
+
+_KILLED_ENCODER = """
+import os, signal, sys, types
+import numpy as np
+from cccl_lite.data import text
+calls = []
+def fake_encoder(encoder, device):
+    return None, types.SimpleNamespace(config=types.SimpleNamespace(hidden_size=8))
+def fake_encode(tokens, tokenizer, model, batch_size, device, start=0):
+    calls.append(len(tokens))
+    if len(calls) == 3:  # the third split, test: killed like kill -9
+        os.kill(os.getpid(), signal.SIGKILL)
+    return [np.full((len(t), 8), len(calls), np.float32) for t in tokens]
+text.load_encoder, text.encode_words = fake_encoder, fake_encode
+from cccl_lite.cli import main
+sys.exit(main(["encode-words", sys.argv[1]]))
+"""
+
+
+def test_encode_words_killed_in_the_last_split_keeps_the_finished_ones(tmp_path):
+    data = make_synthetic(tmp_path / "tiny.h5", seed=0, size="tiny")
+    proc = subprocess.run([sys.executable, "-c", _KILLED_ENCODER, str(data)], capture_output=True,
+                          text=True, env=ENV, cwd=ROOT, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    with h5py.File(data, "r") as f:
+        for k, split in enumerate(("train", "val"), 1):
+            cap = f[split]["captions"]
+            words = sum(len(t.split(" ")) for t in cap["tokens"].asstr()[:])
+            assert cap["word_vectors"].shape == (words, 8), split
+            assert (cap["word_vectors"][:] == k).all(), split  # the k-th call's vectors
+            assert cap["word_offsets"][-1] == words
+        assert "word_vectors" not in f["test"]["captions"]
+    # A rerun encodes only what is missing (the test split).

@@ -279,8 +279,7 @@ def convert_precomp(src, split: str, boxes: str, out, *, name: str | None = None
         size = np.ones((n_img, 2), dtype=np.float32)
 
     caption_image = np.repeat(np.arange(n_img, dtype=np.int64), cpi)
-    # About the file's size: features, boxes, masks, captions, the splits copied from ``out``.
-    need = (feats.shape[0] * n_reg * (2 * feats.shape[2] + 18) + 2 * sum(map(len, texts))
+    need = (feats.shape[0] * n_reg * (2 * feats.shape[2] + 18) + 2 * sum(map(len, texts))  # about
             + (out.stat().st_size if out.exists() else 0) + 2**20)
     with atomic_h5(out, name, has_boxes=has_boxes, expected_bytes=need) as f:
         write_split(f, target, features=feats, size=size,

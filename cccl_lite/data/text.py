@@ -10,7 +10,7 @@ need them: the data loader imports this module for :func:`heads_to_adjacency`.
 The cached word vectors are read back by
 :class:`cccl_lite.data.dataset.SplitReader` (``words="vectors"``).
 
-Why one module of ~560 lines: it does one job, a caption's words to the
+Why one module of ~580 lines: it does one job, a caption's words to the
 model's text inputs (eqs 11-12 and 23), and both halves write into a schema
 file the same way (the splits to do, temporary datasets moved into place,
 :class:`ModelUnavailableError` for a missing model). The chapters import
@@ -317,13 +317,17 @@ def cache_word_vectors(path: str | os.PathLike, encoder: str | os.PathLike | Non
     :func:`load_encoder` (None: the bundled MiniLM). A split whose cache was
     made by the same encoder is skipped unless ``overwrite``; one made by
     another encoder raises ValueError unless ``overwrite`` (a costly cache is
-    never replaced silently). The data go to temporary datasets that are moved
-    into place only when complete, so an interrupted run leaves no partial
-    cache under the final names. Returns {split: True if written, False if skipped}.
+    never replaced silently). Each split is encoded into a side file
+    (``.NAME.SPLIT-words.tmp-PID``) and copied into ``path`` only when
+    complete, one split at a time: an interrupted run, even ``kill -9``,
+    leaves no partial cache under the final names and keeps the splits it
+    finished. Returns {split: True if written, False if skipped}.
     (HDF5 does not reclaim the space of deleted datasets: ``h5repack`` does.)
     """
     import h5py
     from tqdm.auto import tqdm
+
+    from ..files import remove_stale_temps, temp_path
 
     name = DEFAULT_ENCODER_NAME if encoder is None else str(encoder)
     splits = _splits_of(path, splits)
@@ -345,16 +349,21 @@ def cache_word_vectors(path: str | os.PathLike, encoder: str | os.PathLike | Non
     tokenizer, model = load_encoder(encoder, device)
     d_e = int(model.config.hidden_size)
     chunk = max(1, batch_size) * 16
-    with h5py.File(path, "r+") as f:
-        for s in todo:
-            cap = f[s]["captions"]
-            _drop(cap, _TMP_VECTORS, _TMP_OFFSETS)  # left by an interrupted run
-            tokens = [t.split(" ") for t in cap["tokens"].asstr()[:]]
-            offsets = np.concatenate([[0], np.cumsum([len(t) for t in tokens])]).astype(np.int64)
-            try:
-                vec = cap.create_dataset(_TMP_VECTORS, (int(offsets[-1]), d_e), dtype=np.float16)
+    for s in todo:
+        # Each split is encoded into a file of its own and moved into ``path``
+        # in one short open-copy-close, so a run killed (even kill -9) in a
+        # later split keeps the splits it finished (issue 29, 3).
+        with h5py.File(path, "r") as f:
+            tokens = [t.split(" ") for t in f[s]["captions/tokens"].asstr()[:]]
+        offsets = np.concatenate([[0], np.cumsum([len(t) for t in tokens])]).astype(np.int64)
+        base = Path(path).with_name(f"{Path(path).name}.{s}-words")
+        remove_stale_temps(base)  # a killed run's side file
+        side = temp_path(base)
+        try:
+            with h5py.File(side, "w") as out:
+                vec = out.create_dataset("word_vectors", (int(offsets[-1]), d_e),
+                                         dtype=np.float16)
                 vec.attrs["encoder"] = name
-                cap.create_dataset(_TMP_OFFSETS, data=offsets)
                 with tqdm(total=len(tokens), desc=f"{s}: word vectors", unit="caption") as bar:
                     for a in range(0, len(tokens), chunk):
                         b = min(a + chunk, len(tokens))
@@ -366,13 +375,16 @@ def cache_word_vectors(path: str | os.PathLike, encoder: str | os.PathLike | Non
                                              f"vectors beyond the float16 range")
                         vec[offsets[a]:offsets[b]] = block
                         bar.update(b - a)
-            except BaseException:
-                _drop(cap, _TMP_VECTORS, _TMP_OFFSETS)
-                raise
-            _drop(cap, "word_vectors", "word_offsets")
-            # Offsets first: readers take "word_vectors" present as "cache complete".
-            cap.move(_TMP_OFFSETS, "word_offsets")
-            cap.move(_TMP_VECTORS, "word_vectors")
+            with h5py.File(side, "r") as done, h5py.File(path, "r+") as f:
+                cap = f[s]["captions"]
+                # The in-file temp names of older versions, then the old cache.
+                _drop(cap, _TMP_VECTORS, _TMP_OFFSETS, "word_vectors", "word_offsets")
+                # Offsets first: readers take "word_vectors" present as "cache complete".
+                cap.create_dataset("word_offsets", data=offsets)
+                done.copy(done["word_vectors"], cap, "word_vectors")
+        finally:
+            if side.exists():
+                side.unlink()
     return result
 
 
