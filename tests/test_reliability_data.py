@@ -372,3 +372,56 @@ def test_encode_words_killed_in_the_last_split_keeps_the_finished_ones(tmp_path)
             assert cap["word_offsets"][-1] == words
         assert "word_vectors" not in f["test"]["captions"]
     # A rerun encodes only what is missing (the test split).
+
+
+# ---- 5: small hostile files never take gigabytes ------------------------------------------
+
+
+def _npy_with_pickle(path: Path, shape: tuple, body: bytes) -> Path:
+    """A .npy file: an object-array header announcing ``shape``, then ``body``."""
+    header = {"descr": "|O", "fortran_order": False, "shape": shape}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(body)
+    return path
+
+
+class _Calls:
+    """Pickles to ``fn(*args)``: what a crafted file can ask the unpickler to call."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def _crafted(fn, *args) -> bytes:
+    import pickle
+
+    return pickle.dumps(_Calls(fn, *args), protocol=2)
+
+
+# bytearray(300_000_000): a 50-byte pickle asking for 300 MB (the issue: 1.7 GB);
+# the same through numpy's array constructor; a header announcing 1e9 objects.
+_BYTEARRAY = _crafted(bytearray, 300_000_000)
+_NDARRAY = _crafted(np.ndarray, (300_000_000,), np.dtype("i1"))
+
+
+@pytest.mark.parametrize("body, shape", [(_BYTEARRAY, (4,)), (_NDARRAY, (4,)), (b".", (10**9,))])
+def test_a_tiny_gsmn_sizes_file_never_takes_hundreds_of_megabytes(tmp_path, body, shape):
+    import tracemalloc
+
+    from cccl_lite.data.precomp import InputError, load_object_npy
+
+    path = _npy_with_pickle(tmp_path / "test_ims_size.npy", shape, body)
+    assert path.stat().st_size < 300
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError) as e:
+            load_object_npy(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MiB for a {path.stat().st_size}-byte file"
+    assert str(path) in str(e.value) and "\n" not in str(e.value)

@@ -36,9 +36,6 @@ file, the field and what was expected; nothing is written then.
 
 from __future__ import annotations
 
-import builtins
-import codecs
-import pickle
 import re
 import warnings
 from pathlib import Path
@@ -47,6 +44,7 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
+from .npyload import load_object_npy
 from .text import simple_tokenize
 from .schema import SPLITS, atomic_h5, check_file, write_split
 
@@ -347,97 +345,6 @@ def _load_npy(path: Path, mmap: bool = False, pickled: bool = False):
         if isinstance(e, InputError):
             raise
         raise InputError(f"{path}: not a complete .npy array ({e}); re-download it") from None
-
-
-def _safe_global(module: str, name: str):
-    """The few callables that a pickled numpy object array of plain values
-    names, and nothing more: numpy's array and scalar reconstructors (numpy 1
-    and 2 name their module differently), a few builtin containers, and the
-    byte-string decoder of protocol-2 pickles. None for anything else."""
-    if module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray"):
-        if name == "ndarray":
-            return np.ndarray
-        if name == "dtype":
-            return np.dtype
-        if name == "_reconstruct":
-            return _np_reconstruct()
-        if name == "scalar":
-            return _np_scalar()
-    if module in ("builtins", "__builtin__") and name in ("complex", "set", "frozenset",
-                                                           "bytearray"):
-        return getattr(builtins, name)
-    if module in ("_codecs", "codecs") and name == "encode":
-        return codecs.encode  # str -> bytes, how protocol 2 stores bytes
-    return None
-
-
-def _np_reconstruct():
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
-
-
-def _np_scalar():
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import scalar
-    return scalar
-
-
-def _safe_unpickler(fileobj):
-    class SafeUnpickler(pickle.Unpickler):
-        def find_class(self, module, name):
-            found = _safe_global(module, name)
-            if found is None:
-                raise pickle.UnpicklingError(f"it names {module}.{name}, which is not a numpy "
-                                             f"array, a number or a plain container")
-            return found
-
-    # latin1: Python 2 pickles (GSMN's) hold byte strings and numpy buffers.
-    return SafeUnpickler(fileobj, encoding="latin1")
-
-
-def load_object_npy(path) -> np.ndarray:
-    """A .npy file as np.load(allow_pickle=True) would read it, without
-    running code: an object array's pickle may only rebuild numpy arrays and
-    scalars, numbers, strings, dicts, lists, tuples and sets. Anything else
-    raises :class:`InputError`, which names a conversion to a plain numeric
-    array (run only where the file's source is trusted). A plain (not
-    object) array is read as np.load reads it."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            else:  # 3.0 (UTF-8 header): no public reader
-                shape, _, dtype = np.lib.format._read_array_header(f, version)
-        except (ValueError, EOFError, AttributeError) as e:
-            raise InputError(f"{path}: not a .npy file ({e})") from None
-        if not dtype.hasobject:
-            return np.load(path)
-        try:
-            arr = _safe_unpickler(f).load()
-        except pickle.UnpicklingError as e:
-            raise InputError(
-                f"{path}: refusing to unpickle it: {e}. A .npy of pickled objects can run "
-                f"code; convert it where you trust its source, e.g. python -c \"import numpy "
-                f"as np; a = np.load('{path.name}', allow_pickle=True); np.save('{path.name}', "
-                f"np.array([[d['image_w'], d['image_h']] if isinstance(d, dict) else d for d "
-                f"in a], dtype=np.float32))\" (then rows of width, height are read as is)"
-            ) from None
-        except (EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-            raise InputError(f"{path}: not a complete .npy object array ({type(e).__name__}: "
-                             f"{e}); re-download it") from None
-    if not isinstance(arr, np.ndarray) or arr.shape != tuple(shape):
-        raise InputError(f"{path}: the pickled data is not the {tuple(shape)} array its "
-                         f"header announces")
-    return arr
 
 
 def _read_ids(path: Path, n_img: int) -> np.ndarray:
