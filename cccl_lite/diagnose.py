@@ -64,7 +64,7 @@ from .probes import fit_sibling_pairs, write_oracle
 from .checkpoint import load_model, make_reader, resolve_config
 from .model import LITE_CENTRE_SCALE
 from .errors import InputError, field as json_field, one_line
-from .files import shared_file, slug, write_text_atomic
+from .files import check_output_file, shared_file, slug, write_text_atomic
 from .recipes import RECIPES, recipe_options
 from .train import best_record, read_log, train
 
@@ -471,7 +471,8 @@ def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
     An existing results file with other settings is an error unless
     ``overwrite``; a (row, seed) already there is skipped unless ``rerun``.
     """
-    results_path = Path(results_path)
+    results_path = check_output_file(results_path, overwrite=True,
+                                     what="results file (--results)")
     settings = _settings(data, epochs, max_steps, seed)
     seeds = [seed] if not seeds else list(dict.fromkeys(seeds))
     names = [r.name for r in ROWS]

@@ -151,6 +151,9 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
     from .errors import InputError, read_json
 
     run_dir, data = Path(run_dir), Path(data)
+    if not name or name in (".", "..") or Path(name).name != name:
+        raise InputError(f"--name {name!r}: expected a plain file name (no folder part); "
+                         f"--folder says where the shipped model goes")
     dest = checkpoint_path(name, folder)
     record_path = dest.with_suffix(".json")
     files.check_output_dir(dest.parent, "folder of the shipped model (--folder)")

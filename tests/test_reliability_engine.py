@@ -508,3 +508,26 @@ def test_an_unknown_config_or_ablation_names_its_option(tiny_words_h5, tmp_path,
                  flag, value])
     assert code == 1
     _one_error_line(capsys, f"{flag} {value!r}" if flag == "--config" else flag, value)
+
+
+# ---- found by this round's own attacks (tests/H6 notes) ----------------------------------
+
+
+@pytest.mark.parametrize("name", ["../escaped", "sub/m", ".."])
+def test_ship_name_is_a_plain_file_name(tiny_words_h5, run_dir, tmp_path, capsys, name):
+    folder = tmp_path / "box" / "assets"
+    code = main(["ship", "--run-dir", str(run_dir), "--data", str(tiny_words_h5),
+                 "--folder", str(folder), "--name", name])
+    assert code == 1
+    _one_error_line(capsys, "--name")
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written == [], written
+
+
+def test_diagnose_results_that_is_a_folder_is_named_as_such(tiny_words_h5, tmp_path, capsys):
+    (tmp_path / "results").mkdir()
+    code = main(["diagnose", "--data", str(tiny_words_h5), "--out", str(tmp_path / "runs"),
+                 "--results", str(tmp_path / "results"), "--epochs", "1", "--only",
+                 "reference"])
+    assert code == 1
+    _one_error_line(capsys, str(tmp_path / "results"), "folder")
