@@ -575,3 +575,33 @@ def test_new_stubs_say_not_implemented():
                     check_train_step):
         r = checker(_stub)
         assert r.status == "todo" and "not implemented yet" in r.message, r.message
+
+
+def test_the_remaining_listed_mistakes_fail_with_their_hints():
+    # eq 17 without the l2 normalisation (relu(M) straight into the softmax)
+    def no_norm(q, c, lam):
+        qn, cn = q / q.norm(dim=1, keepdim=True), c / c.norm(dim=1, keepdim=True)
+        return torch.softmax(lam * (qn @ cn.T).clamp(min=0), dim=1) @ c
+    r = check_cross_attention(no_norm)
+    assert r.status == "fail" and "before the softmax" in r.message, r.message
+
+    # eqs 21-23: the softmax down the columns, and W1 / W2 swapped
+    def by_columns(x, w1, w2, adjacency):
+        logits = (x @ w1) @ (x @ w2).T / x.shape[1] ** 0.5
+        w = torch.softmax(logits.masked_fill(~adjacency, float("-inf")), dim=0)
+        return w.nan_to_num(0.0)
+    r = check_edge_weights(by_columns)
+    assert r.status == "fail" and "not over columns" in r.message, r.message
+
+    def swapped(x, w1, w2, adjacency):
+        logits = (x @ w2) @ (x @ w1).T / x.shape[1] ** 0.5
+        return torch.softmax(logits.masked_fill(~adjacency, float("-inf")), dim=1).nan_to_num(0.0)
+    r = check_edge_weights(swapped)
+    assert r.status == "fail" and "transpose" in r.message, r.message
+
+    # eq 26: the state after the first node instead of the last
+    def first_node_state(cell, cross, nodes):
+        h = cell(cross, torch.zeros_like(cross))
+        return cell(nodes[0], h)
+    r = check_cross_gru(first_node_state)
+    assert r.status == "fail" and "not the first" in r.message, r.message
