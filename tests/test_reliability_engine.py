@@ -1,8 +1,8 @@
-"""Issue 29, the engine's side: train, ship, diagnose, ablate, download and the
-fused kernels' cache. Each test builds the situation the issue reports (a
+"""Issue 29, the engine's side: train, ship, diagnose, ablate and the fused
+kernels' cache (downloads: test_reliability_download.py). Each test builds the situation the issue reports (a
 folder holding a run's record but no checkpoint, a train --overwrite killed
-before its first epoch ends, a ship killed between its two renames, a
-download cut short by a server that sends no Content-Length, ...) and checks
+before its first epoch ends, a ship killed between its two renames, a full
+disk under a checkpoint, a hand-edited results file, ...) and checks
 what a user sees against what the test itself wrote."""
 
 from __future__ import annotations
@@ -321,123 +321,6 @@ def test_a_results_file_that_is_not_json_is_one_line(tiny_words_h5, tmp_path, ca
     assert code == 1
     _one_error_line(capsys, str(results), "--overwrite")
     assert results.read_text() == '{"settings": '
-
-
-# ---- #10 a download cut short with no Content-Length, #11 a resume from another mirror --
-
-import hashlib  # noqa: E402
-import re  # noqa: E402
-import threading  # noqa: E402
-import urllib.parse  # noqa: E402
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
-
-A_BYTES = bytes(range(256)) * 40          # mirror A's file.bin (10240 bytes)
-B_BYTES = bytes(range(255, -1, -1)) * 40  # mirror B's: another file of the same size
-
-
-class _Mirrors(BaseHTTPRequestHandler):
-    """/{a,b}/[MODE/]file.bin: mirror A's or B's bytes. MODE: "short" sends half
-    of a whole-file response and hangs up; "nolen" sends no Content-Length
-    (the end of the body is where the connection closes); "norange" ignores
-    Range. Modes combine with "-" ("nolen-short-norange")."""
-
-    def do_GET(self):
-        self.server.log.append((self.path, self.headers.get("Range")))
-        parts = urllib.parse.urlsplit(self.path).path.strip("/").split("/")
-        data = {"a": A_BYTES, "b": B_BYTES}[parts[0]]
-        mode = set(parts[1].split("-")) if len(parts) == 3 else set()
-        rng = self.headers.get("Range")
-        if rng and "norange" not in mode:
-            start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            body, whole = data[start:], False
-        else:
-            self.send_response(200)
-            body, whole = data, True
-        if "nolen" not in mode:
-            self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body[:len(body) // 2] if "short" in mode and whole else body)
-        self.close_connection = True
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def mirrors(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
-                "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Mirrors)
-    srv.log = []
-    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
-
-
-def test_a_download_cut_short_without_content_length_is_not_kept(mirrors, tmp_path):
-    from cccl_lite.data.download import DownloadError, download
-
-    dest = tmp_path / "file.bin"
-    with pytest.raises(DownloadError):
-        download([f"{mirrors.base}/a/nolen-short-norange/file.bin"], dest)
-    assert not dest.exists()
-
-
-def test_a_download_without_content_length_is_completed_and_confirmed(mirrors, tmp_path):
-    from cccl_lite.data.download import download
-
-    # Cut short: the Range request that checks the end gets the rest.
-    download([f"{mirrors.base}/a/nolen-short/file.bin"], tmp_path / "file.bin")
-    assert (tmp_path / "file.bin").read_bytes() == A_BYTES
-    # Whole: the server confirms the end (416 for bytes past it).
-    download([f"{mirrors.base}/a/nolen/file.bin"], tmp_path / "again" / "file.bin")
-    assert (tmp_path / "again" / "file.bin").read_bytes() == A_BYTES
-
-
-def test_record_never_pins_a_download_cut_short(mirrors, tmp_path):
-    from cccl_lite.data.download import DownloadError, KnownFile, Source, fetch
-
-    sums = tmp_path / "sums.json"
-    source = Source("https", f"{mirrors.base}/a/nolen-short-norange/file.bin", "test")
-    entry = KnownFile("a test file", "https://example.org", ("file.bin",), "", (source,))
-    with pytest.raises(DownloadError):
-        fetch("t", tmp_path / "d", entry=entry, checksums=sums, record=True, quiet=True,
-              file=open(os.devnull, "w"))
-    assert not sums.exists() or source.id not in json.loads(sums.read_text())
-    assert not (tmp_path / "d" / "file.bin").exists()
-
-
-def test_a_partial_download_is_resumed_only_from_its_own_mirror(mirrors, tmp_path):
-    from cccl_lite.data.download import DownloadError, download
-
-    dest = tmp_path / "file.bin"
-    # In one call: A hangs up half way, B is tried next.
-    download([f"{mirrors.base}/a/short/file.bin", f"{mirrors.base}/b/file.bin"], dest)
-    assert hashlib.sha256(dest.read_bytes()).digest() == hashlib.sha256(B_BYTES).digest()
-    # Across two calls: A's partial file, then a rerun with B only.
-    dest2 = tmp_path / "two" / "file.bin"
-    with pytest.raises(DownloadError):
-        download([f"{mirrors.base}/a/short/file.bin"], dest2)
-    assert (tmp_path / "two" / "file.bin.part").exists()
-    mirrors.log.clear()
-    download([f"{mirrors.base}/b/file.bin"], dest2)
-    assert dest2.read_bytes() == B_BYTES
-    assert mirrors.log[0] == ("/b/file.bin", None)  # asked B for the whole file
 
 
 # ---- #20: errors that named neither the file nor the field ------------------------------
