@@ -62,6 +62,7 @@ import io
 import json
 import logging
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -82,7 +83,6 @@ _MARK = "CCCL-GRADE "
 _STUB = re.compile(r"^#\s*✍️\s*(ex-[\w-]+)")
 _WRITTEN_QUOTE = re.compile(r"\*\*✍️ Exercise\*\* \((ex-[\w-]+)\)")
 _ANSWER = re.compile(r"^✍️ \*\*Your answer\*\* \([\w-]+\):\s*")
-_PLACEHOLDER = "*double-click here and write your answer.*"
 # Defined once in each kernel; prints one JSON line the grader reads back.
 _HELPER = '''
 def __cccl_grade(label, function):
@@ -190,8 +190,11 @@ def _written(nb, index: int) -> str:
     without its "✍️ Your answer (label):" lead and the placeholder."""
     if index < 0:
         return "no answer cell (a student edition made before answer cells)"
+    from .student import answer_placeholder
+
+    placeholder = _ANSWER.sub("", answer_placeholder("ex-x"))  # the prompt's own words
     text = _ANSWER.sub("", nb.cells[index].source.strip(), count=1)
-    words = len(text.replace(_PLACEHOLDER, "").split())
+    words = len(text.replace(placeholder.strip(), "").split())
     return f"answered ({words} words)" if words else "not answered"
 
 
@@ -274,9 +277,10 @@ def grade_notebook(path, student: str = "", timeout: float = 600,
         record(label, _STATUS.get(rec["status"], "error"), rec["message"])
 
     stopped, n_run, i = None, 0, None
+    folder = tempfile.mkdtemp(prefix="cccl-grade-")  # the kernel's working folder
     client = NotebookClient(work, timeout=timeout, kernel_name=kernel, allow_errors=True,
                             shutdown_kernel="immediate", log=_QUIET,
-                            resources={"metadata": {"path": tempfile.mkdtemp(prefix="grade-")}})
+                            resources={"metadata": {"path": folder}})
     try:
         # The kernel's own stderr (its start-up warnings) is noise here; what
         # the student's code prints reaches the cells through the kernel.
@@ -325,6 +329,8 @@ def grade_notebook(path, student: str = "", timeout: float = 600,
         stopped = f"the time limit ({timeout:g} s) ran out checking cell {_n(i)}"
     except (NoSuchKernel, RuntimeError) as e:  # the kernel did not start
         raise InputError(f"{path}: the {kernel!r} kernel did not start ({_short(str(e), 120)})")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     for label in expected:
         if label not in grades:
             record(label, "error", f"not reached: {stopped}" if stopped else
@@ -340,12 +346,13 @@ def grade_notebook(path, student: str = "", timeout: float = 600,
 
 
 def summary_rows(grades: list[Grade]) -> list[dict]:
-    """Per exercise (how many students got each verdict), then per student
-    (how many exercises got each), as rows of ``summary.csv``."""
+    """Per exercise, in the book's order (how many students got each
+    verdict), then per student, by name (how many exercises got each), as
+    rows of ``summary.csv``."""
     out = []
     for what, key in (("exercise", lambda g: g.exercise), ("student", lambda g: g.student)):
-        names = list(dict.fromkeys(key(g) for g in grades))
-        for name in sorted(names):
+        names = list(dict.fromkeys(key(g) for g in sorted(grades, key=lambda g: g.notebook)))
+        for name in (names if what == "exercise" else sorted(names)):  # exercises in book order
             mine = [g for g in grades if key(g) == name]
             row = {"what": what, "name": name}
             row.update({v: sum(g.verdict == v for g in mine) for v in VERDICTS})

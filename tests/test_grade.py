@@ -134,7 +134,8 @@ def test_four_submissions_get_the_verdicts_built_in(blank, tmp_path, capsys):
     nbformat.write(filled(blank, solution_code("ex-recall"), solution_code("ex-flickr-disk"),
                           "Zero: every caption ties." if answers else None),
                    subs / "ann" / "01_task_empty.ipynb")
-    nbformat.write(filled(blank, WRONG_RECALL, WRONG_GIB), subs / "bob__01_task.ipynb")  # ... or files
+    # ... or files named per student
+    nbformat.write(filled(blank, WRONG_RECALL, WRONG_GIB), subs / "bob__01_task.ipynb")
     nbformat.write(filled(blank, solution_code("ex-recall")), subs / "cat.ipynb")
     nbformat.write(filled(blank, solution_code("ex-recall"), solution_code("ex-flickr-disk"),
                           insert=("1 / 0", "ex-recall")), subs / "dan.ipynb")
