@@ -73,19 +73,34 @@ def setup(seed: int = 0) -> torch.device:
     return device
 
 
+def plain_value(value):
+    """A NumPy scalar or a one-number tensor as the Python number it holds,
+    anything else unchanged. myst-nb pastes a glued value from its text/plain
+    repr, which it reads back with ``ast.literal_eval`` before applying the
+    format spec: NumPy 2 writes ``np.float64(5.9)``, which that cannot read,
+    so ``{glue:text}`x:.1f``` would paste nothing."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return value
+
+
 def glue(name: str, value):
     """Hand a computed result to the prose: ``{glue:text}`name:.1f``` in a
     chapter's Markdown shows ``value`` where the book is built (myst-nb's
     ``glue``, nothing displayed under the cell), so no result number is typed
     by hand. Where myst-nb is not installed (Colab, the student edition) the
     cell prints ``name = value`` instead, and the generated notebooks show the
-    name in the prose. Returns ``value``."""
+    name in the prose. NumPy and tensor scalars are glued as Python numbers
+    (:func:`plain_value`). Returns ``value``."""
+    shown = plain_value(value)
     try:
         from myst_nb import glue as myst_glue
     except ImportError:  # a plain Jupyter or Colab kernel
-        print(f"{name} = {value}")
+        print(f"{name} = {shown}")
     else:
-        myst_glue(name, value, display=False)
+        myst_glue(name, shown, display=False)
     return value
 
 

@@ -70,3 +70,30 @@ def test_every_glued_name_used_is_defined_in_its_chapter(chapter):
     spare = unused(used, defined)
     if spare:
         warnings.warn(f"{chapter.name}: glued but unused in prose: {sorted(spare)}")
+
+
+def test_numpy_and_tensor_scalars_are_glued_as_numbers_myst_nb_can_format():
+    # myst-nb reads a glued value back from its text/plain repr (literal_eval)
+    # before applying the format spec; NumPy 2's repr np.float64(5.94) defeats it.
+    import ast
+
+    import numpy as np
+    import torch
+
+    from cccl_lite.notebook import plain_value
+
+    def pasted(value, spec):  # what myst-nb's format_plain_text does, written out
+        text = repr(value)
+        try:
+            value = ast.literal_eval(text)
+        except (SyntaxError, ValueError):
+            value = text
+        return format(float(value) if spec[-1] == "f" else int(value), spec)
+
+    if repr(np.float64(1.0)) != "1.0":  # NumPy 2: the raw scalar cannot be pasted
+        with pytest.raises(ValueError):
+            pasted(np.float64(5.94), ".1f")
+    assert pasted(plain_value(np.float64(5.94)), ".1f") == "5.9"
+    assert pasted(plain_value(np.int64(3)), "d") == "3"
+    assert pasted(plain_value(torch.tensor(0.25)), ".2f") == "0.25"
+    assert plain_value("a name") == "a name" and plain_value([1, 2]) == [1, 2]
