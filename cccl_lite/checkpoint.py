@@ -18,6 +18,10 @@ Taught in chapter 6 ("Training and evaluation"). The one place for
 Expected failures raise :class:`cccl_lite.errors.InputError` (or the data
 layer's :class:`~cccl_lite.data.schema.SchemaError`): one line on the
 command line.
+
+Why one module of ~520 lines: every check a checkpoint passes before a
+model is built from it (zip records, weight shapes against the config, the
+simulated detector of its data, issue 29) sits beside the one loader.
 """
 
 from __future__ import annotations
@@ -289,6 +293,50 @@ _FIELD_KINDS = {"config": dict, "model": dict, "vocab": (dict, type(None)), "opt
                 "world_size": int}
 
 
+def _check_records(path: Path) -> None:
+    """Refuse a zip bomb before torch.load inflates it: torch.save stores every
+    record of its zip archive uncompressed, so a compressed record, or records
+    adding up to more than the file, are crafted (issue 29, 5: 3.4 GB from a
+    small file)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return  # torch's legacy format, or not a checkpoint: torch.load says which
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable cccl_lite checkpoint ({e})") from None
+    size = path.stat().st_size
+    for i in infos:
+        if i.compress_type != zipfile.ZIP_STORED or i.file_size > size:
+            raise InputError(f"{path}: record {i.filename} is compressed ({i.compress_size:,} "
+                             f"bytes that unpack to {i.file_size:,}); torch.save never "
+                             f"compresses: a crafted checkpoint, not loaded")
+
+
+def _check_weight_shapes(ckpt: dict, config: CCCLConfig, path) -> None:
+    """The shapes the config implies (a model built on the meta device: no
+    memory) against the checkpoint's weights, before the real model is
+    allocated: a config declaring 6e6 words took 7.3 GB (issue 29, 5)."""
+    state = ckpt.get("model")
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: model: expected a dict of weights, got "
+                         f"{type(state).__name__}")
+    try:
+        with torch.device("meta"):
+            expected = CCCL(config).state_dict()
+    except (ValueError, TypeError, RuntimeError):
+        return  # building the real model reports it
+    for name, want in expected.items():
+        have = state.get(name)
+        if isinstance(have, torch.Tensor) and tuple(have.shape) != tuple(want.shape):
+            raise InputError(f"{path}: config and weights disagree: {name} is "
+                             f"{tuple(have.shape)} in the weights, {tuple(want.shape)} by the "
+                             f"config (vocab_size {config.vocab_size}, word_dim "
+                             f"{config.word_dim}, region_dim {config.region_dim}); not loaded")
+
+
 def load_checkpoint(path, device="cpu") -> dict:
     """A checkpoint of :class:`~cccl_lite.train.Trainer` as a dict, loaded with
     weights_only=True."""
@@ -300,6 +348,7 @@ def load_checkpoint(path, device="cpu") -> dict:
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file (0 bytes); not a checkpoint (an interrupted "
                          f"copy?)")
+    _check_records(path)
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # a truncated file or another program's pickle
@@ -334,6 +383,7 @@ def load_model(checkpoint_path, device="cpu") -> tuple[CCCL, CCCLConfig, dict | 
 
 def _model_of(ckpt: dict, checkpoint_path, device) -> tuple[CCCL, CCCLConfig, dict | None]:
     config = config_of(ckpt, checkpoint_path)
+    _check_weight_shapes(ckpt, config, checkpoint_path)
     model = CCCL(config)
     try:
         model.load_state_dict(ckpt["model"])

@@ -425,3 +425,48 @@ def test_a_tiny_gsmn_sizes_file_never_takes_hundreds_of_megabytes(tmp_path, body
         tracemalloc.stop()
     assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MiB for a {path.stat().st_size}-byte file"
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def _rss_after(code: str) -> tuple[int, str]:
+    """(peak resident MiB, stderr) of a child that runs ``code`` after importing torch."""
+    script = ("import resource, sys, torch\n" + code +
+              "\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=ENV, cwd=ROOT, timeout=300)
+    return int(proc.stdout.split()[-1]), proc.stdout + proc.stderr
+
+
+def test_a_checkpoint_declaring_a_million_words_is_refused_before_allocating(tmp_path):
+    import torch
+
+    ckpt = torch.load(SHIPPED, weights_only=True)
+    ckpt["config"]["vocab_size"] = 1_000_000  # 1.2 GB of embedding (the issue: 6e6, 7.3 GB)
+    bad = tmp_path / "vocab.pt"
+    torch.save(ckpt, bad)
+    load = ("from cccl_lite.checkpoint import load_model\nfrom cccl_lite.errors import InputError\n"
+            "try:\n    load_model(sys.argv[1] if len(sys.argv) > 1 else {p!r})\n"
+            "except InputError as e:\n    print('refused:', e)\n")
+    base, _ = _rss_after("pass")
+    peak, out = _rss_after(load.format(p=str(bad)))
+    assert "refused:" in out and "vocab_size 1000000" in out, out
+    assert peak - base < 300, f"{peak - base} MiB to refuse it"
+
+
+def test_a_zip_bomb_checkpoint_is_refused_before_inflating(tmp_path):
+    import zipfile
+
+    import torch
+
+    from cccl_lite.checkpoint import load_checkpoint
+    from cccl_lite.errors import InputError
+
+    plain = tmp_path / "plain.pt"
+    torch.save({"format": 1, "config": {}, "model": {"w": torch.zeros(50_000_000)}}, plain)
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    assert bomb.stat().st_size < plain.stat().st_size / 100  # 200 MB in well under 2 MB
+    with pytest.raises(InputError, match="compressed") as e:
+        load_checkpoint(bomb)
+    assert str(bomb) in str(e.value)
