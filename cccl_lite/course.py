@@ -30,7 +30,7 @@ from pathlib import Path
 
 __all__ = ["WORDS_PER_MINUTE", "MINUTES_PER_CELL", "EXERCISE_MINUTES", "EXPERIMENTS",
            "exercise_kind", "chapter_stats", "chapter_table", "SESSIONS", "RECORDS",
-           "execution_record", "session_table"]
+           "SHIPPED_RECORD", "execution_record", "session_table"]
 
 WORDS_PER_MINUTE = 120
 MINUTES_PER_CELL = 1.0
@@ -98,6 +98,9 @@ def chapter_table(book_dir=None):
 # Where .ci/run's Colab-like check writes its record (full sizes first: the
 # smoke record, CCCL_SMOKE=1 on tiny data, is a lower bound for a student).
 RECORDS = ("_build/colab-check/seconds-full.json", "_build/colab-check/seconds-smoke.json")
+# A record shipped with the package (package data), read where no fresher
+# one is in the checkout: a clean clone or a pip install shows measured times.
+SHIPPED_RECORD = "colab-seconds-smoke.json"
 
 # The teaching page's plan: session -> ({chapter: share of it read}, exercises).
 # Chapter 2 is split at eq 7 between sessions 1 and 2 (counted half each).
@@ -122,15 +125,18 @@ def execution_record(path=None) -> dict | None:
     from kernel start to its last cell, or None), ``"mode"``, ``"date"``,
     ``"machine"`` and ``"file"`` (where it was read). Read from ``path``,
     else ``$CCCL_EXECUTION_RECORD``, else the first of :data:`RECORDS` in
-    this checkout; None when there is none (not recorded yet, or the package
-    installed without its checkout)."""
+    this checkout, else the package's ``results/`` :data:`SHIPPED_RECORD`;
+    None when there is none."""
     import json
     import os
+    from importlib.resources import files
 
     root = Path(__file__).resolve().parent.parent
+    shipped = Path(str(files("cccl_lite") / "results" / SHIPPED_RECORD))
     candidates = ([Path(path)] if path is not None else
                   [Path(os.environ["CCCL_EXECUTION_RECORD"])]
-                  if os.environ.get("CCCL_EXECUTION_RECORD") else [root / r for r in RECORDS])
+                  if os.environ.get("CCCL_EXECUTION_RECORD") else
+                  [root / r for r in RECORDS] + [shipped])
     for candidate in candidates:
         if candidate.is_file():
             record = json.loads(candidate.read_text(encoding="utf-8"))

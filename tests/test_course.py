@@ -150,3 +150,17 @@ def test_session_minutes_from_a_record(tmp_path):
     record_file.write_text(json.dumps({"mode": "smoke"}))
     with pytest.raises(ValueError, match="seconds"):
         execution_record(record_file)
+
+
+def test_the_shipped_record_times_every_chapter(monkeypatch):
+    """With no record in the checkout, the package's own is read; it has a
+    time for every chapter's Colab notebook."""
+    import cccl_lite.course as course
+
+    monkeypatch.delenv("CCCL_EXECUTION_RECORD", raising=False)
+    monkeypatch.setattr(course, "RECORDS", ("no/such/record.json",))
+    record = execution_record()
+    assert Path(record["file"]).name == course.SHIPPED_RECORD
+    chapters = {f"{p.stem}.ipynb" for p in (ROOT / "book").glob("[0-9][0-9]_*.md")}
+    assert chapters <= set(record["seconds"])
+    assert all(record["seconds"][c] > 0 for c in chapters)
