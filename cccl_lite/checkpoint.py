@@ -368,6 +368,17 @@ def load_checkpoint(path, device="cpu") -> dict:
 def config_of(ckpt: dict, path) -> CCCLConfig:
     """The :class:`CCCLConfig` a loaded checkpoint holds (InputError when its
     fields do not fit this version)."""
+    for f in dataclasses.fields(CCCLConfig):  # an edited file: name the field
+        value = ckpt["config"].get(f.name, f.default)
+        want = type(f.default)
+        if f.default is None or f.default is dataclasses.MISSING:
+            continue
+        ok = (isinstance(value, bool) if want is bool
+              else isinstance(value, (int, float)) and not isinstance(value, bool)
+              if want is float else isinstance(value, want) and not isinstance(value, bool))
+        if not ok:
+            raise InputError(f"{path}: config field '{f.name}' should be {want.__name__}, got "
+                             f"{type(value).__name__} {str(value)[:40]!r}")
     try:
         return CCCLConfig.from_dict(ckpt["config"])
     except (TypeError, ValueError) as e:

@@ -414,3 +414,14 @@ def test_diagnose_results_that_is_a_folder_is_named_as_such(tiny_words_h5, tmp_p
                  "reference"])
     assert code == 1
     _one_error_line(capsys, str(tmp_path / "results"), "folder")
+
+
+@pytest.mark.parametrize("key, value", [("embed_dim", "big"), ("use_mlp", "yes"),
+                                        ("margin", None)])
+def test_a_checkpoint_config_field_of_the_wrong_kind_is_named(tiny_words_h5, run_dir, tmp_path,
+                                                              capsys, key, value):
+    ckpt = _edited_checkpoint(run_dir / "best.pt", tmp_path / "best.pt",
+                              lambda c: c["config"].update({key: value}))
+    code = main(["evaluate", "--checkpoint", str(ckpt), "--data", str(tiny_words_h5)])
+    assert code == 1
+    _one_error_line(capsys, str(ckpt), f"'{key}'")
