@@ -2,7 +2,7 @@
 
 The one front door. Engine commands (:mod:`.engine`: train, evaluate,
 retrieve), studies (:mod:`.studies`: ablate, diagnose, ship), the student
-edition, and the data commands (:mod:`.data`: make-synthetic, encode-words,
+and Colab editions, grading students' notebooks (grade), and the data commands (:mod:`.data`: make-synthetic, encode-words,
 parse, prepare-precomp, prepare-tsv, download, difficulty; the scripts in
 ``data_scripts/`` are thin wrappers around them). All argparse lives here;
 the package below raises plain exceptions. Expected failures (a missing

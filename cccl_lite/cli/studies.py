@@ -2,7 +2,9 @@
 
 The work is :func:`cccl_lite.ablate.run_ablations` (chapter 7's Table 6),
 :func:`cccl_lite.diagnose.run_diagnosis` (chapter 5's diagnosis) and
-:func:`cccl_lite.pretrained.ship` (the shipped lite model).
+:func:`cccl_lite.pretrained.ship` (the shipped lite model). The book's
+teaching commands live here too: the editions (``student-edition``,
+``colab-edition``) and ``grade`` (:func:`cccl_lite.grade.grade_submissions`).
 """
 
 from __future__ import annotations
