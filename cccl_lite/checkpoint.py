@@ -37,7 +37,7 @@ import torch
 from .data.dataset import SplitReader, build_vocab
 from .data.features import DETECTOR_SEED, detector_name, file_detector
 from .data.schema import SchemaError, check_file
-from .errors import InputError, field, one_line
+from .errors import InputError, field, one_line, os_reason
 from .files import write_atomic
 from .model import ABLATIONS, CCCL, CCCLConfig
 
@@ -252,19 +252,8 @@ def save_atomic(obj, path) -> Path:
         # not torch's traceback (issue 29 #14). write_atomic removed the temp.
         kept = (f"the previous {path.name} is kept" if path.exists()
                 else "nothing was written under that name")
-        raise InputError(f"{path}: cannot write the checkpoint ({_os_reason(e)}); is the disk "
+        raise InputError(f"{path}: cannot write the checkpoint ({os_reason(e)}); is the disk "
                          f"full? {kept}") from None
-
-
-def _os_reason(e: BaseException) -> str:
-    """The OS's reason (e.g. "No space left on device") behind ``e``, found
-    along its chain of causes; else its message on one line."""
-    seen = e
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.strerror:
-            return seen.strerror
-        seen = seen.__cause__ or seen.__context__
-    return one_line(e)[:200]
 
 
 def _load_failure(e: Exception) -> str:
@@ -368,17 +357,6 @@ def load_checkpoint(path, device="cpu") -> dict:
 def config_of(ckpt: dict, path) -> CCCLConfig:
     """The :class:`CCCLConfig` a loaded checkpoint holds (InputError when its
     fields do not fit this version)."""
-    for f in dataclasses.fields(CCCLConfig):  # an edited file: name the field
-        value = ckpt["config"].get(f.name, f.default)
-        want = type(f.default)
-        if f.default is None or f.default is dataclasses.MISSING:
-            continue
-        ok = (isinstance(value, bool) if want is bool
-              else isinstance(value, (int, float)) and not isinstance(value, bool)
-              if want is float else isinstance(value, want) and not isinstance(value, bool))
-        if not ok:
-            raise InputError(f"{path}: config field '{f.name}' should be {want.__name__}, got "
-                             f"{type(value).__name__} {str(value)[:40]!r}")
     try:
         return CCCLConfig.from_dict(ckpt["config"])
     except (TypeError, ValueError) as e:
@@ -416,7 +394,9 @@ def load_for_data(checkpoint_path, data_path, split: str = "test", device="cpu")
     if not ckpt.is_file():
         raise InputError(f"{ckpt}: no such checkpoint file")
     if not data.is_file():
-        raise InputError(f"{data}: no such data file")
+        raise InputError(f"{data}: " + ("no such data file" if not data.exists() else
+                                        "a folder; expected an HDF5 data file" if data.is_dir()
+                                        else "not a regular file; expected an HDF5 data file"))
     try:
         loaded = load_checkpoint(ckpt, device)
         model, config, vocab = _model_of(loaded, ckpt, device)

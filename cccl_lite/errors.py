@@ -18,7 +18,7 @@ This module imports nothing of the package: every layer may raise it.
 
 from __future__ import annotations
 
-__all__ = ["InputError", "one_line", "read_json", "field"]
+__all__ = ["InputError", "one_line", "os_reason", "read_json", "field"]
 
 
 class InputError(ValueError):
@@ -30,6 +30,18 @@ def one_line(e: BaseException) -> str:
     """An exception's message on one line (line breaks folded), or its type's
     name when it has none: how every command shows an expected failure."""
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def os_reason(e: BaseException) -> str:
+    """The OS's reason (e.g. "No space left on device") behind ``e``, found
+    along its chain of causes (torch wraps a full disk's OSError in a
+    RuntimeError); else its message on one line."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    return one_line(e)[:200]
 
 
 def read_json(path, what: str = "JSON file"):

@@ -184,6 +184,16 @@ class CCCLConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"CCCLConfig: unknown fields {unknown}")
+        for f in dataclasses.fields(cls):  # an edited checkpoint: name the field
+            want, value = type(f.default), d.get(f.name, f.default)
+            if f.default is None or f.default is dataclasses.MISSING:
+                continue
+            ok = (isinstance(value, bool) if want is bool
+                  else isinstance(value, (int, float)) and not isinstance(value, bool)
+                  if want is float else isinstance(value, want) and not isinstance(value, bool))
+            if not ok:
+                raise ValueError(f"config field '{f.name}' should be {want.__name__}, got "
+                                 f"{type(value).__name__} {str(value)[:40]!r}")
         return cls(**d)
 
 
