@@ -432,6 +432,11 @@ class Trainer:
             for i, batch in enumerate(self.loader):
                 if i >= n_steps:
                     break
+                if batch["positive_mask"].shape[0] < 2:
+                    # A last batch of one pair (the split's size, not --batch-size:
+                    # that is refused): eq 33 has no negative there, so it would
+                    # train L_c alone; skipped, as drop_last would.
+                    continue
                 positive = batch["positive_mask"].to(self.device, non_blocking=True)
                 # sibling_weight weighs the sum over negatives only (TrainOptions).
                 weight = batch.get("negative_weight") if all_negatives else None

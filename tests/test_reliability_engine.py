@@ -425,3 +425,26 @@ def test_a_checkpoint_config_field_of_the_wrong_kind_is_named(tiny_words_h5, run
     code = main(["evaluate", "--checkpoint", str(ckpt), "--data", str(tiny_words_h5)])
     assert code == 1
     _one_error_line(capsys, str(ckpt), f"'{key}'")
+
+
+def test_a_last_batch_of_one_pair_is_not_trained_on(tiny_words_h5, tmp_path, monkeypatch):
+    """300 training captions in batches of 13: the last batch holds one pair,
+    whose alignment term (eq 33) is identically zero (#12's case, reached by
+    the split's size instead of --batch-size 1). It is skipped, not trained."""
+    from cccl_lite.model import CCCL
+
+    sizes, loss = [], CCCL.loss
+
+    def recording(self, scores, positive, **kw):
+        sizes.append(positive.shape[0])
+        return loss(self, scores, positive, **kw)
+
+    monkeypatch.setattr(CCCL, "loss", recording)
+    import h5py
+    with h5py.File(tiny_words_h5, "r") as f:
+        n = f["train/captions/text"].shape[0]
+    assert n % 13 == 1, n  # the premise: the last batch has one pair
+    train(small_config(epochs=1, batch_size=13), tiny_words_h5, tmp_path / "r",
+          quick(max_steps=None))
+    assert sizes and min(sizes) >= 2, sorted(set(sizes))
+    assert len(sizes) == n // 13
