@@ -290,7 +290,7 @@ def main(argv=None) -> int:
     if prefix != str(tmp / "venv"):
         fail(f"the kernel does not run in the fresh environment ({prefix or result['error']})")
 
-    times, failures = {}, []
+    times, loads, failures = {}, {}, []
     for nb_path in notebooks:
         nb = json.loads(nb_path.read_text(encoding="utf-8"))
         try:
@@ -321,6 +321,7 @@ def main(argv=None) -> int:
             failures.append(f"{nb_path.name}: " + "; ".join(hits[:5]))
         seconds = result["seconds"]
         times[nb_path.name] = round(seconds, 1) if seconds is not None else None
+        loads[nb_path.name] = round(os.getloadavg()[0], 2)
         shown = f"{seconds:7.1f} s" if seconds is not None else "      ? s"
         print(f"  {nb_path.name:<24} {shown}  {status}", flush=True)
 
@@ -334,6 +335,9 @@ def main(argv=None) -> int:
                   "machine": platform.node(), "processor": platform.processor() or
                   platform.machine(), "cpu_count": os.cpu_count(),
                   "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                  # other jobs on the machine lengthen every time: the 1-minute load
+                  # average after each notebook says how busy the machine was
+                  "load_average_1min_after": loads,
                   "torch": args.torch, "python": platform.python_version()}
         args.record.parent.mkdir(parents=True, exist_ok=True)
         part = args.record.with_name(args.record.name + ".part")
