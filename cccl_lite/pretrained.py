@@ -236,6 +236,14 @@ def _read_run(run_dir: Path, read_json, InputError) -> tuple[dict, list[dict]]:
             field(rec["losses"], key, log_path, f"line {i}: losses", (int, float))
         field(rec["val"], "rsum", log_path, f"line {i}: val", (int, float))
         log.append(rec)
+    # train writes an epoch's line before its checkpoints, and resume trims a
+    # line whose checkpoints never came (a full disk, a kill): so does ship.
+    last = run_dir / "last.pt"
+    if last.exists():
+        from .checkpoint import load_checkpoint
+
+        done = field(load_checkpoint(last), "epoch", last, kind=int)
+        log = [r for r in log if r["epoch"] <= done]
     if not log:
         raise InputError(f"{log_path}: no epoch recorded; ship needs a run that finished at "
                          f"least one epoch")

@@ -448,3 +448,16 @@ def test_a_last_batch_of_one_pair_is_not_trained_on(tiny_words_h5, tmp_path, mon
           quick(max_steps=None))
     assert sizes and min(sizes) >= 2, sorted(set(sizes))
     assert len(sizes) == n // 13
+
+
+def test_ship_reads_no_log_line_past_the_run_s_checkpoints(tiny_words_h5, run_dir, tmp_path):
+    """train writes an epoch's log line before its checkpoints (resume trims
+    the line when they never came: a full disk, a kill). ship must trim it
+    too, or it records an epoch that no checkpoint holds."""
+    run = _copy_run(run_dir, tmp_path / "run")
+    line = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    with open(run / "log.jsonl", "a") as f:
+        f.write(json.dumps({**line, "epoch": line["epoch"] + 1, "best": True}) + "\n")
+    rec = pretrained.ship(run, tiny_words_h5, tmp_path / "assets", name="m")
+    assert rec["epochs_trained"] == line["epoch"]
+    assert [r["epoch"] for r in rec["curve"]] == [line["epoch"]]
