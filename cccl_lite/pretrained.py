@@ -13,7 +13,10 @@ recalls and sibling accuracies as measured when it was shipped.
 * :func:`ship` turns a finished run (``python -m cccl_lite train ... --out
   DIR``) into the shipped pair, measuring on the test split of the data it was
   trained on; ``python -m cccl_lite ship --run-dir DIR --data FILE`` on the
-  command line. It never replaces the shipped files without ``overwrite``.
+  command line. It never replaces the shipped files without ``overwrite``,
+  and the record names the model's sha256 (``model_sha256``), which
+  :func:`provenance` and :func:`load_pretrained` check: a ship interrupted
+  between its two files is refused, never read as the other model's record.
 
 ``python -m cccl_lite evaluate --checkpoint cccl_lite/assets/<name>.pt --data
 data/scenes-small-seed0.h5 --split test`` reproduces the recorded recalls on
