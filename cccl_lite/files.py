@@ -180,6 +180,9 @@ def check_output_file(path, overwrite: bool = False, what: str = "output",
     if path.is_dir():
         raise OutputError(f"{path}: is a folder; expected a file name for the {what}")
     _check_no_dangling_link(path, what)
+    if path.exists() and not path.is_file():  # --overwrite would replace a device node
+        raise OutputError(f"{path}: not a regular file (a device, FIFO or socket); expected a "
+                          f"file name for the {what}")
     check_output_dir(path.parent if str(path.parent) else Path("."), f"folder of the {what}")
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: exists; pass {flag} to replace it, or choose another path")

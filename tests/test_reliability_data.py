@@ -27,12 +27,12 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def _cli(*argv, cwd=None, pre: str = ""):
+def _cli(*argv, cwd=None, pre: str = "", timeout: float = 600):
     """``python -m cccl_lite ARGV`` in a subprocess (``pre``: shell words run first,
     such as a ulimit); returns the completed process."""
     cmd = " ".join([sys.executable, "-m", "cccl_lite", *map(str, argv)])
     return subprocess.run(["bash", "-c", f"{pre} {cmd}"], capture_output=True, text=True,
-                          env=ENV, cwd=cwd or ROOT, timeout=600)
+                          env=ENV, cwd=cwd or ROOT, timeout=timeout)
 
 
 def _one_line(proc, *needles) -> str:
@@ -470,3 +470,24 @@ def test_a_zip_bomb_checkpoint_is_refused_before_inflating(tmp_path):
     with pytest.raises(InputError, match="compressed") as e:
         load_checkpoint(bomb)
     assert str(bomb) in str(e.value)
+
+
+# ---- found in this round's own attempts (H5-attacks.md) -----------------------------------
+
+
+def test_a_fifo_or_folder_as_data_is_one_line_not_a_hang(tmp_path, tiny_h5):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    _one_line(_cli("difficulty", "--data", fifo, timeout=120), str(fifo), "not a regular file")
+    _one_line(_cli("evaluate", "--checkpoint", SHIPPED, "--data", tmp_path, timeout=120),
+              str(tmp_path), "a folder")
+    # --overwrite replaces files, never a FIFO or a device node (as root, /dev/full was).
+    _one_line(_cli("make-synthetic", "--size", "tiny", "--out", fifo, "--overwrite"),
+              "not a regular file")
+    assert fifo.is_fifo()
+
+
+def test_a_seed_beyond_int64_is_a_usage_error(tmp_path):
+    proc = _cli("make-synthetic", "--size", "tiny", "--seed", 2**64, "--out", tmp_path / "x.h5")
+    _one_line(proc, "--seed", "2**63")
+    assert not (tmp_path / "x.h5").exists()

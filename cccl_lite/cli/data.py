@@ -32,11 +32,22 @@ def add_make_synthetic(p) -> None:
     from ..data.synthetic import SIZES
 
     p.add_argument("--out", type=Path, required=True, help="the HDF5 file to write")
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_scene_seed, default=0,
+                   help="seed of the scenes (default 0); the simulated detector stays the same")
     p.add_argument("--size", default="small", choices=list(SIZES),
                    help="dataset size (default small)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it exists (default: refuse)")
+
+
+def _scene_seed(text: str) -> int:
+    """argparse type: a seed in [0, 2**63) (the file stores it as int64)."""
+    import argparse
+
+    value = nonnegative_int(text)
+    if value >= 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}")
+    return value
 
 
 def run_make_synthetic(args, prog: str) -> int:

@@ -264,6 +264,9 @@ def check_file(path: str | os.PathLike, split: str | None = None) -> h5py.File:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    if not path.is_file():  # a FIFO would block the open for ever
+        _fail(str(path), "a folder; expected an HDF5 file" if path.is_dir() else
+              "not a regular file (a device, FIFO or socket); expected an HDF5 file")
     f = _open(path)
     try:
         version = f.attrs.get("schema_version")
