@@ -25,7 +25,6 @@ random negatives). Taught in chapter 1 ("The task"); run by
 from __future__ import annotations
 
 import functools
-import json
 
 import h5py
 import numpy as np
@@ -36,6 +35,7 @@ from torch import nn
 from .data.dataset import CaptionDataset, SplitReader, build_vocab, collate
 from .data.difficulty import check_scenes, hard_negative_pairs, pairwise_accuracy, relation_holds
 from .data.grammar import COLOURS, OBJECT_SIZES, SHAPES, Structure, caption_structure
+from .data.layout import read_scenes
 from .data.schema import check_file
 from .loss import alignment_term
 from .metrics import recall_at_k
@@ -115,7 +115,7 @@ class StructureProbe:
             g = f["train"]
             x = g["images/features"][:].astype(np.float32)
             boxes, mask = g["images/boxes"][:], g["images/region_mask"][:]
-            scenes = [json.loads(s) for s in g["images/scene"].asstr()[:]]
+            scenes = read_scenes(g["images/scene"], f"{path}:/train/images/scene")
         feats, ys = [], {name: [] for name, _ in self.ATTRS}
         for i, objects in enumerate(scenes):
             lab = _region_labels(objects, boxes[i], mask[i])

@@ -491,3 +491,32 @@ def test_a_seed_beyond_int64_is_a_usage_error(tmp_path):
     proc = _cli("make-synthetic", "--size", "tiny", "--seed", 2**64, "--out", tmp_path / "x.h5")
     _one_line(proc, "--seed", "2**63")
     assert not (tmp_path / "x.h5").exists()
+
+
+# ---- 20: messages name the file and the field --------------------------------------------
+
+
+def _set(name, index, value):
+    def edit(f):
+        ds = f[name]
+        if h5py.check_string_dtype(ds.dtype):
+            v = list(ds.asstr()[:])
+            v[index] = value
+            _replace(f, name, v, dtype=h5py.string_dtype())
+        else:
+            a = ds[:]
+            a[index] = value
+            ds[...] = a
+    return edit
+
+
+@pytest.mark.parametrize("edit, command, field", [
+    (_set("test/images/scene", 0, "{broken"), "difficulty", "test/images/scene[0]"),
+    (_set("test/images/scene", 2, '[{"shape": "moon"}]'), "difficulty", "test/images/scene[2]"),
+    (_set("test/captions/image", 0, 1), "evaluate", "test/captions/image"),
+])
+def test_data_errors_name_the_file_and_field(tiny_h5, tmp_path, edit, command, field):
+    bad = _edit(tiny_h5, tmp_path / "bad.h5", edit)
+    argv = (["difficulty", "--data", bad, "--bow-epochs", 1] if command == "difficulty" else
+            ["evaluate", "--checkpoint", SHIPPED, "--data", bad])
+    _one_line(_cli(*argv), f"{bad}:/{field}")

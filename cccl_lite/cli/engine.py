@@ -243,8 +243,12 @@ def _load(args):
 def run_evaluate(args) -> int:
     """``evaluate``: the recall table (eqs 35-36), then one JSON line of its numbers."""
     model, config, reader, device = _load(args)
-    # evaluate_split checks these too; here they also come before any output.
-    caption_layout(reader.caption_image, reader.n_images)
+    # evaluate_split checks these too; here they also come before any output,
+    # naming the file and field (issue 29, 20).
+    try:
+        caption_layout(reader.caption_image, reader.n_images)
+    except ValueError as e:
+        raise InputError(f"{args.data}:/{args.split}/captions/image: {e}") from None
     check_protocol(args.protocol, reader.n_images, reader.n_captions, args.fold_size)
     if args.shortlist is not None and args.protocol == "coco1k":
         raise InputError(f"--{NO_COCO1K_SHORTLIST}")

@@ -17,12 +17,12 @@ Taught in chapter 1 ("The task"); run by ``data_scripts/difficulty.py``.
 
 from __future__ import annotations
 
-import json
 
 import h5py
 import numpy as np
 
 from .grammar import Phrase, Structure, caption_structure
+from .layout import read_scenes
 
 __all__ = ["Phrase", "Structure", "caption_structure", "relation_holds", "structure_holds",
            "hard_negative_pairs", "pairwise_accuracy", "sibling_accuracy", "sibling_gap",
@@ -89,7 +89,7 @@ def hard_negative_pairs(path, split: str = "test", seed: int = 0) -> dict[str, l
     with h5py.File(path, "r") as f:
         g = f[split]
         group, variant = g["images/group"][:], g["images/variant"].asstr()[:]
-        scenes = [json.loads(s) for s in g["images/scene"].asstr()[:]]
+        scenes = read_scenes(g["images/scene"], f"{path}:/{split}/images/scene")
         cap_image = g["captions/image"][:]
         tokens = [t.split(" ") for t in g["captions/tokens"].asstr()[:]]
         heads = list(g["captions/heads"][:])

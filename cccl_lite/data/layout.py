@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 from .grammar import COLOURS, OBJECT_SIZES, SHAPES
 
 __all__ = [
+    "read_scenes",
     "GRID",
     "VARIANTS",
     "stream",
@@ -128,6 +129,30 @@ def make_group(rng: np.random.Generator, canvas: int) -> Group:
     swapped = ident.copy()
     swapped[a], swapped[b] = b, a
     return Group((scene(ident, ident), scene(list(perm), ident), scene(ident, swapped)), (a, b))
+
+
+def read_scenes(dataset, where: str) -> list[list[dict]]:
+    """The objects of every image from an ``images/scene`` dataset (JSON, as
+    :func:`scene_json` writes it), each checked: a list of objects with a
+    known shape, colour and size and a box of four numbers. A hand-edited or
+    foreign file raises ValueError naming ``where`` (file:/split/images/scene)
+    and the image, not a JSON or KeyError traceback (issue 29, 20)."""
+    scenes = []
+    for i, text in enumerate(dataset.asstr()[:]):
+        try:
+            objects = json.loads(text)
+            ok = isinstance(objects, list) and all(
+                isinstance(o, dict) and o.get("shape") in SHAPES and o.get("colour") in COLOURS
+                and o.get("size") in OBJECT_SIZES and isinstance(o.get("box"), list)
+                and len(o["box"]) == 4
+                and all(isinstance(v, (int, float)) for v in o["box"]) for o in objects)
+        except ValueError as e:
+            raise ValueError(f"{where}[{i}]: not JSON ({e})") from None
+        if not ok:
+            raise ValueError(f"{where}[{i}]: expected a JSON list of objects with a known shape, "
+                             f"colour, size and a box [x1, y1, x2, y2]; got {text[:80]!r}")
+        scenes.append(objects)
+    return scenes
 
 
 def scene_json(objects: Sequence[dict]) -> str:

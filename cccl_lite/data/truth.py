@@ -18,7 +18,6 @@ and evaluation can use the truth instead of "the image it was written for"
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -26,7 +25,7 @@ import h5py
 import numpy as np
 
 from .grammar import Caption, caption_holds, parse_caption
-from .layout import GRID
+from .layout import GRID, read_scenes
 from .schema import SchemaError
 
 __all__ = ["parse_caption", "caption_true_of", "truth_matrix", "SplitTruth"]
@@ -92,7 +91,7 @@ class SplitTruth:
                 if field not in g:
                     raise SchemaError(f"{self.path}:/{split}/{field}: missing; the caption "
                                       f"truth needs the synthetic scenes' fields")
-            scenes = [json.loads(s) for s in g["images/scene"].asstr()[:]]
+            scenes = read_scenes(g["images/scene"], f"{self.path}:/{split}/images/scene")
             sizes = g["images/size"][:]
             self.group = g["images/group"][:]
             tokens = list(g["captions/tokens"].asstr()[:])
