@@ -123,6 +123,9 @@ ROWS = (
     Row("hardest, B 8", "eq 33 from the first step at B = 8, where the positive beats the "
         "hardest of 7 negatives more often", {"batch_size": 8}, {"warmup_epochs": 0},
         against="hardest"),
+    Row("hardest, λ 0, B 8", "eq 33 from the first step at B = 8 without the coherence "
+        "term", {"coherence_weight": 0.0, "batch_size": 8}, {"warmup_epochs": 0},
+        against="hardest, λ 0"),
     Row("truth positives", "the reference with true matches never used as negatives",
         options={**_ALL, "positives": "truth"}),
     # the data's signal

@@ -98,7 +98,7 @@ def test_rows_with_against_change_exactly_one_thing():
     with_against = [r for r in diagnose.ROWS if r.against is not None]
     assert {r.name for r in with_against} >= {
         "warm-up 1, hardest", "warm-up 1, hardest, λ 0", "warm-up 1, hardest, L_c per item",
-        "hardest, B 8"}
+        "hardest, B 8", "hardest, λ 0, B 8"}
     for row in with_against:
         base = by_name[row.against]
         (c1, o1), (c0, o0) = _effective(row), _effective(base)
@@ -108,7 +108,7 @@ def test_rows_with_against_change_exactly_one_thing():
     expected = {"warm-up 1, hardest": ("warmup_epochs", 1),
                 "warm-up 1, hardest, λ 0": ("warmup_epochs", 1),
                 "warm-up 1, hardest, L_c per item": ("warmup_epochs", 1),
-                "hardest, B 8": ("batch_size", 8)}
+                "hardest, B 8": ("batch_size", 8), "hardest, λ 0, B 8": ("batch_size", 8)}
     for name, (key, value) in expected.items():
         c, o = _effective(by_name[name])
         assert {**c, **o}[key] == value
