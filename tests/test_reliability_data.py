@@ -520,3 +520,15 @@ def test_data_errors_name_the_file_and_field(tiny_h5, tmp_path, edit, command, f
     argv = (["difficulty", "--data", bad, "--bow-epochs", 1] if command == "difficulty" else
             ["evaluate", "--checkpoint", SHIPPED, "--data", bad])
     _one_line(_cli(*argv), f"{bad}:/{field}")
+
+
+def test_prepare_tsv_under_ulimit_f_is_one_line(tmp_path):
+    from test_converters import write_bottom_up
+
+    write_bottom_up(tmp_path)
+    out = tmp_path / "out" / "d.h5"
+    out.parent.mkdir()
+    proc = _cli("prepare-tsv", "--tsv", tmp_path / "a.tsv", tmp_path / "b.tsv", "--karpathy",
+                tmp_path / "karpathy.json", "--out", out, pre="ulimit -f 2;")
+    _one_line(proc, str(out), "ulimit -f")
+    assert os.listdir(out.parent) == []

@@ -319,7 +319,11 @@ def convert_tsv(tsv, karpathy, out, *, num_regions: int = 36, name: str | None =
               f"{num_regions} of each (--num-regions)")
 
     summary = {}
-    with atomic_h5(out, name or json_name or "flickr30k", has_boxes=True) as f:
+    # About the file's size (float16 features, boxes, masks, 1 KiB of captions
+    # an image), refused at once when the disk or ulimit -f cannot take it.
+    need = len(wanted) * (num_regions * (2 * dim + 17) + 1024) + 2**20
+    with atomic_h5(out, name or json_name or "flickr30k", has_boxes=True,
+                   expected_bytes=need) as f:
         for split, ims in by_split.items():
             if not ims:
                 print(f"note: {karpathy} has no {split} images; no {split!r} split written")
