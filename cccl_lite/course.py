@@ -95,12 +95,13 @@ def chapter_table(book_dir=None):
 
 # ---- measured execution times and the session plan --------------------------------
 
-# Where .ci/run's Colab-like check writes its record (full sizes first: the
-# smoke record, CCCL_SMOKE=1 on tiny data, is a lower bound for a student).
+# Where the Colab-like check writes its records: `.ci/colab_check.py --full`
+# (the sizes a student runs) and .ci/run's smoke pass (CCCL_SMOKE=1, tiny data:
+# only a lower bound for a student, so read last).
 RECORDS = ("_build/colab-check/seconds-full.json", "_build/colab-check/seconds-smoke.json")
-# A record shipped with the package (package data), read where no fresher
-# one is in the checkout: a clean clone or a pip install shows measured times.
-SHIPPED_RECORD = "colab-seconds-smoke.json"
+# A full-size record shipped with the package (package data), read before the
+# checkout's smoke record: a clean clone or a pip install shows measured times.
+SHIPPED_RECORD = "colab-seconds-full.json"
 
 # The teaching page's plan: session -> ({chapter: share of it read}, exercises).
 # Chapter 2 is split at eq 7 between sessions 1 and 2 (counted half each).
@@ -124,8 +125,9 @@ def execution_record(path=None) -> dict | None:
     with ``"seconds"`` (notebook file name, e.g. "01_task.ipynb" -> seconds
     from kernel start to its last cell, or None), ``"mode"``, ``"date"``,
     ``"machine"`` and ``"file"`` (where it was read). Read from ``path``,
-    else ``$CCCL_EXECUTION_RECORD``, else the first of :data:`RECORDS` in
-    this checkout, else the package's ``results/`` :data:`SHIPPED_RECORD`;
+    else ``$CCCL_EXECUTION_RECORD``, else this checkout's full-size record
+    (:data:`RECORDS`), else the package's ``results/`` :data:`SHIPPED_RECORD`,
+    else this checkout's smoke record;
     None when there is none."""
     import json
     import os
@@ -136,7 +138,7 @@ def execution_record(path=None) -> dict | None:
     candidates = ([Path(path)] if path is not None else
                   [Path(os.environ["CCCL_EXECUTION_RECORD"])]
                   if os.environ.get("CCCL_EXECUTION_RECORD") else
-                  [root / r for r in RECORDS] + [shipped])
+                  [root / RECORDS[0], shipped, root / RECORDS[1]])
     for candidate in candidates:
         if candidate.is_file():
             record = json.loads(candidate.read_text(encoding="utf-8"))

@@ -158,7 +158,7 @@ def test_the_shipped_record_times_every_chapter(monkeypatch):
     import cccl_lite.course as course
 
     monkeypatch.delenv("CCCL_EXECUTION_RECORD", raising=False)
-    monkeypatch.setattr(course, "RECORDS", ("no/such/record.json",))
+    monkeypatch.setattr(course, "RECORDS", ("no/such/full.json", "no/such/smoke.json"))
     record = execution_record()
     assert Path(record["file"]).name == course.SHIPPED_RECORD
     chapters = {f"{p.stem}.ipynb" for p in (ROOT / "book").glob("[0-9][0-9]_*.md")}
