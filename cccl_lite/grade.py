@@ -209,12 +209,21 @@ def _error_of(cell) -> tuple[str, str] | None:
 
 
 def _record(cell) -> dict | None:
+    """The grader's own record: the LAST marked line that parses as a record,
+    since the helper prints it after the student's code ran (a student's
+    function may print marked lines too, malformed or not)."""
+    record = None
     for out in cell.get("outputs", []):
         if out.get("output_type") == "stream":
             for line in out.get("text", "").splitlines():
                 if line.startswith(_MARK):
-                    return json.loads(line[len(_MARK):])
-    return None
+                    try:
+                        parsed = json.loads(line[len(_MARK):])
+                    except ValueError:
+                        continue
+                    if isinstance(parsed, dict) and "status" in parsed:
+                        record = parsed
+    return record
 
 
 def _n(index) -> str:

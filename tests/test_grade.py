@@ -219,3 +219,17 @@ def test_bad_submissions_folder_is_one_line(tmp_path, capsys, case):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(target) in err
     assert ("no notebooks" in err) if case == "empty" else ("not a folder" in err)
+
+
+def test_a_student_printing_the_grader_mark_cannot_crash_or_forge_the_record():
+    """Found by hand (tests/RELIABILITY.md): a student's function printing a
+    malformed 'CCCL-GRADE ' line stopped the whole grading run with a JSON
+    error and no CSV. The grader's record is the last marked line that parses."""
+    from cccl_lite.grade import _MARK, _record
+
+    cell = {"outputs": [
+        {"output_type": "stream", "text": f"{_MARK}{{bad json\n{_MARK}[1, 2]\n"},
+        {"output_type": "stream", "text": f'{_MARK}{{"status": "todo", "message": "m"}}\n'},
+    ]}
+    assert _record(cell) == {"status": "todo", "message": "m"}
+    assert _record({"outputs": [{"output_type": "stream", "text": f"{_MARK}{{bad\n"}]}) is None
