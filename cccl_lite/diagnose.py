@@ -68,7 +68,8 @@ from .files import check_output_file, shared_file, slug, write_text_atomic
 from .recipes import RECIPES, recipe_options
 from .train import best_record, read_log, train
 
-__all__ = ["Row", "ROWS", "hardest_true_rate", "baselines", "sibling_exposure",
+__all__ = ["Row", "ROWS", "ROW_BASE", "resolve_row", "hardest_true_rate", "baselines",
+           "sibling_exposure",
            "reversed_relations", "run_diagnosis"]
 
 
@@ -380,11 +381,15 @@ def reversed_relations(model, data, split: str = "test", tokenizer=None, encoder
     return out
 
 
-def _settings(data, epochs: int, max_steps: int | None, seed: int) -> dict:
+def _settings(data, epochs: int, max_steps: int | None, seed: int,
+              study: str | None = None) -> dict:
     data = Path(data)
+    # ``study`` names another study run by this runner (cccl_lite.sensitivity):
+    # its file then never passes for a diagnosis, nor the reverse (the
+    # diagnosis's own settings carry no such key, as its recorded file has none).
     return {"data": data.name, "data_bytes": data.stat().st_size, "config": "lite",
             "epochs": epochs, "lr_decay": "none within the budget", "max_steps": max_steps,
-            "seed": seed, "split": "test"}
+            "seed": seed, "split": "test", **({"study": study} if study else {})}
 
 
 def _row_options(row: Row) -> dict:
@@ -392,6 +397,25 @@ def _row_options(row: Row) -> dict:
     # the paper does not print, then eq 33; image positives, random batches)
     # and changes what it names.
     return {**RECIPES["paper"], **row.options}
+
+
+# What every row starts from before its own ``config``: the lite config with
+# the paper's L_c (summed over the B² pairs), eq 8 as printed (no centre
+# columns) and MiniLM's frozen vectors (no Bi-GRU), whatever the lite preset's
+# default: a row changes only what it names, and a rerun at a later commit
+# measures the same thing.
+ROW_BASE = {"coherence_reduction": "sum", "centre_scale": 0.0, "word_gru": False,
+            "use_bert": True}
+
+
+def resolve_row(row: Row, data, epochs: int):
+    """The CCCLConfig that :func:`run_row` trains for ``row`` on ``data``:
+    the lite preset sized to the data, :data:`ROW_BASE`, then ``row.config``
+    (its "ablation" key as a Table 6 ablation), ``epochs`` with no decay."""
+    overrides = {**ROW_BASE, **row.config}
+    ablation = overrides.pop("ablation", None)
+    return resolve_config("lite", data, ablation, epochs=epochs, lr_decay_epoch=epochs,
+                          **overrides)
 
 
 def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
@@ -403,20 +427,12 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
     study_seed = seed if study_seed is None else study_seed
     cache = {} if cache is None else cache
     t0 = time.perf_counter()
-    # Every row starts from the lite config with the paper's L_c (summed over
-    # the B² pairs), eq 8 as printed (no centre columns) and MiniLM's frozen
-    # vectors (no Bi-GRU), whatever the lite preset's default: a row changes
-    # only what it names, and a rerun at a later commit measures the same thing.
     if row.oracle is not None:  # made once per out_dir, then reused
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         oracle_file = Path(out_dir) / f"oracle-{slug(row.oracle)}.h5"
         data = oracle_file if oracle_file.exists() else write_oracle(data, oracle_file,
                                                                      row.oracle)
-    overrides = {"coherence_reduction": "sum", "centre_scale": 0.0, "word_gru": False,
-                 "use_bert": True, **row.config}
-    ablation = overrides.pop("ablation", None)
-    config = resolve_config("lite", data, ablation, epochs=epochs, lr_decay_epoch=epochs,
-                            **overrides)
+    config = resolve_row(row, data, epochs)
     run_dir = Path(out_dir) / (slug(row.name) + ("" if seed == study_seed else f"-seed{seed}"))
     best = train(config, data, run_dir, recipe_options(
         "paper", seed=seed, device="cpu", max_steps=max_steps, quiet=True, overwrite=True,
@@ -461,7 +477,8 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
 def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
                   max_steps: int | None = None, only: list[str] | None = None,
                   overwrite: bool = False, rerun: bool = False, log=print,
-                  seeds: list[int] | None = None) -> dict:
+                  seeds: list[int] | None = None, rows=None,
+                  study: str | None = None) -> dict:
     """Run every row of :data:`ROWS` (or ``only`` those, in that order) not yet in
     ``results_path`` under the same settings; return the results dict
     {"settings", "provenance", "baselines" (:func:`baselines`, computed once),
@@ -473,12 +490,15 @@ def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
     study's carries a ``seed`` field and leaves the study's record alone.
     An existing results file with other settings is an error unless
     ``overwrite``; a (row, seed) already there is skipped unless ``rerun``.
+    ``rows`` (default :data:`ROWS`) and ``study`` (a name kept in the
+    settings) run another study's rows the same way (cccl_lite.sensitivity).
     """
     results_path = check_output_file(results_path, overwrite=True,
                                      what="results file (--results)")
-    settings = _settings(data, epochs, max_steps, seed)
+    rows = ROWS if rows is None else tuple(rows)
+    settings = _settings(data, epochs, max_steps, seed, study)
     seeds = [seed] if not seeds else list(dict.fromkeys(seeds))
-    names = [r.name for r in ROWS]
+    names = [r.name for r in rows]
     unknown = set(only or ()) - set(names)
     if unknown:
         raise ValueError(f"unknown row(s) {sorted(unknown)}; expected some of: {names}")
@@ -501,9 +521,9 @@ def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
             _write(results_path, settings, _merge(results_path, settings, done), names,
                    base)
     cache: dict = {}
-    by_name = {r.name: r for r in ROWS}
+    by_name = {r.name: r for r in rows}
     # ``only`` also sets the order: the most telling rows of a long study first.
-    todo = [by_name[n] for n in only] if only else list(ROWS)
+    todo = [by_name[n] for n in only] if only else list(rows)
     todo = [(r, s) for r in todo for s in seeds if rerun or (r.name, s) not in done]
     for row, row_seed in todo:
         rec = run_row(row, data, out_dir, epochs, row_seed, max_steps, cache, study_seed=seed)
