@@ -40,7 +40,7 @@ from .data.schema import check_file
 from .loss import alignment_term
 from .metrics import recall_at_k
 
-__all__ = ["BagOfWords", "train_bag_of_words", "StructureProbe", "probe_sims",
+__all__ = ["BagOfWords", "train_bag_of_words", "training_loader", "train_epoch", "split_inputs", "StructureProbe", "probe_sims",
            "difficulty_report"]
 
 
@@ -64,25 +64,54 @@ class BagOfWords(nn.Module):
         return self.encode_images(regions, region_mask) @ self.encode_texts(ids, word_mask).T
 
 
-def train_bag_of_words(path, epochs: int = 10, batch_size: int = 128, lr: float = 2e-3,
-                       seed: int = 0) -> tuple[BagOfWords, dict]:
-    """Train :class:`BagOfWords` on the train split with eq 33's loss."""
-    torch.manual_seed(seed)
+def training_loader(path, batch_size: int = 128, seed: int = 0):
+    """(vocab, reader, loader) over the train split in word ids: the data
+    side every trained baseline here shares (:func:`train_bag_of_words`,
+    :func:`cccl_lite.dual.train_dual_encoder`). The loader's shuffle has its
+    own generator (``seed``), so building it draws nothing from torch's global
+    RNG and a model built afterwards initialises the same."""
     vocab = build_vocab(path)
     reader = SplitReader(path, "train", words="ids", vocab=vocab, syntax=False)
-    model = BagOfWords(len(vocab), reader.region_dim)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
     loader = torch.utils.data.DataLoader(
         CaptionDataset(reader), batch_size=batch_size, shuffle=True,
         collate_fn=functools.partial(collate, reader),
         generator=torch.Generator().manual_seed(seed))
+    return vocab, reader, loader
+
+
+def train_epoch(loader, opt, loss_of) -> float:
+    """One pass over ``loader``: ``loss_of(batch)`` -> scalar loss, one step per
+    batch. Returns the mean loss."""
+    total = n = 0
+    for b in loader:
+        loss = loss_of(b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total, n = total + float(loss.detach()), n + 1
+    return total / max(n, 1)
+
+
+def split_inputs(path, split: str, vocab: dict) -> tuple[SplitReader, dict, dict]:
+    """(reader, images, captions) of a whole split in word ids: every image's
+    ``regions`` (N_img, n, d_F), ``positions`` (N_img, n, 6) and
+    ``region_mask``, every caption's ``words`` (N_cap, L) and ``word_mask``."""
+    reader = SplitReader(path, split, words="ids", vocab=vocab, syntax=False)
+    return (reader, reader.images(np.arange(reader.n_images)),
+            reader.captions(np.arange(reader.n_captions)))
+
+
+def train_bag_of_words(path, epochs: int = 10, batch_size: int = 128, lr: float = 2e-3,
+                       seed: int = 0) -> tuple[BagOfWords, dict]:
+    """Train :class:`BagOfWords` on the train split with eq 33's loss."""
+    torch.manual_seed(seed)
+    vocab, reader, loader = training_loader(path, batch_size, seed)
+    model = BagOfWords(len(vocab), reader.region_dim)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(epochs):
-        for b in loader:
-            sims = model(b["regions"], b["region_mask"], b["words"], b["word_mask"])
-            loss = alignment_term(sims, 0.2, b["positive_mask"])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        train_epoch(loader, opt, lambda b: alignment_term(
+            model(b["regions"], b["region_mask"], b["words"], b["word_mask"]), 0.2,
+            b["positive_mask"]))
     return model.eval(), vocab
 
 
@@ -196,13 +225,11 @@ def difficulty_report(path, split: str = "test", seed: int = 0, bow_epochs: int 
     pairs = hard_negative_pairs(path, split, seed)
     bow, vocab = train_bag_of_words(path, epochs=bow_epochs, seed=seed)
     probe = StructureProbe(path, seed=seed)
-    reader = SplitReader(path, split, words="ids", vocab=vocab, syntax=False)
+    reader, images, caps = split_inputs(path, split, vocab)
     with h5py.File(path, "r") as f:
         g = f[split]
         heads = list(g["captions/heads"][:])
         boxes, mask = g["images/boxes"][:], g["images/region_mask"][:]
-    images = reader.images(np.arange(reader.n_images))
-    caps = reader.captions(np.arange(reader.n_captions))
     with torch.no_grad():
         bow_sims = bow(images["regions"], images["region_mask"], caps["words"],
                        caps["word_mask"]).numpy()

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 __all__ = ["ASSET_DIR", "NAME", "FIRST_RECIPE", "checkpoint_path", "provenance",
-           "load_pretrained", "measure_scores", "measure", "ship"]
+           "load_pretrained", "measure_scores", "measure_sims", "measure", "ship"]
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 NAME = "lite-scenes-small-seed0"
@@ -105,16 +105,30 @@ def measure_scores(model, config, vocab, data, split: str = "test", cache: dict 
     (N_img, N_cap) numpy scores; truth the split's (N_img, N_cap) caption
     truth. ``cache``: a dict kept across calls on the same data and split, so
     that the truth matrix and the sibling pairs are computed once."""
-    from .data.difficulty import hard_negative_pairs, sibling_accuracy
-    from .data.truth import SplitTruth
     from .evaluate import evaluate_split
-    from .metrics import truth_recall_at_k
     from .checkpoint import make_reader
 
-    cache = {} if cache is None else cache
     reader = make_reader(data, split, config, vocab)
     recalls, sims = evaluate_split(model, reader)
     sims = np.asarray(sims)
+    record, truth = measure_sims(sims, reader.caption_image, data, split, cache, recalls)
+    return record, sims, truth, reader.caption_image
+
+
+def measure_sims(sims: np.ndarray, caption_image, data, split: str = "test",
+                 cache: dict | None = None, recalls: dict | None = None) -> tuple[dict, np.ndarray]:
+    """(record, truth) of any scorer's (N_img, N_cap) scores on a split: the
+    record of :func:`measure_scores` ("test" R@K, from ``recalls`` when given,
+    else :func:`cccl_lite.metrics.recall_at_k` with the split's captions per
+    image; "truth" R@K; "siblings" accuracies), truth the (N_img, N_cap)
+    caption truth. ``cache`` as in :func:`measure_scores`."""
+    from .data.difficulty import hard_negative_pairs, sibling_accuracy
+    from .data.truth import SplitTruth
+    from .metrics import recall_at_k, truth_recall_at_k
+
+    cache = {} if cache is None else cache
+    if recalls is None:
+        recalls = recall_at_k(sims, len(caption_image) // sims.shape[0])
     if "truth" not in cache:
         t = SplitTruth(data, split)
         cache["truth"] = t.truth(np.arange(t.n_images), np.arange(t.n_captions))
@@ -124,9 +138,9 @@ def measure_scores(model, config, vocab, data, split: str = "test", cache: dict 
         "test": {k: round(float(recalls[k]), 2) for k in RECALL_KEYS},
         "truth": {k: round(v, 2) for k, v in truth_recall_at_k(sims, truth).items()},
         "siblings": {k: round(v, 2) for k, v in sibling_accuracy(
-            sims, pairs, reader.caption_image).items()},
+            sims, pairs, caption_image).items()},
     }
-    return record, sims, truth, reader.caption_image
+    return record, truth
 
 
 def measure(model, config, vocab, data, split: str = "test", cache: dict | None = None) -> dict:

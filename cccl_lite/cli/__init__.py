@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "train and test every Table 6 ablation (chapter 7's table)"),
         "diagnose": (studies.add_diagnose_arguments, studies.run_diagnose,
                      "short runs that each change one thing (chapter 5's diagnosis)"),
+        "dual-encoder": (studies.add_dual_arguments, studies.run_dual,
+                         "bag of words, dual encoder and CCCL: accuracy against scoring cost "
+                         "(chapters 1 and 10)"),
         "ship": (studies.add_ship_arguments, studies.run_ship,
                  "make a finished run the package's shipped lite model, with its provenance"),
         "student-edition": (studies.add_student_arguments, studies.run_student,

@@ -13,12 +13,13 @@ from pathlib import Path
 
 from ..ablate import run_ablations
 from ..diagnose import run_diagnosis
+from ..dual_study import run_dual_study
 from ..sensitivity import run_sensitivity
 from ..pretrained import ASSET_DIR, NAME, checkpoint_path, ship
 from .types import nonnegative_int, positive_float, positive_int
 
 __all__ = ["add_ablate_arguments", "run_ablate", "add_diagnose_arguments", "run_diagnose",
-           "add_ship_arguments", "run_ship", "add_grade_arguments", "run_grade"]
+           "add_dual_arguments", "run_dual", "add_ship_arguments", "run_ship", "add_grade_arguments", "run_grade"]
 
 
 # ---- ablate -----------------------------------------------------------------
@@ -89,6 +90,29 @@ def run_diagnose(args) -> int:
     run(args.data, args.out, args.results, epochs=args.epochs, seed=args.seed,
         max_steps=args.max_steps, only=args.only, overwrite=args.overwrite,
         rerun=args.rerun, seeds=args.seeds)
+    return 0
+
+
+# ---- dual-encoder --------------------------------------------------------------
+
+
+def add_dual_arguments(p) -> None:
+    """``python -m cccl_lite dual-encoder``'s arguments."""
+    p.add_argument("--data", required=True, help="HDF5 synthetic scenes (word vectors not needed)")
+    p.add_argument("--results", required=True,
+                   help="JSON results file (chapters 1 and 10 read "
+                        "cccl_lite/results/dual-encoder.json)")
+    p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1],
+                   help="train and measure at each of these seeds (done seeds are skipped)")
+    p.add_argument("--checkpoint", default=None,
+                   help="also write the first seed's dual encoder here (chapter 10 ships "
+                        "cccl_lite/assets/dual-encoder.pt)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a results file that holds other settings")
+
+
+def run_dual(args) -> int:
+    run_dual_study(args.data, args.results, tuple(args.seeds), args.checkpoint, args.overwrite)
     return 0
 
 
