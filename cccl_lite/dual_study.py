@@ -108,9 +108,12 @@ def run_dual_study(data, results_path, seeds=(0, 1), checkpoint=None, overwrite:
     """Measure the shipped CCCL once and both trained scorers at each of
     ``seeds``; write ``results_path`` (JSON: "settings", "provenance",
     "cccl", "seeds": [records]) after each step. A file of other settings is
-    replaced only with ``overwrite``; one of these settings is resumed."""
+    replaced only with ``overwrite``; one of these settings is resumed. An
+    existing ``checkpoint`` is replaced only with ``overwrite``."""
     for split in ("train", "val", "test"):
         check_file(data, split).close()  # one clear line for a missing or foreign file
+    if checkpoint is not None:
+        check_output_file(checkpoint, overwrite, "checkpoint")
     results_path = Path(results_path)
     settings = {**SETTINGS, "data": Path(data).name}
     old = None

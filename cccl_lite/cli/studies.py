@@ -19,7 +19,8 @@ from ..pretrained import ASSET_DIR, NAME, checkpoint_path, ship
 from .types import nonnegative_int, positive_float, positive_int
 
 __all__ = ["add_ablate_arguments", "run_ablate", "add_diagnose_arguments", "run_diagnose",
-           "add_dual_arguments", "run_dual", "add_ship_arguments", "run_ship", "add_grade_arguments", "run_grade"]
+           "add_dual_arguments", "run_dual", "add_ship_arguments", "run_ship",
+           "add_grade_arguments", "run_grade"]
 
 
 # ---- ablate -----------------------------------------------------------------
@@ -108,7 +109,7 @@ def add_dual_arguments(p) -> None:
                    help="also write the first seed's dual encoder here (chapter 10 ships "
                         "cccl_lite/assets/dual-encoder.pt)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace a results file that holds other settings")
+                   help="replace a results file that holds other settings, or a checkpoint")
 
 
 def run_dual(args) -> int:
