@@ -341,17 +341,27 @@ def _check_shortlist(k) -> int:
 
 @torch.no_grad()
 def two_stage_scores(model: CCCL, images: ImageEncoding, texts: TextEncoding, shortlist: int,
-                     amp: bool | None = None, chunk: int | None = None) -> TwoStageScores:
+                     amp: bool | None = None, chunk: int | None = None,
+                     first_stage: torch.Tensor | None = None) -> TwoStageScores:
     """Shortlist with :func:`cheap_scores`, re-rank the shortlist with the full CCCL.
 
     Each image keeps its top-``shortlist`` captions and each caption its
     top-``shortlist`` images by the cheap score (capped at the candidates
     there are); every pair either kept is scored once by
     :func:`score_pairs`. With ``shortlist`` >= N_img and N_txt every pair is
-    re-ranked: the full ranking.
+    re-ranked: the full ranking. ``first_stage``: (N_img, N_txt) scores of
+    another shortlister to use instead of Branch 1's (chapter 10: a dual
+    encoder's, :func:`cccl_lite.dual.dual_sims`), same order as the encodings.
     """
     k = _check_shortlist(shortlist)
-    cheap = cheap_scores(model, images, texts, amp)
+    if first_stage is None:
+        cheap = cheap_scores(model, images, texts, amp)
+    else:
+        cheap = torch.as_tensor(first_stage, dtype=torch.float32).cpu()
+        want = (images.global_vec.shape[0], texts.global_vec.shape[0])
+        if tuple(cheap.shape) != want:
+            raise ValueError(f"first_stage must be (N_img, N_txt) = {want}, "
+                             f"got {tuple(cheap.shape)}")
     n_img, n_txt = cheap.shape
     i2t = torch.zeros(n_img, n_txt, dtype=torch.bool)
     t2i = torch.zeros(n_img, n_txt, dtype=torch.bool)

@@ -112,3 +112,29 @@ def test_the_study_refuses_a_results_file_of_other_settings(tiny_words_h5, tmp_p
     with pytest.raises(OutputError, match="--overwrite"):
         run_dual_study(tiny_words_h5, tmp_path / "new.json", seeds=(0,), checkpoint=ckpt)
     assert ckpt.read_bytes() == b"old"
+
+
+def test_two_stage_takes_another_first_stage():
+    """scoring.two_stage_scores(first_stage=...): the hand-made shortlist of
+    tests/test_perf.py's hand case, given as scores instead of Branch 1's."""
+    from helpers import MemoryReader, tiny_config
+
+    from cccl_lite import evaluate as ev
+    from cccl_lite.model import CCCL
+
+    first = torch.tensor([[.80, .10, .90, .05, .70, .00],
+                          [.20, .60, .30, .90, .10, .20],
+                          [.10, .05, .20, .30, .95, .40]])
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = CCCL(cfg).eval()
+    reader = MemoryReader(cfg, n_img=3, cpi=2, seed=3)
+    images, texts = ev.encode_all_images(model, reader), ev.encode_all_texts(model, reader)
+    two = ev.two_stage_scores(model, images, texts, 1, first_stage=first)
+    kept = {(0, 2), (1, 3), (2, 4), (0, 0), (1, 1), (2, 5)}
+    assert {tuple(p) for p in (two.i2t | two.t2i).nonzero().tolist()} == kept
+    full = ev.score_matrix(model, images, texts)
+    for i, j in kept:
+        assert float(two.sims[i, j]) == pytest.approx(float(full[i, j]), abs=1e-5)
+    with pytest.raises(ValueError, match="first_stage must be"):
+        ev.two_stage_scores(model, images, texts, 1, first_stage=first[:2])
