@@ -40,7 +40,8 @@ from .data.schema import check_file
 from .loss import alignment_term
 from .metrics import recall_at_k
 
-__all__ = ["BagOfWords", "train_bag_of_words", "training_loader", "train_epoch", "split_inputs", "StructureProbe", "probe_sims",
+__all__ = ["BagOfWords", "train_bag_of_words", "training_loader", "train_epoch",
+           "split_inputs", "StructureProbe", "probe_sims",
            "difficulty_report"]
 
 
