@@ -138,3 +138,30 @@ def test_two_stage_takes_another_first_stage():
         assert float(two.sims[i, j]) == pytest.approx(float(full[i, j]), abs=1e-5)
     with pytest.raises(ValueError, match="first_stage must be"):
         ev.two_stage_scores(model, images, texts, 1, first_stage=first[:2])
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_the_study_writes_its_rows_resumes_and_ships_a_loadable_checkpoint(
+        tiny_words_h5, tmp_path, monkeypatch):
+    from cccl_lite import dual_study
+    from cccl_lite.dual import load_dual
+
+    monkeypatch.setitem(dual_study.SETTINGS, "max_epochs", 1)
+    monkeypatch.setitem(dual_study.SETTINGS, "bag_of_words_epochs", 1)
+    out, ckpt = tmp_path / "dual.json", tmp_path / "dual.pt"
+    result = dual_study.run_dual_study(tiny_words_h5, out, seeds=(0,), checkpoint=ckpt,
+                                       log=lambda *a: None)
+    on_disk = json.loads(out.read_text())
+    assert on_disk["seeds"] == result["seeds"] and [r["seed"] for r in on_disk["seeds"]] == [0]
+    assert on_disk["settings"]["max_epochs"] == 1 and "commit" in on_disk["provenance"]
+    for rec in (on_disk["cccl"], on_disk["seeds"][0]["dual_encoder"],
+                on_disk["seeds"][0]["bag_of_words"]):
+        assert set(rec["siblings"]) == {"binding", "relation", "random"}
+        assert rec["pairs"] == 15 * 75  # the tiny test split
+        # seconds are rounded to 5 decimals, the rate computed before rounding
+        assert rec["pairs"] / rec["pairs_per_second"] == pytest.approx(rec["seconds"], abs=6e-6)
+    model, vocab = load_dual(ckpt)
+    assert model.config["dim"] == dual_study.SETTINGS["dim"] and len(vocab) > 1
+    # A rerun with the same settings trains nothing for a seed it holds.
+    monkeypatch.setattr(dual_study, "run_seed", lambda *a, **k: pytest.fail("retrained"))
+    assert dual_study.run_dual_study(tiny_words_h5, out, seeds=(0,))["seeds"] == result["seeds"]
