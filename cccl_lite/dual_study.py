@@ -9,7 +9,7 @@ split, for each and for the shipped lite CCCL (measured once:
 
 * ``test``, ``truth``, ``siblings``: R@K, truth-aware R@K and the binding /
   relation / random sibling accuracies (:func:`cccl_lite.pretrained.measure_sims`,
-  the measures the shipped model's record and chapter 5's diagnosis use);
+  the measures the shipped model's record and chapter 11's diagnosis use);
 * ``seconds``, ``pairs_per_second``: scoring every (image, caption) pair of
   the split with ONE torch thread, the fastest of a few runs
   (:func:`cccl_lite.costs.best_time`). Dual encoder and bag of words: embed
@@ -22,11 +22,15 @@ Taught in chapters 1 and 10 (which read ``cccl_lite/results/dual-encoder.json``)
 The results file is rewritten atomically after each seed, and a rerun with
 the same settings skips the seeds it holds (resumable). ``--checkpoint``
 writes the first seed's dual encoder (:func:`cccl_lite.dual.save_dual`), the
-one chapter 10 ships as its shortlister.
+one chapter 10 ships as its shortlister, and records it under "checkpoint"
+(file name, seed, its test R@sum, sha256), so that a chapter can check it
+loads the model the record measured (retrained for a seed already held:
+training is deterministic on one thread).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -150,9 +154,13 @@ def run_dual_study(data, results_path, seeds=(0, 1), checkpoint=None, overwrite:
         record, model, vocab = run_seed(data, seed, cache, log)
         if checkpoint and seed == seeds[0]:
             write_atomic(checkpoint, lambda f: save_dual(model, vocab, f))
+            result["checkpoint"] = {"file": Path(checkpoint).name, "seed": seed,
+                                    "test_rsum": record["dual_encoder"]["test"]["rsum"],
+                                    "sha256": hashlib.sha256(
+                                        Path(checkpoint).read_bytes()).hexdigest()}
             log(f"wrote {checkpoint}")
         if seed not in done:
             result["seeds"].append(record)
             result["seeds"].sort(key=lambda r: r["seed"])
-            write()
+        write()
     return result
