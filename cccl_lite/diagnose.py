@@ -591,10 +591,10 @@ def _write(path: Path, settings: dict, done: dict, names: list[str],
         old = _results_under(path, settings)
         base = old.get("baselines") if old is not None else None
     # ROWS' order, each row's seeds in ascending order (the study's seed first
-    # when it is the smallest, as it is for seed 0).
+    # when it is the smallest, as it is for seed 0). Records of rows this code
+    # does not know (written by a later commit's runner) are kept, last.
     order = {n: k for k, n in enumerate(names)}
-    rows = [done[k] for k in sorted((k for k in done if k[0] in order),
-                                    key=lambda k: (order[k[0]], k[1]))]
+    rows = [done[k] for k in sorted(done, key=lambda k: (order.get(k[0], len(order)), k))]
     result = {"settings": settings, "provenance": provenance(), "baselines": base,
               "rows": rows}
     path.parent.mkdir(parents=True, exist_ok=True)

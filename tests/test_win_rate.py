@@ -145,3 +145,20 @@ def test_other_seeds_are_their_own_entries(tmp_path, monkeypatch):
     diagnose.run_diagnosis(data, tmp_path / "runs", results, only=["hardest"], seeds=[1, 0],
                            **quiet)
     assert len(calls) == 3
+
+
+def test_records_of_rows_this_code_does_not_know_are_kept(tmp_path, monkeypatch):
+    # A later commit's runner wrote a row this ROWS lacks: rewriting the file keeps it.
+    data = tmp_path / "scenes.h5"
+    data.write_bytes(b"x" * 10)
+    results = tmp_path / "diagnosis.json"
+    settings = diagnose._settings(data, 3, None, 0)
+    foreign = {"name": "a row of a later commit", "test": {"rsum": 1.0}}
+    results.write_text(json.dumps({"settings": settings, "baselines": {"floor": 1},
+                                   "rows": [foreign]}))
+    monkeypatch.setattr(diagnose, "run_row", lambda row, *a, **k: {
+        "name": row.name, "val_rsum": 1.0, "test": {"rsum": 2.0}, "truth": {"rsum": 0.0},
+        "siblings": {}, "win_rate": {"both": [50.0]}, "seconds": 0.0})
+    out = diagnose.run_diagnosis(data, tmp_path / "runs", results, only=["hardest"],
+                                 log=lambda *a: None)
+    assert [r["name"] for r in out["rows"]] == ["hardest", "a row of a later commit"]
