@@ -147,7 +147,7 @@ class TrainOptions:
 
 # Each preset's training recipe: the TrainOptions it trains with unless told
 # otherwise (command line, lite_options). The paper's: Table 1 plus a one-epoch
-# warm-up (VSE∞'s). The lite one is what chapter 5's diagnosis measured on the
+# warm-up (VSE∞'s). The lite one is what chapter 11's diagnosis measured on the
 # synthetic scenes: the sum over negatives (eq 33's hardest negatives from
 # scratch flatten the lite model's scores, and its recall falls well below the
 # sum's, though not to chance), a group's siblings in every batch (under a
@@ -182,3 +182,28 @@ def lite_options(**options) -> TrainOptions:
 def paper_options(**options) -> TrainOptions:
     """The paper preset's recipe (:data:`RECIPES`), ``options`` on top."""
     return recipe_options("paper", **options)
+
+
+def hardest_after_warmup_risk(warmup_epochs: int | None, coherence_weight: float,
+                              coherence_reduction: str) -> str | None:
+    """A warning when a run will switch to eq 33's hardest negatives with the
+    summed coherence term (eq 31 over the B² pairs, λ > 0) -- the paper
+    preset's loss -- else None.
+
+    Why: in the recorded diagnosis (cccl_lite/results/diagnosis.json, rows
+    "warm-up 1, hardest" against "reference", two seeds, three epochs, lite
+    scenes at B = 32) that switch lost what the warm-up had learnt: the scores
+    flattened and the in-batch win rate stayed near 20 %, while the same switch
+    with λ 0 ("warm-up 1, hardest, λ 0") or L_c per item trained. Not yet
+    measured at the paper's B = 128 on Flickr30K: a risk, not a verdict.
+    """
+    if warmup_epochs is None or coherence_weight == 0 or coherence_reduction != "sum":
+        return None
+    return (f"warning: after {warmup_epochs} warm-up epoch(s) this run trains eq 33's hardest "
+            f"negatives with the coherence term summed over the B² pairs (λ {coherence_weight:g}): "
+            "on the lite scenes that switch flattened the scores and lost what the warm-up had "
+            "learnt (diagnosis rows 'warm-up 1, hardest', two seeds; not yet measured at "
+            "B = 128). Safer: --coherence-reduction per_item or --coherence-weight 0 "
+            "(both trained there), or --warmup-epochs all; --stop-on-collapse stops a "
+            "collapsed run with its checkpoints intact.")
+

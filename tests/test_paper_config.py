@@ -73,3 +73,30 @@ def test_train_cli_refuses_dataset_with_lite_in_one_line(tiny_words_h5, tmp_path
                  "--dataset", "coco"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--dataset coco" in err[0] and "Traceback" not in err[0]
+
+
+@pytest.mark.parametrize("flags, warned", [
+    ([], True),                                       # the printed loss after one warm-up epoch
+    (["--coherence-reduction", "per_item"], False),   # trained in the diagnosis
+    (["--coherence-weight", "0"], False),             # trained in the diagnosis
+    (["--warmup-epochs", "all"], False),              # never switches to eq 33
+])
+def test_train_paper_warns_before_it_starts_when_the_switch_risks_the_collapse(
+        coco_h5, tmp_path, monkeypatch, capsys, flags, warned):
+    """Issue 28 item 4: the paper preset keeps the printed loss, and `train
+    --config paper` says before any step (the fake trainer never trains) that
+    eq 33 with the summed L_c after a warm-up flattened the lite model."""
+    class FakeTrainer:
+        def __init__(self, config, data, out, options):
+            self.is_main, self.best_epoch, self.best_rsum = True, 0, 0.0
+
+        def fit(self):
+            return tmp_path / "best.pt"
+
+    monkeypatch.setattr(train_module, "Trainer", FakeTrainer)
+    assert main(["train", "--config", "paper", "--data", str(coco_h5), "--out",
+                 str(tmp_path / "run"), *flags]) == 0
+    err = capsys.readouterr().err
+    assert ("warm-up 1, hardest" in err) == warned, err
+    if warned:
+        assert "--coherence-reduction per_item" in err and err.count("\n") == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Callable
 
@@ -27,7 +28,7 @@ from ..loss import COHERENCE_REDUCTIONS
 from ..metrics import KEYS, PROTOCOLS, caption_layout, check_protocol, format_recalls
 from ..perceive import POSITION_FUSIONS
 from ..recipes import (AMP_MODES, BATCHINGS, POSITIVES, SELECT_LABELS, SELECTS, TrainOptions,
-                       recipe_options)
+                       hardest_after_warmup_risk, recipe_options)
 from .types import nonnegative_float, nonnegative_int, positive_float, positive_int
 
 __all__ = ["add_train_arguments", "run_train", "add_evaluate_arguments", "run_evaluate",
@@ -163,6 +164,10 @@ def run_train(args) -> int:
                              eval_batch_size=args.eval_batch_size, pair_chunk=args.pair_chunk,
                              collapse_steps=args.collapse_steps,
                              stop_on_collapse=args.stop_on_collapse)
+    risk = hardest_after_warmup_risk(options.warmup_epochs, config.coherence_weight,
+                                     config.coherence_reduction)
+    if risk and not args.resume:
+        print(risk, file=sys.stderr)  # before the run starts, not after an epoch of it
     trainer = train.Trainer(config, args.data, args.out, options)
     best = trainer.fit()
     collapse = getattr(trainer, "collapse", None)
