@@ -85,7 +85,7 @@ RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rs
 
 def same_as_full(preset: str = "lite") -> tuple[str, ...]:
     """The Table 6 ablations that change nothing in ``preset``'s config: the
-    lite CCCL reads words with the Bi-GRU of "w/o BERT" already (chapter 5),
+    lite CCCL reads words with the Bi-GRU of "w/o BERT" already (chapter 11),
     so that row would train the full model again."""
     full = CONFIGS[preset]().to_dict()
     return tuple(name for name in ABLATIONS

@@ -115,7 +115,7 @@ SESSIONS = {
     5: ({"06_training": 1, "07_ablations": 1},
         ("ex-train-pairwise", "ex-train-pool", "ex-abl-noise", "ex-abl-params")),
     6: ({"08_inside": 1}, ("ex-inside-rank", "ex-inside-mu", "ex-inside-word")),
-    7: ({"09_flickr30k": 1, "10_faster": 1},
+    7: ({"09_flickr30k": 1, "10_faster": 1, "11_diagnosis": 1},
         ("ex-flickr-disk", "ex-flickr-coco", "ex-faster-vsf", "ex-faster-shortlist")),
 }
 

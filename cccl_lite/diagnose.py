@@ -39,7 +39,7 @@ study's seed (the settings' ``seed``) and, with ``seeds``, at others: such a
 record carries its ``seed`` and is its own entry of the same file, so the
 rows recorded at the study's seed stay valid. (Why one module of ~560 lines:
 the rows, the measures they record and the resumable runner are read
-together by chapter 5; splitting them would scatter one study.)
+together by chapter 11; splitting them would scatter one study.)
 """
 
 from __future__ import annotations
@@ -512,7 +512,7 @@ def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
                              f"to replace it or choose another --results")
     # The baselines of *these* settings: a file of other settings replaced
     # under --overwrite keeps none of its own (issue 29 #8: they were
-    # written as null, which chapter 5 reads).
+    # written as null, which chapter 11 reads).
     current = _results_under(results_path, settings)
     if not (current and current.get("baselines")):
         log("bag of words and structure probe (the floor and the ceiling)...")

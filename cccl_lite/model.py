@@ -77,7 +77,7 @@ PAPER_COHERENCE_WEIGHT = {"f30k": 0.5, "coco": 0.75}
 
 # The synthetic scenes' region features have a mean L2 norm of about 23 (23.1
 # on small seed 0's train split; 23.4 on its first 200 images, where this was
-# read): the lite config's centre_scale, and chapter 5's rows with the centre
+# read): the lite config's centre_scale, and chapter 11's rows with the centre
 # in eq 8: it puts the box centre at the features' scale, as the centre oracle
 # (cccl_lite.probes.write_oracle) does.
 LITE_CENTRE_SCALE = 23.4
@@ -111,7 +111,7 @@ class CCCLConfig:
     # Eq 9's six-tuple: "ours" or CAMERA's "camera" (cccl_lite.perceive.position_features).
     position_tuple: str = "ours"
     # Eq 10: "product" Q̂ ∘ σ(S̃ W_S + b_S) as printed, or "sum" Q̂ + S̃ W_S + b_S
-    # (cccl_lite.perceive.VisualEmbedding; chapter 5 measures both).
+    # (cccl_lite.perceive.VisualEmbedding; chapter 11 measures both).
     position_fusion: str = "product"
     # Eq 8 reading of ours: the box centre as two more region-feature columns,
     # times this scale (0 = off, as printed; cccl_lite.perceive.VisualEmbedding).
@@ -150,7 +150,7 @@ class CCCLConfig:
         """Sized for 2 CPU cores: the synthetic scenes' 256-d region features,
         12 regions, d = P = 64, B = 32; lr 5e-4 for 7 epochs, then 5e-5, at
         most 10 epochs (the recipe stops earlier when validation stops
-        improving: ``cccl_lite.train.RECIPES``). Three choices that chapter 5's
+        improving: ``cccl_lite.train.RECIPES``). Three choices that chapter 11's
         diagnosis measured on the scenes, each a documented departure:
 
         * L_c divided by B ("per_item"): the coherence term that does not

@@ -200,7 +200,7 @@ class VisualEmbedding(nn.Module):
 
     ``position_fusion``: "product" is eq 10 as printed; "sum" is a reading
     of ours, V = CPC(Q̂ + S̃ W_S + b_S) (the position enters as an additive
-    embedding, as in Transformers, with no sigmoid). Chapter 5 measures both:
+    embedding, as in Transformers, with no sigmoid). Chapter 11 measures both:
     with either, relations stay at chance in the lite recipe, and neither
     lets Branch 2 learn them even when asked for them directly (its
     "relation fit" rows; readings appendix, "Eq 10").
@@ -208,7 +208,7 @@ class VisualEmbedding(nn.Module):
     ``centre_scale`` ρ > 0, a reading of ours (readings appendix, "Eq 8"):
     the box centre c = :func:`box_centres` also enters eq 8 as two more
     feature columns, Q̂ = [Q, ρ c] W_Q + b_Q, beside eq 10's gate; ρ puts
-    them at the features' scale (chapter 5's rows use
+    them at the features' scale (chapter 11's rows use
     ``cccl_lite.model.LITE_CENTRE_SCALE``, about the synthetic regions' mean
     norm; its "centre oracle" rows measure the same form made by the data
     file). "w/o POS" drops it with eq 9. 0 (the default): off.

@@ -40,7 +40,7 @@ __all__ = ["ASSET_DIR", "NAME", "FIRST_RECIPE", "checkpoint_path", "provenance",
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 NAME = "lite-scenes-small-seed0"
 # The model the first lite recipe made (MiniLM's frozen vectors, eq 8 as
-# printed, siblings not weighted; relations at chance): chapter 5 probes it
+# printed, siblings not weighted; relations at chance): chapter 11 probes it
 # to show where relations were lost.
 FIRST_RECIPE = "lite-scenes-small-seed0-recipe1"
 RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")

@@ -1,4 +1,4 @@
-"""What the inputs and parts of CCCL carry about relations, read with probes (chapter 5).
+"""What the inputs and parts of CCCL carry about relations, read with probes (chapter 11).
 
 A relation caption ("a red circle left of a blue square") is only true of
 its image if the model knows two things: from the text, which object is on

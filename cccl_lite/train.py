@@ -14,7 +14,7 @@ the hinge summed over *every* negative of the batch, instead of eq 33's
 hardest negative, as VSE∞ does. On the synthetic scenes (``small``,
 lite, B = 32), from scratch, hardest negatives flatten the scores (every
 score nearly equal, L_t stuck at exactly 2·B·Δ). What collapses is the
-scale, not necessarily the ranking: chapter 5's recorded rows with eq 33
+scale, not necessarily the ranking: chapter 11's recorded rows with eq 33
 from the first step still rank the test set above chance (test R@sum 23-137,
 "hardest, λ 0" 137.4, where a random ranking scores about 16), below the
 same rows with the sum over negatives. An earlier, unrecorded measurement
@@ -25,11 +25,11 @@ epochs after a warm-up, too: after one sum-over-negatives epoch at lr 5e-4,
 227.5 → 181.4), while the sum over negatives kept improving it (val R@sum
 177.5, 206.3, 227.5, 270.8, 288.0 over epochs 1-5). Issue 28 reports the
 opposite for λ = 0 (a 450-step warm-up, then eq 33, two seeds, no
-collapse); chapter 5's rows "warm-up 1, hardest, …" test both, recorded,
+collapse); chapter 11's rows "warm-up 1, hardest, …" test both, recorded,
 with the in-batch win rate (``log.jsonl``'s ``win_rate``). So the lite preset's recipe
 (:data:`RECIPES`) uses the sum over negatives throughout, and the paper
 preset trains as VSE∞ does (one warm-up epoch, then eq 33). False negatives
-are not the cause: chapter 5's diagnosis (``python -m cccl_lite
+are not the cause: chapter 11's diagnosis (``python -m cccl_lite
 diagnose``) flattens the scores with eq 33 also when the scenes' truth
 marks every true match as a positive (``positives="truth"``); the
 collapse is in the encoders (the similarity vectors of all pairs become

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ablate": (studies.add_ablate_arguments, studies.run_ablate,
                    "train and test every Table 6 ablation (chapter 7's table)"),
         "diagnose": (studies.add_diagnose_arguments, studies.run_diagnose,
-                     "short runs that each change one thing (chapter 5's diagnosis)"),
+                     "short runs that each change one thing (chapter 11's diagnosis)"),
         "dual-encoder": (studies.add_dual_arguments, studies.run_dual,
                          "bag of words, dual encoder and CCCL: accuracy against scoring cost "
                          "(chapters 1 and 10)"),

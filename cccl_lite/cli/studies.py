@@ -1,7 +1,7 @@
 """``python -m cccl_lite ablate | diagnose | ship``: the studies' commands.
 
 The work is :func:`cccl_lite.ablate.run_ablations` (chapter 7's Table 6),
-:func:`cccl_lite.diagnose.run_diagnosis` (chapter 5's diagnosis) and
+:func:`cccl_lite.diagnose.run_diagnosis` (chapter 11's diagnosis) and
 :func:`cccl_lite.pretrained.ship` (the shipped lite model). The book's
 teaching commands live here too: the editions (``student-edition``,
 ``colab-edition``) and ``grade`` (:func:`cccl_lite.grade.grade_submissions`).
@@ -76,7 +76,7 @@ def add_diagnose_arguments(p) -> None:
                    help="row names to run, in this order (rows already done are skipped)")
     p.add_argument("--rerun", action="store_true", help="run rows again that are done")
     p.add_argument("--rows", choices=("diagnosis", "sensitivity"), default="diagnosis",
-                   help="which study's rows: chapter 5's diagnosis (default) or Sec. 4.4's "
+                   help="which study's rows: chapter 11's diagnosis (default) or Sec. 4.4's "
                         "sensitivity to P and λ (cccl_lite.sensitivity, chapter 7 reads "
                         "cccl_lite/results/sensitivity.json; every point at the first of "
                         "--seeds, then at the next)")
