@@ -164,11 +164,11 @@ def run_train(args) -> int:
                              eval_batch_size=args.eval_batch_size, pair_chunk=args.pair_chunk,
                              collapse_steps=args.collapse_steps,
                              stop_on_collapse=args.stop_on_collapse)
+    trainer = train.Trainer(config, args.data, args.out, options)  # checks the data first
     risk = hardest_after_warmup_risk(options.warmup_epochs, config.coherence_weight,
                                      config.coherence_reduction)
     if risk and not args.resume:
         print(risk, file=sys.stderr)  # before the run starts, not after an epoch of it
-    trainer = train.Trainer(config, args.data, args.out, options)
     best = trainer.fit()
     collapse = getattr(trainer, "collapse", None)
     if collapse is not None and trainer.options.stop_on_collapse:
