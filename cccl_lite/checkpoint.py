@@ -479,6 +479,22 @@ def check_resumable(ckpt: dict, last_path, config: CCCLConfig, options: dict, wo
     return ckpt
 
 
+def data_changes(ckpt: dict, data_ident: dict) -> list[str]:
+    """The fields of :func:`data_identity` in which ``data_ident`` differs from
+    the data ``ckpt`` recorded ("field old -> new"), its path aside (the same
+    dataset moved or copied is the same data). A record from before the
+    detector was recorded gets the one it implies. Empty when the checkpoint
+    recorded no data."""
+    old = ckpt.get("data")
+    if old is None:
+        return []
+    if "detector" not in old:  # recorded before the detector was: the one it implies
+        old = {**old, "detector": checkpoint_detector(ckpt)}
+    return [f"{k} {old.get(k)!r} -> {data_ident.get(k)!r}"
+            for k in sorted(set(old) | set(data_ident))
+            if k != "path" and old.get(k) != data_ident.get(k)]
+
+
 def check_same_data(ckpt: dict, run_dir, data_path, data_ident: dict, log=print) -> None:
     """Refuse to resume on other data: best.pt would then compare R@sum
     across two validation sets. The same dataset moved or copied is fine
@@ -496,11 +512,8 @@ def check_same_data(ckpt: dict, run_dir, data_path, data_ident: dict, log=print)
                              f"{data_path}; resume with --data {old_path}, or use "
                              f"another --out")
         return
-    if "detector" not in old:  # recorded before the detector was: the one it implies
-        old = {**old, "detector": checkpoint_detector(ckpt)}
     new = data_ident
-    diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if k != "path" and old.get(k) != new.get(k)]
+    diff = data_changes(ckpt, new)
     if diff:
         raise InputError(f"--resume: {run_dir} was trained on other data "
                          f"({old.get('path')}; now {data_path}: {'; '.join(diff)}); "

@@ -181,7 +181,7 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
     best = run_dir / "best.pt"
     ckpt = load_checkpoint(best)
     info, log = _read_run(run_dir, read_json, InputError)
-    _check_trained_on(ckpt, run_dir, data, data_identity, InputError)
+    _check_trained_on(ckpt, run_dir, data, InputError)
     model, config, vocab = load_model(best)
     model.eval()
     t0 = time.perf_counter()
@@ -267,20 +267,17 @@ def _read_run(run_dir: Path, read_json, InputError) -> tuple[dict, list[dict]]:
     return info, log
 
 
-def _check_trained_on(ckpt: dict, run_dir: Path, data: Path, data_identity, InputError) -> None:
+def _check_trained_on(ckpt: dict, run_dir: Path, data: Path, InputError) -> None:
     """Refuse to measure a run on data other than those it trained on (issue
     29 #7): the record would pair its recalls with the wrong scenes. Compared
-    as resume compares them (:func:`cccl_lite.checkpoint.check_same_data`):
-    every field of the data's identity but its path."""
+    as resume compares them (:func:`cccl_lite.checkpoint.data_changes`): every
+    field of the data's identity but its path."""
+    from .checkpoint import data_changes, data_identity
+
     if not data.is_file():
         raise InputError(f"--data {data}: no such data file")
-    old = ckpt.get("data")
-    if old is None:
-        return  # a checkpoint from before the data were recorded in it
-    new = data_identity(data)
-    diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if k != "path" and old.get(k) != new.get(k)]
+    diff = data_changes(ckpt, data_identity(data))  # empty for a checkpoint that recorded none
     if diff:
         raise InputError(f"--data {data}: {run_dir} was trained on other data "
-                         f"({old.get('path')}: {'; '.join(diff)}); ship it with the data it "
-                         f"was trained on")
+                         f"({ckpt['data'].get('path')}: {'; '.join(diff)}); ship it with the "
+                         f"data it was trained on")
