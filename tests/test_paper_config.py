@@ -48,13 +48,13 @@ def test_the_data_file_decides_when_no_dataset_is_given(tiny_words_h5, coco_h5):
         resolve_config("lite", tiny_words_h5, dataset="coco")
 
 
-@pytest.mark.parametrize("flags, expected", [([], 0.75), (["--dataset", "f30k"], 0.5),
-                                             (["--coherence-weight", "0.25"], 0.25)])
-def test_train_cli_passes_the_dataset_lambda_to_the_trainer(coco_h5, tmp_path, monkeypatch,
-                                                            flags, expected):
+def train_paper_without_training(data, tmp_path, monkeypatch, flags) -> list:
+    """`train --config paper` through the command line with a trainer that
+    never trains (the paper config needs 2048-d data); returns the configs it
+    was given."""
     seen = []
 
-    class FakeTrainer:  # the paper config needs 2048-d data: stop before any training
+    class FakeTrainer:
         def __init__(self, config, data, out, options):
             seen.append(config)
             self.is_main, self.best_epoch, self.best_rsum = True, 0, 0.0
@@ -63,8 +63,16 @@ def test_train_cli_passes_the_dataset_lambda_to_the_trainer(coco_h5, tmp_path, m
             return tmp_path / "best.pt"
 
     monkeypatch.setattr(train_module, "Trainer", FakeTrainer)
-    assert main(["train", "--config", "paper", "--data", str(coco_h5), "--out",
+    assert main(["train", "--config", "paper", "--data", str(data), "--out",
                  str(tmp_path / "run"), *flags]) == 0
+    return seen
+
+
+@pytest.mark.parametrize("flags, expected", [([], 0.75), (["--dataset", "f30k"], 0.5),
+                                             (["--coherence-weight", "0.25"], 0.25)])
+def test_train_cli_passes_the_dataset_lambda_to_the_trainer(coco_h5, tmp_path, monkeypatch,
+                                                            flags, expected):
+    seen = train_paper_without_training(coco_h5, tmp_path, monkeypatch, flags)
     assert [c.coherence_weight for c in seen] == [expected]
 
 
@@ -86,16 +94,7 @@ def test_train_paper_warns_before_it_starts_when_the_switch_risks_the_collapse(
     """Issue 28 item 4: the paper preset keeps the printed loss, and `train
     --config paper` says before any step (the fake trainer never trains) that
     eq 33 with the summed L_c after a warm-up flattened the lite model."""
-    class FakeTrainer:
-        def __init__(self, config, data, out, options):
-            self.is_main, self.best_epoch, self.best_rsum = True, 0, 0.0
-
-        def fit(self):
-            return tmp_path / "best.pt"
-
-    monkeypatch.setattr(train_module, "Trainer", FakeTrainer)
-    assert main(["train", "--config", "paper", "--data", str(coco_h5), "--out",
-                 str(tmp_path / "run"), *flags]) == 0
+    train_paper_without_training(coco_h5, tmp_path, monkeypatch, flags)
     err = capsys.readouterr().err
     assert ("warm-up 1, hardest" in err) == warned, err
     if warned:
