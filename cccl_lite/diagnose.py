@@ -382,13 +382,13 @@ def reversed_relations(model, data, split: str = "test", tokenizer=None, encoder
 
 
 def _settings(data, epochs: int, max_steps: int | None, seed: int,
-              study: str | None = None) -> dict:
+              study: str | None = None, lr_decay: str = "none within the budget") -> dict:
     data = Path(data)
     # ``study`` names another study run by this runner (cccl_lite.sensitivity):
     # its file then never passes for a diagnosis, nor the reverse (the
     # diagnosis's own settings carry no such key, as its recorded file has none).
     return {"data": data.name, "data_bytes": data.stat().st_size, "config": "lite",
-            "epochs": epochs, "lr_decay": "none within the budget", "max_steps": max_steps,
+            "epochs": epochs, "lr_decay": lr_decay, "max_steps": max_steps,
             "seed": seed, "split": "test", **({"study": study} if study else {})}
 
 
@@ -411,11 +411,11 @@ ROW_BASE = {"coherence_reduction": "sum", "centre_scale": 0.0, "word_gru": False
 def resolve_row(row: Row, data, epochs: int):
     """The CCCLConfig that :func:`run_row` trains for ``row`` on ``data``:
     the lite preset sized to the data, :data:`ROW_BASE`, then ``row.config``
-    (its "ablation" key as a Table 6 ablation), ``epochs`` with no decay."""
-    overrides = {**ROW_BASE, **row.config}
+    (its "ablation" key as a Table 6 ablation), ``epochs`` with no decay
+    unless the row's config names its ``lr_decay_epoch`` (cccl_lite.plateau)."""
+    overrides = {"lr_decay_epoch": epochs, **ROW_BASE, **row.config}
     ablation = overrides.pop("ablation", None)
-    return resolve_config("lite", data, ablation, epochs=epochs, lr_decay_epoch=epochs,
-                          **overrides)
+    return resolve_config("lite", data, ablation, epochs=epochs, **overrides)
 
 
 def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
@@ -458,6 +458,8 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
         "question": row.question, "config": row.config,
         "options": _row_options(row), **({"oracle": row.oracle} if row.oracle else {}),
         "val_rsum": round(best_rec["val"]["rsum"], 2), "best_epoch": best_rec["epoch"],
+        # The last epoch trained: below the budget when the recipe's patience stopped it.
+        "last_epoch": history[-1]["epoch"],
         "val_curve": [round(r["val"]["rsum"], 1) for r in history],
         "win_rate": {k: [round(r["win_rate"][k], 1) for r in history]
                      for k in ("images", "captions", "both")},
@@ -478,7 +480,8 @@ def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
                   max_steps: int | None = None, only: list[str] | None = None,
                   overwrite: bool = False, rerun: bool = False, log=print,
                   seeds: list[int] | None = None, rows=None,
-                  study: str | None = None) -> dict:
+                  study: str | None = None,
+                  lr_decay: str = "none within the budget") -> dict:
     """Run every row of :data:`ROWS` (or ``only`` those, in that order) not yet in
     ``results_path`` under the same settings; return the results dict
     {"settings", "provenance", "baselines" (:func:`baselines`, computed once),
@@ -496,7 +499,7 @@ def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
     results_path = check_output_file(results_path, overwrite=True,
                                      what="results file (--results)")
     rows = ROWS if rows is None else tuple(rows)
-    settings = _settings(data, epochs, max_steps, seed, study)
+    settings = _settings(data, epochs, max_steps, seed, study, lr_decay)
     seeds = [seed] if not seeds else list(dict.fromkeys(seeds))
     names = [r.name for r in rows]
     unknown = set(only or ()) - set(names)

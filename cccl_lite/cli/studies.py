@@ -14,6 +14,7 @@ from pathlib import Path
 from ..ablate import run_ablations
 from ..diagnose import run_diagnosis
 from ..dual_study import run_dual_study
+from ..plateau import run_plateau
 from ..sensitivity import run_sensitivity
 from ..pretrained import ASSET_DIR, NAME, checkpoint_path, ship
 from .types import nonnegative_int, positive_float, positive_int
@@ -75,11 +76,14 @@ def add_diagnose_arguments(p) -> None:
     p.add_argument("--only", nargs="+", default=None,
                    help="row names to run, in this order (rows already done are skipped)")
     p.add_argument("--rerun", action="store_true", help="run rows again that are done")
-    p.add_argument("--rows", choices=("diagnosis", "sensitivity"), default="diagnosis",
-                   help="which study's rows: chapter 11's diagnosis (default) or Sec. 4.4's "
+    p.add_argument("--rows", choices=("diagnosis", "sensitivity", "plateau"),
+                   default="diagnosis",
+                   help="which study's rows: chapter 11's diagnosis (default), Sec. 4.4's "
                         "sensitivity to P and λ (cccl_lite.sensitivity, chapter 7 reads "
                         "cccl_lite/results/sensitivity.json; every point at the first of "
-                        "--seeds, then at the next)")
+                        "--seeds, then at the next) or eq 33 after a warm-up against the "
+                        "lite recipe at the plateau (cccl_lite.plateau, chapter 6 reads "
+                        "cccl_lite/results/plateau.json; --epochs is then the cap)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a results file that holds other settings")
 
@@ -87,7 +91,7 @@ def add_diagnose_arguments(p) -> None:
 def run_diagnose(args) -> int:
     if args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-    run = run_sensitivity if args.rows == "sensitivity" else run_diagnosis
+    run = {"sensitivity": run_sensitivity, "plateau": run_plateau}.get(args.rows, run_diagnosis)
     run(args.data, args.out, args.results, epochs=args.epochs, seed=args.seed,
         max_steps=args.max_steps, only=args.only, overwrite=args.overwrite,
         rerun=args.rerun, seeds=args.seeds)

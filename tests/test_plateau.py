@@ -1,0 +1,47 @@
+"""The plateau study (cccl_lite.plateau): its first row is the lite preset with
+its own learning-rate drop, each other row changes one thing of the row it
+names, and a record says whether patience or the cap ended its run."""
+
+import dataclasses
+
+from cccl_lite import diagnose, plateau
+from cccl_lite.checkpoint import resolve_config
+from cccl_lite.recipes import TrainOptions, lite_options
+
+CAP = plateau.EPOCH_CAP
+
+
+def _resolved(row, data):
+    config = dataclasses.asdict(diagnose.resolve_row(row, data, CAP))
+    options = TrainOptions(**diagnose._row_options(row)).to_dict()
+    return config, options
+
+
+def test_the_first_row_is_the_lite_preset_with_its_learning_rate_drop(tiny_words_h5):
+    config, options = _resolved(plateau.LITE, tiny_words_h5)
+    # Independently: `train --config lite --epochs 30` (the preset keeps its drop).
+    lite = dataclasses.asdict(resolve_config("lite", tiny_words_h5, epochs=CAP))
+    assert config == lite
+    assert config["lr_decay_epoch"] == 7 < CAP
+    assert options == lite_options().to_dict()
+    assert options["patience"] == 3 and options["warmup_epochs"] is None
+
+
+def test_each_row_changes_one_thing_of_the_row_it_names(tiny_words_h5):
+    by_name = {r.name: r for r in plateau.ROWS}
+    expected = {plateau.WARM_UP.name: ("warmup_epochs", 1),
+                plateau.WARM_UP_LAMBDA_0.name: ("coherence_weight", 0.0)}
+    for name, (key, value) in expected.items():
+        row = by_name[name]
+        config, options = _resolved(row, tiny_words_h5)
+        base_config, base_options = _resolved(by_name[row.against], tiny_words_h5)
+        merged_row = {**config, **options}
+        merged_base = {**base_config, **base_options}
+        changed = {k for k in merged_row if merged_row[k] != merged_base[k]}
+        assert changed == {key}, (name, changed)
+        assert merged_row[key] == value
+
+
+def test_stopped_on_patience_reads_the_last_epoch():
+    assert plateau.stopped_on_patience({"last_epoch": 13}, 30)
+    assert not plateau.stopped_on_patience({"last_epoch": 30}, 30)
