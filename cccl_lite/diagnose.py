@@ -127,6 +127,14 @@ ROWS = (
     Row("hardest, λ 0, B 8", "eq 33 from the first step at B = 8 without the coherence "
         "term", {"coherence_weight": 0.0, "batch_size": 8}, {"warmup_epochs": 0},
         against="hardest, λ 0"),
+    # the paper preset's loss at the paper's batch size (issue 28 item 4)
+    Row("warm-up 1, hardest, B 128", "the paper preset's loss at Table 1's B = 128: one "
+        "warm-up epoch, then eq 33 with L_c summed over the B² pairs", {"batch_size": 128},
+        {"warmup_epochs": 1}, against="warm-up 1, hardest"),
+    Row("warm-up 1, hardest, L_c per item, B 128", "the same with L_c per item, the "
+        "safer option the paper preset's warning names", {"coherence_reduction": "per_item",
+                                                          "batch_size": 128},
+        {"warmup_epochs": 1}, against="warm-up 1, hardest, L_c per item"),
     Row("truth positives", "the reference with true matches never used as negatives",
         options={**_ALL, "positives": "truth"}),
     # the data's signal
@@ -203,6 +211,11 @@ ROWS = (
         "weighted", {"coherence_reduction": "per_item", "centre_scale": LITE_CENTRE_SCALE,
                      "ablation": "w/o BERT"},
         {**_ALL, **_TRUTH_SIBLINGS, "sibling_weight": 10}),
+    Row("siblings ×10, w/o BERT", "the final recipe without the box centre in eq 8: does "
+        "the centre matter once the words come from a Bi-GRU and the siblings are weighted?",
+        {"coherence_reduction": "per_item", "ablation": "w/o BERT"},
+        {**_ALL, **_TRUTH_SIBLINGS, "sibling_weight": 10},
+        against="siblings ×10, centre in eq 8, w/o BERT"),
     Row("siblings ×10, centre in eq 8, word GRU", "the same with MiniLM kept: a Bi-GRU over "
         "its frozen vectors before eq 11 (CCCLConfig.word_gru) instead of learned embeddings",
         {"coherence_reduction": "per_item", "centre_scale": LITE_CENTRE_SCALE,
