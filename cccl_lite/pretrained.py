@@ -165,6 +165,7 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
     from .provenance import provenance as where
     from .checkpoint import data_identity, load_checkpoint, load_model, save_atomic
     from . import files
+    from .recipes import departures
     from .errors import InputError, read_json
 
     run_dir, data = Path(run_dir), Path(data)
@@ -198,6 +199,8 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
                          f"--seed {scenes['seed']} --size {scenes['size']} && "
                          f"python data_scripts/encode_words.py {data.name}"},
         "config": info["config"], "options": info["options"],
+        # How this run differs from the paper as printed, each with its evidence.
+        "departures": departures(info["config"], info["options"]),
         "best_epoch": ckpt["best_epoch"], "epochs_trained": log[-1]["epoch"],
         "train_seconds": round(sum(r["seconds"] for r in log), 1),
         "curve": [{"epoch": r["epoch"], "negatives": r["negatives"],

@@ -14,7 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 
 __all__ = ["AMP_MODES", "POSITIVES", "BATCHINGS", "SELECTS", "SELECT_LABELS", "TrainOptions",
-           "RECIPES", "recipe_options", "lite_options", "paper_options"]
+           "RECIPES", "recipe_options", "lite_options", "paper_options", "Departure", "AS_PRINTED",
+           "DEPARTURES", "departures"]
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 POSITIVES = ("image", "truth")
@@ -207,3 +208,107 @@ def hardest_after_warmup_risk(warmup_epochs: int | None, coherence_weight: float
             "(both trained there), or --warmup-epochs all; --stop-on-collapse stops a "
             "collapsed run with its checkpoints intact.")
 
+
+
+# ---- the lite preset against the paper ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Departure:
+    """One way the lite preset differs from the paper as printed: the
+    ``fields`` of :class:`~cccl_lite.model.CCCLConfig` or :class:`TrainOptions`
+    it sets otherwise, ``why``, and the recorded evidence: ``evidence`` is
+    ``(results file, row, row it changes one thing of)`` in
+    ``cccl_lite/results/`` (a diagnosis-runner file), or None where the
+    reason is the budget or a reading, which ``why`` then states."""
+
+    what: str
+    fields: tuple[str, ...]
+    why: str
+    evidence: tuple[str, str, str] | None = None
+
+
+# The paper as printed: Table 1 (CCCLConfig.paper) with eq 33 from the first
+# step, one positive per caption, random batches, the best validation R@sum
+# kept after its 30 epochs, and no gradient clipping (the paper names none).
+AS_PRINTED = {"grad_clip": None, "warmup_epochs": 0, "positives": "image", "batching": "random",
+              "patience": None, "select": "rsum", "sibling_weight": 1.0}
+
+DEPARTURES = (
+    Departure("sizes", ("region_dim", "num_regions", "word_dim", "embed_dim", "sim_dim"),
+              "the scenes' simulated detector gives 12 regions of 256-d features; d = P = 64 "
+              "trains on 2 CPU cores (chapter 7's sensitivity study varies P)",
+              ("sensitivity.json", "P 128", "centre (P 64, λ 0.5)")),
+    Departure("batch and schedule", ("batch_size", "epochs", "lr_decay_epoch"),
+              "the budget: B = 32 and at most 10 epochs, the rate cut at epoch 7, on one "
+              "CPU thread (the paper: B = 128, 30 epochs, cut at 15)"),
+    Departure("learning rate", ("lr",), "5e-4 learns more than the paper's 2e-4 in the "
+              "short runs", ("diagnosis.json", "lr 2e-4", "reference")),
+    Departure("gradient clipping", ("grad_clip",), "norm 2, as SCAN and VSE++ do; the paper "
+              "names none (a reading; the paper preset clips too)"),
+    Departure("L_c per item", ("coherence_reduction",), "eq 31 summed over the B² pairs "
+              "brakes the alignment term; divided by B it does not (λ stays 0.5)",
+              ("diagnosis.json", "L_c per item", "reference")),
+    Departure("words through a Bi-GRU", ("use_bert",), "the paper's own 'w/o "
+              "BERT' encoder (learned embeddings): with MiniLM's frozen vectors relations "
+              "were never learnt",
+              ("diagnosis.json", "siblings ×10, centre in eq 8, w/o BERT",
+               "siblings ×10, centre in eq 8")),
+    Departure("box centre in eq 8", ("centre_scale",), "eq 10's position gate alone never "
+              "carried relations; the centre as two feature columns, with the Bi-GRU words "
+              "and the weighted siblings, does (no row removes it alone from the final "
+              "recipe: this row shows it is not enough by itself)",
+              ("diagnosis.json", "siblings ×10, centre in eq 8", "siblings ×10")),
+    Departure("sum over negatives", ("warmup_epochs",), "eq 33 from the first step flattens "
+              "the lite model's scores; after a warm-up it trains (chapter 6's plateau study "
+              "compares it with the sum at three seeds)",
+              ("diagnosis.json", "hardest", "reference")),
+    Departure("truth positives", ("positives",), "a test caption is true of ~13 images; "
+              "those are never pushed away as negatives (synthetic scenes only)",
+              ("diagnosis.json", "truth positives", "reference")),
+    Departure("sibling batches", ("batching",), "under a shuffle almost no caption meets its "
+              "rebound or swapped sibling in its batch (chapter 11 counts it), so the loss "
+              "cannot ask for bindings or relations (synthetic scenes only)",
+              ("diagnosis.json", "siblings in batch", "truth positives")),
+    Departure("siblings weighted ×10", ("sibling_weight",), "the loss asks for the siblings "
+              "(NegCLIP's idea); without the weight relations stay at chance",
+              ("diagnosis.json", "siblings ×10, centre in eq 8, w/o BERT",
+               "centre in eq 8, w/o BERT")),
+    Departure("early stopping on the truth-aware R@sum", ("patience", "select"),
+              "keep the epoch the positives train for; selected by the standard R@sum one "
+              "seed in three kept a model from before relations were learnt "
+              "(cccl_lite/results/ablations-select-rsum.json, chapter 6)"),
+)
+
+
+def departures(config: dict, options: dict) -> list[dict]:
+    """The :data:`DEPARTURES` a run's ``config`` (CCCLConfig fields) and
+    ``options`` (TrainOptions fields) make from the paper as printed
+    (``CCCLConfig.paper()`` for the run's λ, with :data:`AS_PRINTED`): each
+    as {"what", "fields": {field: [paper, run]}, "why", "evidence"}, for the
+    departures where at least one field differs. A field that differs from
+    the paper but that no departure names raises ValueError: the table must
+    list every departure (the Table 6 ablation switches, ``ablation`` and
+    the ``use_*`` flags it sets, are the ablation's, and ``vocab_size`` is
+    the data's, not departures)."""
+    from .model import CCCLConfig
+
+    paper = {**CCCLConfig.paper(coherence_weight=config.get("coherence_weight", 0.5)).to_dict(),
+             **dataclasses.asdict(TrainOptions()), **AS_PRINTED}
+    run = {**config, **options}
+    named = {f for d in DEPARTURES for f in d.fields}
+    ablation_fields = {"ablation", "vocab_size"} | {f for f in config if f.startswith("use_")
+                                                    and f != "use_bert"}
+    recipe_fields = set(RECIPES["lite"]) | {"grad_clip"} | set(config)
+    unnamed = sorted(f for f in recipe_fields - named - ablation_fields
+                     if f in run and f in paper and run[f] != paper[f])
+    if unnamed:
+        raise ValueError(f"departures: {', '.join(unnamed)} differ from the paper as printed "
+                         "but no entry of DEPARTURES names them")
+    out = []
+    for d in DEPARTURES:
+        changed = {f: [paper[f], run[f]] for f in d.fields if f in run and run[f] != paper[f]}
+        if changed:
+            out.append({"what": d.what, "fields": changed, "why": d.why,
+                        "evidence": list(d.evidence) if d.evidence else None})
+    return out
