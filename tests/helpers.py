@@ -6,6 +6,10 @@ Fixtures stay in conftest.py; these are plain functions, classes and constants.
 
 from __future__ import annotations
 
+import re
+import threading
+from contextlib import contextmanager
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import h5py
@@ -280,3 +284,95 @@ def quick(**kw):
     from cccl_lite.train import TrainOptions
 
     return TrainOptions(**{**dict(max_steps=3, quiet=True, device="cpu"), **kw})
+
+
+# ---- command-line errors (test_reliability, test_reliability_engine) ------------
+
+
+def one_error_line(capsys, *needles):
+    """stderr holds exactly one line, an error, containing every needle; returns it."""
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "error" in lines[0] and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+# ---- a local HTTP server (test_download, test_reliability_download) ------------
+
+PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                   "ALL_PROXY")
+
+
+def no_proxies(monkeypatch):
+    """A proxy from the environment must not see requests meant for 127.0.0.1."""
+    for var in PROXY_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+
+
+def send_range(handler, data: bytes, honour_range: bool = True):
+    """The status line and range headers of a GET for ``data`` (headers not ended,
+    no Content-Length yet): 206 from N for "Range: bytes=N-" when honoured, 200 with
+    the whole of ``data`` otherwise. Returns (body, whole); None after a complete
+    416 answer (N at or past the end), as a server tells a finished download."""
+    rng = handler.headers.get("Range")
+    if rng and honour_range:
+        start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
+        if start >= len(data):
+            handler.send_response(416)
+            handler.send_header("Content-Range", f"bytes */{len(data)}")
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return None
+        handler.send_response(206)
+        handler.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        return data[start:], False
+    handler.send_response(200)
+    return data, True
+
+
+@contextmanager
+def local_server(handler, **attrs):
+    """A ThreadingHTTPServer on 127.0.0.1 (a free port) serving with ``handler`` in a
+    thread; the server carries ``attrs``, ``log`` (a list for the handler to append
+    to) and ``base`` (its URL). Shut down and joined on leaving."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    for name, value in attrs.items():
+        setattr(srv, name, value)
+    srv.log = []
+    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
+    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
+# ---- chapter sources (test_grade, test_course, test_repo) ----------------------
+
+_FRONT_MATTER = """\
+---
+jupytext:
+  formats: {formats}
+  text_representation:
+    extension: .md
+    format_name: myst
+    format_version: 0.13
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+"""
+
+
+def myst_chapter(body: str, formats: str = "md:myst,ipynb") -> str:
+    """The source of a chapter that runs code: the jupytext MyST front matter the
+    book's chapters carry (``formats`` as given), then ``body``."""
+    return _FRONT_MATTER.format(formats=formats) + body

@@ -13,21 +13,11 @@ from cccl_lite.course import (EXERCISE_MINUTES, EXPERIMENTS, MINUTES_PER_CELL, S
                               execution_record, session_table)
 from cccl_lite.exercises import EXERCISES
 
+from helpers import myst_chapter
+
 ROOT = Path(__file__).resolve().parent.parent
 
-CHAPTER = """\
----
-jupytext:
-  formats: md:myst,ipynb
-  text_representation:
-    extension: .md
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
-
+CHAPTER = myst_chapter("""
 # 1. A chapter
 
 one two three four five
@@ -61,7 +51,7 @@ eight
 ```{code-cell} ipython3
 y = 2
 ```
-"""
+""")
 
 
 def test_counts_and_minutes_of_a_hand_made_chapter(tmp_path):

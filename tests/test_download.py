@@ -9,15 +9,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import socket
 import subprocess
 import sys
-import threading
 import types
 import urllib.parse
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,8 @@ import pytest
 
 import cccl_lite.data.download as dl
 from cccl_lite.data.download import DownloadError, KnownFile, Source, download, fetch
+
+from helpers import local_server, no_proxies, send_range
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = bytes(range(256)) * 40 + b"the end"  # 10247 bytes
@@ -75,22 +75,10 @@ class Handler(BaseHTTPRequestHandler):
         if name not in srv.files:
             self.send_error(404)
             return
-        data = srv.files[name]
-        rng = self.headers.get("Range")
-        if rng and not self.path.startswith("/norange/"):
-            start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            body = data[start:]
-        else:
-            self.send_response(200)
-            body = data
+        sent = send_range(self, srv.files[name], honour_range=not self.path.startswith("/norange/"))
+        if sent is None:  # a 416: the whole file is there already
+            return
+        body = sent[0]
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.path.startswith("/short/") and getattr(srv, "short", True):
@@ -114,27 +102,16 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(autouse=True)
 def no_proxy(monkeypatch):
-    # A proxy from the environment must not see requests meant for 127.0.0.1.
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
-                "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    no_proxies(monkeypatch)
 
 
 @pytest.fixture
 def server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.files = {"file.bin": DATA, "scan.zip": ZIP}
-    srv.pages = {"page.bin": HTML, "quota": HTML}  # names and Drive ids that get HTML
-    srv.drive = {"GOODID": "scan.zip"}  # Drive file ids that lead to a file
-    srv.log = []
-    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
+    with local_server(Handler, files={"file.bin": DATA, "scan.zip": ZIP},
+                      # names and Drive ids that get HTML
+                      pages={"page.bin": HTML, "quota": HTML},
+                      drive={"GOODID": "scan.zip"}) as srv:  # Drive ids that lead to a file
+        yield srv
 
 
 def closed_port_url() -> str:

@@ -16,23 +16,12 @@ from cccl_lite.exercises import solution_code
 from cccl_lite.grade import WRITTEN, exercise_cells, grade_submissions
 from cccl_lite.student import make_student_edition
 
+from helpers import myst_chapter
+
 # A chapter with two checked exercises (their labels are registered for
 # 01_task and 09_flickr30k; the file is named 01_task so ex-recall is the one
 # the registry expects) and one written exercise.
-CHAPTER = textwrap.dedent('''\
-    ---
-    jupytext:
-      formats: md:myst,ipynb
-      text_representation:
-        extension: .md
-        format_name: myst
-        format_version: 0.13
-    kernelspec:
-      display_name: Python 3
-      language: python
-      name: python3
-    ---
-
+CHAPTER = myst_chapter(textwrap.dedent('''
     # 1. A small chapter
 
     ```{code-cell} ipython3
@@ -78,7 +67,7 @@ CHAPTER = textwrap.dedent('''\
     ```{code-cell} ipython3
     print("the end")
     ```
-    ''')
+    '''))
 
 WRONG_RECALL = "def my_recall(sims):\n    return {k: 0.0 for k in ('i2t_r1', 'i2t_r5', " \
                "'i2t_r10', 't2i_r1', 't2i_r5', 't2i_r10', 'rsum')}\n"

@@ -34,7 +34,7 @@ from cccl_lite.files import OutputError, RunLock, remove_stale_temps
 from cccl_lite.data.text import simple_tokenize
 from cccl_lite.train import Trainer, load_checkpoint, train
 
-from helpers import quick, small_config, write_scan
+from helpers import one_error_line, quick, small_config, write_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,17 +48,6 @@ def _script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _one_error_line(capsys, *needles):
-    """stderr holds exactly one line, an error, containing every needle."""
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert "error" in lines[0] and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def _dead_pid() -> int:
@@ -243,11 +232,11 @@ def test_ablate_never_touches_the_books_table(tiny_words_h5, tmp_path, monkeypat
 
     # Other settings never replace a results file without --overwrite ...
     assert main([*args[:6], "2", *args[7:]]) == 1
-    _one_error_line(capsys, str(out / "ablations.json"), "--overwrite")
+    one_error_line(capsys, str(out / "ablations.json"), "--overwrite")
     assert json.loads((out / "ablations.json").read_text()) == written
     # ... nor does a results file given explicitly.
     assert main([*args, "--results", str(book)]) == 1
-    _one_error_line(capsys, "--overwrite")
+    one_error_line(capsys, "--overwrite")
     assert book.read_text() == '{"rows": ["the committed table"]}\n'
 
 
@@ -259,13 +248,13 @@ def test_make_synthetic_never_replaces_a_file_without_overwrite(tmp_path, capsys
     precious = tmp_path / "f30k.h5"
     precious.write_bytes(b"a converted Flickr30K file")
     assert script.main(["--out", str(precious), "--size", "tiny"]) == 1
-    _one_error_line(capsys, str(precious), "--overwrite")
+    one_error_line(capsys, str(precious), "--overwrite")
     assert precious.read_bytes() == b"a converted Flickr30K file"
     assert script.main(["--out", str(precious), "--size", "tiny", "--overwrite"]) == 0
     check_file(precious).close()
     capsys.readouterr()
     assert script.main(["--out", str(tmp_path), "--size", "tiny"]) == 1  # a folder
-    _one_error_line(capsys, "is a folder")
+    one_error_line(capsys, "is a folder")
 
 
 # ---- 4: no pickle from data files ------------------------------------------------
@@ -435,7 +424,7 @@ def test_an_empty_checkpoint_is_one_clear_line(tmp_path, capsys, tiny_words_h5):
     with pytest.raises(errors.InputError, match="empty file"):
         load_checkpoint(empty)
     assert main(["evaluate", "--checkpoint", str(empty), "--data", str(tiny_words_h5)]) == 1
-    _one_error_line(capsys, str(empty), "empty")
+    one_error_line(capsys, str(empty), "empty")
 
 
 def test_resume_from_a_best_pt_is_one_clear_line(tiny_words_h5, run_dir, tmp_path):
@@ -451,7 +440,7 @@ def test_out_under_a_file_is_one_clear_line(tiny_words_h5, tmp_path, capsys):
     a_file.write_text("x")
     assert main(["train", "--data", str(tiny_words_h5), "--out", str(a_file / "run"),
                  "--max-steps", "1", "--quiet", "--epochs", "1", "--batch-size", "8"]) == 1
-    _one_error_line(capsys, str(a_file), "is a file")
+    one_error_line(capsys, str(a_file), "is a file")
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
@@ -463,7 +452,7 @@ def test_a_read_only_out_is_one_clear_line(tiny_words_h5, tmp_path, capsys):
     try:
         assert main(["train", "--data", str(tiny_words_h5), "--out", str(ro), "--max-steps", "1",
                      "--quiet", "--epochs", "1", "--batch-size", "8"]) == 1
-        _one_error_line(capsys, str(ro), "not writable")
+        one_error_line(capsys, str(ro), "not writable")
     finally:
         ro.chmod(0o700)
 
@@ -478,11 +467,11 @@ def test_save_sims_to_a_folder_fails_before_scoring(run_dir, tiny_words_h5, tmp_
     monkeypatch.setattr(evaluate, "evaluate_split", no_scoring)
     base = ["evaluate", "--checkpoint", str(run_dir / "best.pt"), "--data", str(tiny_words_h5)]
     assert main([*base, "--save-sims", str(tmp_path)]) == 1
-    _one_error_line(capsys, str(tmp_path), "is a folder")
+    one_error_line(capsys, str(tmp_path), "is a folder")
     existing = tmp_path / "sims.npy"
     existing.write_bytes(b"an earlier result")
     assert main([*base, "--save-sims", str(existing)]) == 1
-    _one_error_line(capsys, str(existing), "--overwrite")
+    one_error_line(capsys, str(existing), "--overwrite")
     assert existing.read_bytes() == b"an earlier result"
     monkeypatch.undo()
     assert main([*base, "--save-sims", str(existing), "--overwrite"]) == 0
@@ -496,7 +485,7 @@ def test_download_dest_under_a_file_is_one_clear_line(tmp_path, capsys):
     a_file.write_text("x")
     script = _script("download")
     assert script.main(["karpathy_splits", "--dest", str(a_file / "sub")]) == 1
-    _one_error_line(capsys, str(a_file), "is a file")
+    one_error_line(capsys, str(a_file), "is a file")
 
 
 def _copy_h5(src, dst, edit):
@@ -547,7 +536,7 @@ def test_train_refuses_bad_numbers_in_one_line(option, value, tiny_words_h5, tmp
     out = tmp_path / "run"
     code = main(["train", "--data", str(tiny_words_h5), "--out", str(out), option, value])
     assert code == 2
-    _one_error_line(capsys, option, value)
+    one_error_line(capsys, option, value)
     assert not out.exists()
 
 
@@ -557,7 +546,7 @@ def test_train_refuses_bad_numbers_in_one_line(option, value, tiny_words_h5, tmp
                                   ["diagnose", "--results", "r.json", "--seed", "-3"]])
 def test_other_commands_refuse_bad_numbers_in_one_line(argv, tiny_words_h5, capsys):
     assert main([*argv, "--data", str(tiny_words_h5)]) == 2
-    _one_error_line(capsys, argv[-2])
+    one_error_line(capsys, argv[-2])
 
 
 # ---- 10: temp files of killed writers are cleaned up -----------------------------------
@@ -616,7 +605,7 @@ def test_a_random_bytes_checkpoint_never_advises_weights_only_false(tmp_path, ca
     assert "weights_only" not in str(e.value) and "False" not in str(e.value)
     assert str(junk) in str(e.value)
     assert main(["evaluate", "--checkpoint", str(junk), "--data", str(tiny_words_h5)]) == 1
-    line = _one_error_line(capsys, str(junk))
+    line = one_error_line(capsys, str(junk))
     assert "weights_only" not in line
 
 
@@ -642,7 +631,7 @@ def test_every_data_script_is_a_command_of_the_package(tmp_path, capsys):
     assert via_command.read_bytes() == via_script.read_bytes()
     capsys.readouterr()
     assert main(["make-synthetic", "--out", str(via_command), "--size", "tiny"]) == 1
-    line = _one_error_line(capsys, str(via_command), "--overwrite")
+    line = one_error_line(capsys, str(via_command), "--overwrite")
     assert line.startswith("make-synthetic: error: ")
 
 

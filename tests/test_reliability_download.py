@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+
+from helpers import local_server, no_proxies, send_range
 
 
 # ---- #10 a download cut short with no Content-Length, #11 a resume from another mirror --
@@ -34,21 +34,10 @@ class _Mirrors(BaseHTTPRequestHandler):
         parts = urllib.parse.urlsplit(self.path).path.strip("/").split("/")
         data = {"a": A_BYTES, "b": B_BYTES}[parts[0]]
         mode = set(parts[1].split("-")) if len(parts) == 3 else set()
-        rng = self.headers.get("Range")
-        if rng and "norange" not in mode:
-            start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            body, whole = data[start:], False
-        else:
-            self.send_response(200)
-            body, whole = data, True
+        sent = send_range(self, data, honour_range="norange" not in mode)
+        if sent is None:  # a 416: the whole file is there already
+            return
+        body, whole = sent
         if "nolen" not in mode:
             self.send_header("Content-Length", str(len(body)))
         self.send_header("Connection", "close")
@@ -62,19 +51,9 @@ class _Mirrors(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def mirrors(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
-                "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Mirrors)
-    srv.log = []
-    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
+    no_proxies(monkeypatch)
+    with local_server(_Mirrors) as srv:
+        yield srv
 
 
 def test_a_download_cut_short_without_content_length_is_not_kept(mirrors, tmp_path):

@@ -21,22 +21,11 @@ from cccl_lite.cli import main
 from cccl_lite.errors import InputError
 from cccl_lite.train import Trainer, train
 
-from helpers import quick, small_config
+from helpers import one_error_line, quick, small_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def _one_error_line(capsys, *needles):
-    """stderr holds exactly one line, an error, containing every needle."""
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert "error" in lines[0] and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +87,7 @@ def test_batch_size_one_is_refused_with_one_line(tiny_words_h5, tmp_path, capsys
     code = main(["train", "--data", str(tiny_words_h5), "--out", str(tmp_path / "r"),
                  "--batch-size", "1", "--epochs", "1", "--max-steps", "1", "--quiet"])
     assert code == 1
-    _one_error_line(capsys, "--batch-size", "1", "at least 2")
+    one_error_line(capsys, "--batch-size", "1", "at least 2")
     assert not (tmp_path / "r" / "log.jsonl").exists()
 
 
@@ -154,7 +143,7 @@ def test_ship_refuses_data_the_run_was_not_trained_on(run_dir, tmp_path, capsys)
     code = main(["ship", "--run-dir", str(run_dir), "--data", str(other),
                  "--folder", str(tmp_path / "assets"), "--name", "m"])
     assert code == 1
-    _one_error_line(capsys, "--data", str(other), "trained on")
+    one_error_line(capsys, "--data", str(other), "trained on")
     assert not (tmp_path / "assets" / "m.pt").exists()
 
 
@@ -181,7 +170,7 @@ def test_ship_on_bad_run_files_is_one_line(tiny_words_h5, run_dir, tmp_path, cap
     code = main(["ship", "--run-dir", str(run), "--data", str(tiny_words_h5),
                  "--folder", str(tmp_path / "assets"), "--name", "m"])
     assert code == 1
-    _one_error_line(capsys, str(run / name), needle)
+    one_error_line(capsys, str(run / name), needle)
     assert not (tmp_path / "assets").exists() or not any((tmp_path / "assets").iterdir())
 
 
@@ -288,7 +277,7 @@ def test_a_hand_edited_ablate_results_file_is_one_line(tiny_words_h5, tmp_path, 
                  "--results", str(results), "--epochs", "1", "--max-steps", "1",
                  "--seeds", "1"])
     assert code == 1
-    _one_error_line(capsys, str(results), needle)
+    one_error_line(capsys, str(results), needle)
 
 
 @pytest.mark.parametrize("rows, needle", [
@@ -307,7 +296,7 @@ def test_a_hand_edited_diagnose_results_file_is_one_line(tiny_words_h5, tmp_path
                  "--results", str(results), "--epochs", "1", "--max-steps", "1",
                  "--only", "reference"])
     assert code == 1
-    _one_error_line(capsys, str(results), needle)
+    one_error_line(capsys, str(results), needle)
 
 
 @pytest.mark.parametrize("command", ["ablate", "diagnose"])
@@ -319,7 +308,7 @@ def test_a_results_file_that_is_not_json_is_one_line(tiny_words_h5, tmp_path, ca
                  "--results", str(results), "--epochs", "1", "--max-steps", "1"]
                 + (["--seeds", "1"] if command == "ablate" else ["--only", "reference"]))
     assert code == 1
-    _one_error_line(capsys, str(results), "--overwrite")
+    one_error_line(capsys, str(results), "--overwrite")
     assert results.read_text() == '{"settings": '
 
 
@@ -358,7 +347,7 @@ def test_resume_from_a_damaged_last_pt_is_one_line_naming_it(tiny_words_h5, cli_
     _edited_checkpoint(run / "last.pt", run / "last.pt", edit)
     code = main(argv)
     assert code == 1
-    _one_error_line(capsys, str(run / "last.pt"), needle)
+    one_error_line(capsys, str(run / "last.pt"), needle)
 
 
 @pytest.mark.parametrize("edit, needle", [
@@ -371,7 +360,7 @@ def test_evaluate_a_damaged_checkpoint_is_one_line_naming_file_and_field(tiny_wo
     ckpt = _edited_checkpoint(run_dir / "best.pt", tmp_path / "best.pt", edit)
     code = main(["evaluate", "--checkpoint", str(ckpt), "--data", str(tiny_words_h5)])
     assert code == 1
-    _one_error_line(capsys, str(ckpt), needle)
+    one_error_line(capsys, str(ckpt), needle)
 
 
 def test_ship_into_a_folder_that_is_a_file_names_it(tiny_words_h5, run_dir, tmp_path, capsys):
@@ -380,7 +369,7 @@ def test_ship_into_a_folder_that_is_a_file_names_it(tiny_words_h5, run_dir, tmp_
     code = main(["ship", "--run-dir", str(run_dir), "--data", str(tiny_words_h5),
                  "--folder", str(folder), "--name", "m"])
     assert code == 1
-    line = _one_error_line(capsys, str(folder), "not a folder")
+    line = one_error_line(capsys, str(folder), "not a folder")
     assert "File exists" not in line
 
 
@@ -390,7 +379,7 @@ def test_an_unknown_config_or_ablation_names_its_option(tiny_words_h5, tmp_path,
     code = main(["train", "--data", str(tiny_words_h5), "--out", str(tmp_path / "r"),
                  flag, value])
     assert code == 1
-    _one_error_line(capsys, f"{flag} {value!r}" if flag == "--config" else flag, value)
+    one_error_line(capsys, f"{flag} {value!r}" if flag == "--config" else flag, value)
 
 
 # ---- found by this round's own attacks (tests/H6 notes) ----------------------------------
@@ -402,7 +391,7 @@ def test_ship_name_is_a_plain_file_name(tiny_words_h5, run_dir, tmp_path, capsys
     code = main(["ship", "--run-dir", str(run_dir), "--data", str(tiny_words_h5),
                  "--folder", str(folder), "--name", name])
     assert code == 1
-    _one_error_line(capsys, "--name")
+    one_error_line(capsys, "--name")
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert written == [], written
 
@@ -413,7 +402,7 @@ def test_diagnose_results_that_is_a_folder_is_named_as_such(tiny_words_h5, tmp_p
                  "--results", str(tmp_path / "results"), "--epochs", "1", "--only",
                  "reference"])
     assert code == 1
-    _one_error_line(capsys, str(tmp_path / "results"), "folder")
+    one_error_line(capsys, str(tmp_path / "results"), "folder")
 
 
 @pytest.mark.parametrize("key, value", [("embed_dim", "big"), ("use_mlp", "yes"),
@@ -424,7 +413,7 @@ def test_a_checkpoint_config_field_of_the_wrong_kind_is_named(tiny_words_h5, run
                               lambda c: c["config"].update({key: value}))
     code = main(["evaluate", "--checkpoint", str(ckpt), "--data", str(tiny_words_h5)])
     assert code == 1
-    _one_error_line(capsys, str(ckpt), f"'{key}'")
+    one_error_line(capsys, str(ckpt), f"'{key}'")
 
 
 def test_a_last_batch_of_one_pair_is_not_trained_on(tiny_words_h5, tmp_path, monkeypatch):

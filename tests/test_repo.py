@@ -12,6 +12,8 @@ import jupytext
 import pytest
 import yaml
 
+from helpers import myst_chapter
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Suffixes jupyter-book (sphinx-external-toc) tries for a ToC entry written
@@ -142,25 +144,13 @@ def test_notebook_pair_in_sync(md):
     assert not problems, f"{md.relative_to(ROOT)} is out of sync with its .ipynb:\n" + "\n".join(problems)
 
 
-MYST_NOTEBOOK = """\
----
-jupytext:
-  formats: ipynb,md:myst
-  text_representation:
-    extension: .md
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
-
+MYST_NOTEBOOK = myst_chapter("""
 # A chapter
 
 ```{code-cell} ipython3
 x = 1
 ```
-"""
+""", formats="ipynb,md:myst")
 
 
 def test_pair_check_detects_drift(tmp_path):
