@@ -66,6 +66,7 @@ from .model import LITE_CENTRE_SCALE
 from .errors import InputError, field as json_field, one_line
 from .files import check_output_file, shared_file, slug, write_text_atomic
 from .recipes import RECIPES, recipe_options
+from .runtime import eval_mode
 from .train import best_record, read_log, train
 
 __all__ = ["Row", "ROWS", "ROW_BASE", "resolve_row", "hardest_true_rate", "baselines",
@@ -372,15 +373,12 @@ def reversed_relations(model, data, split: str = "test", tokenizer=None, encoder
         adjacency[b] = torch.from_numpy(heads_to_adjacency(h, size=longest))
     images = reader.images(reader.caption_image[own])
     captions = reader.captions(own)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         img = model.encode_images(images["regions"], images["positions"],
                                   images["region_mask"])
         f_own, b_own = model.score_pairs(img, model.encode_texts(
             captions["words"], captions["word_mask"], captions["word_adjacency"]))
         f_rev, b_rev = model.score_pairs(img, model.encode_texts(words, mask, adjacency))
-    model.train(was_training)
 
     def stats(a, b):
         d = (a - b).double().numpy()

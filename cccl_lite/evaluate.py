@@ -15,7 +15,6 @@ book and benchmarks do.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from pathlib import Path
@@ -30,6 +29,7 @@ from .files import check_output_file, write_atomic
 from .metrics import (COCO_FOLDS, KEYS, PROTOCOLS, caption_layout, check_protocol,
                       protocol_recalls)
 from .model import CCCL
+from .runtime import eval_mode
 from .scoring import (TwoStageScores, _check_shortlist, cheap_scores, encode_all_images,
                       encode_all_texts, per_caption_scores, score_matrix, score_pairs,
                       two_stage_scores)
@@ -100,15 +100,6 @@ def _check_writable(path, overwrite: bool = True) -> None:
     check_output_file(path, overwrite, "score matrix (--save-sims)")
 
 
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
 
 def evaluate_split(model: CCCL, reader: SplitReader, device="cpu", batch_size: int = 256, *,
                    protocol: str | None = None, save_sims=None, amp: bool | None = None,
@@ -140,7 +131,7 @@ def evaluate_split(model: CCCL, reader: SplitReader, device="cpu", batch_size: i
             raise ValueError(NO_COCO1K_SHORTLIST)
     if save_sims is not None:
         _check_writable(save_sims)
-    with _eval_mode(model):
+    with eval_mode(model):
         images = encode_all_images(model, reader, batch_size, device, amp)
         texts = encode_all_texts(model, reader, batch_size, device, amp)
         if shortlist is None:
@@ -216,7 +207,7 @@ def retrieve(model: CCCL, reader: SplitReader, image: int | None = None,
         raise ValueError(f"shortlist ({shortlist}) must be >= k ({k}): only shortlisted "
                          f"candidates are ranked")
     owner = np.asarray(reader.caption_image)
-    with _eval_mode(model):
+    with eval_mode(model):
         if image is not None:
             image = _check_index(image, reader.n_images, "image", reader.split)
             images = encode_all_images(model, reader, 1, device, amp, indices=[image])

@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 
 __all__ = ["AMP_MODES", "POSITIVES", "BATCHINGS", "SELECTS", "SELECT_LABELS", "TrainOptions",
-           "RECIPES", "recipe_options", "lite_options", "paper_options", "Departure", "AS_PRINTED",
+           "RECIPES", "recipe_options", "lite_options", "Departure", "AS_PRINTED",
            "DEPARTURES", "departures"]
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -180,11 +180,6 @@ def lite_options(**options) -> TrainOptions:
     return recipe_options("lite", **options)
 
 
-def paper_options(**options) -> TrainOptions:
-    """The paper preset's recipe (:data:`RECIPES`), ``options`` on top."""
-    return recipe_options("paper", **options)
-
-
 def hardest_after_warmup_risk(warmup_epochs: int | None, coherence_weight: float,
                               coherence_reduction: str) -> str | None:
     """A warning when a run will switch to eq 33's hardest negatives with the
@@ -237,7 +232,8 @@ AS_PRINTED = {"grad_clip": None, "warmup_epochs": 0, "positives": "image", "batc
 DEPARTURES = (
     Departure("sizes", ("region_dim", "num_regions", "word_dim", "embed_dim", "sim_dim"),
               "the scenes' simulated detector gives 12 regions of 256-d features; d = P = 64 "
-              "trains on 2 CPU cores (chapter 7's sensitivity study varies P)",
+              "trains on 2 CPU cores (chapter 7's sensitivity study: twice the width P does not "
+              "do better here)",
               ("sensitivity.json", "P 128", "centre (P 64, λ 0.5)")),
     Departure("batch and schedule", ("batch_size", "epochs", "lr_decay_epoch"),
               "the budget: B = 32 and at most 10 epochs, the rate cut at epoch 7, on one "

@@ -8,6 +8,7 @@ bit for bit (see :mod:`cccl_lite.train`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import dataclass
@@ -17,7 +18,22 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["Dist", "resolve_device", "resolve_amp", "rng_states", "restore_rng", "seed_worker"]
+__all__ = ["Dist", "resolve_device", "resolve_amp", "rng_states", "restore_rng", "seed_worker",
+           "eval_mode"]
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """``model`` in eval mode inside the block (dropout off; nothing here uses
+    batch norm), then back in the mode it was in, also after an error: a
+    measurement in the middle of training must not leave the model in eval
+    mode, nor one of an eval-mode model switch it to training."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def _python_rng_state() -> list:
