@@ -49,10 +49,10 @@ from __future__ import annotations
 import base64
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from .errors import InputError
+from .files import write_atomic, write_text_atomic
 from .student import (ANSWER_LINE, SUFFIX, _STUDENT_NOTE, answer_placeholder,
                       chapter_sources, citation_labels, default_book_dir, myst_to_markdown,
                       reference_targets)
@@ -262,17 +262,8 @@ def _write_whole(nb, path: Path) -> None:
     """Write ``nb`` to ``path`` through a temporary file beside it: whole or not at all."""
     import nbformat
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            nbformat.write(nb, f)
-        umask = os.umask(0o022)  # mkstemp makes the file 0600; a notebook is 0666 - umask
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # A new file's permissions (0666 less the umask), as a notebook saved by hand.
+    write_atomic(path, lambda f: nbformat.write(nb, f), "w", encoding="utf-8")
 
 
 def make_edition(edition: str, out_dir, book_dir=None, chapters=None, overwrite: bool = False,
@@ -332,11 +323,7 @@ def sync_repository_url(root=None) -> list[Path]:
         else:
             new = _INSTALL_URL.sub(lambda m: m[1] + url, text)
         if new != text:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(new)
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-            os.replace(tmp, path)
+            write_text_atomic(new, path, encoding="utf-8", chmod=path.stat().st_mode & 0o777)
             changed.append(path)
     return changed
 

@@ -10,7 +10,8 @@ data scripts so that each follows them the same way:
   work is done, with one line naming the path.
 * **Nothing half-written under a final name**: writers write
   ``.NAME.tmp-PID`` in the same folder and rename it over ``NAME`` once
-  complete (:func:`temp_path`). A writer killed with ``kill -9`` cannot
+  complete, all through :func:`atomic_path` (or :func:`write_atomic`, for
+  a writer given an open file). A writer killed with ``kill -9`` cannot
   delete its temp file, so the next writer of the same ``NAME`` removes the
   temp files of processes that no longer run (:func:`remove_stale_temps`):
   the next run of the same command cleans up after the killed one.
@@ -40,7 +41,7 @@ except ImportError:  # pragma: no cover - not on the Linux CI
     fcntl = None
 
 __all__ = ["OutputError", "check_output_file", "check_output_dir", "temp_path",
-           "remove_stale_temps", "write_atomic", "write_text_atomic", "pid_alive", "RunLock",
+           "remove_stale_temps", "atomic_path", "write_atomic", "write_text_atomic", "pid_alive", "RunLock",
            "shared_file", "slug"]
 
 _TMP = ".tmp-"
@@ -102,29 +103,49 @@ def remove_stale_temps(path) -> list[Path]:
     return removed
 
 
-def write_atomic(path, write, mode: str = "wb") -> Path:
-    """Write ``path`` through its temp file (:func:`temp_path`), then rename it
-    over ``path``: ``path`` is either the old file or the complete new one,
-    never a part. ``write(f)`` writes to the open temp file (``mode``);
-    temp files of killed writers of ``path`` are removed first. Returns ``path``."""
+@contextlib.contextmanager
+def atomic_path(path, chmod: int | None = None):
+    """Yield the temp path of ``path`` (:func:`temp_path`) for the caller to
+    write in any way (h5py, a copy, ``open``); on leaving without an error,
+    rename it over ``path``: ``path`` is either the old file or the complete
+    new one, never a part. On any error (Ctrl-C included) the temp file is
+    removed and ``path`` is untouched. Temp files of killed writers of
+    ``path`` are removed first. ``chmod``: permission bits given to the temp
+    file before the rename (None: those it was created with, 0666 less the
+    umask for ``open`` and h5py). A caller that decides to keep the file
+    already at ``path`` deletes the temp file: then nothing is renamed."""
     path = Path(path)
     remove_stale_temps(path)
     tmp = temp_path(path)
     try:
-        with open(tmp, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        yield tmp
+        if tmp.exists():
+            if chmod is not None:
+                os.chmod(tmp, chmod)
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_atomic(path, write, mode: str = "wb", encoding: str | None = None,
+                 chmod: int | None = None) -> Path:
+    """Write ``path`` through its temp file (:func:`atomic_path`): ``write(f)``
+    writes to the open temp file (``mode``, ``encoding``: as for ``open``),
+    which is flushed to disk before the rename. Returns ``path``."""
+    path = Path(path)
+    with atomic_path(path, chmod) as tmp:
+        with open(tmp, mode, encoding=encoding) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
     return path
 
 
-def write_text_atomic(text: str, path) -> Path:
-    """``Path(path).write_text(text)``, atomically (:func:`write_atomic`)."""
-    return write_atomic(path, lambda f: f.write(text), "w")
+def write_text_atomic(text: str, path, encoding: str | None = None,
+                      chmod: int | None = None) -> Path:
+    """``Path(path).write_text(text, encoding)``, atomically (:func:`write_atomic`)."""
+    return write_atomic(path, lambda f: f.write(text), "w", encoding, chmod)
 
 
 def _first_file_above(folder: Path) -> Path | None:

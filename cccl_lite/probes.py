@@ -27,7 +27,6 @@ half:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -37,6 +36,7 @@ import torch
 
 from .data.grammar import noun_shape
 from .data.truth import parse_caption
+from .files import atomic_path
 
 __all__ = ["SIDES", "noun_sides", "linear_probe_accuracy", "word_side_probe", "position_share",
            "encoded_side_probe", "region_position_r2", "ORACLES", "write_oracle",
@@ -270,14 +270,14 @@ def write_oracle(src, dst, oracle: str = "side") -> Path:
     * "side+centre": both.
 
     Scenes, boxes, captions and truth are unchanged, so every metric reads the
-    copy as it reads ``src``. Written to a temporary name and renamed: a
-    killed run leaves no half-written ``dst``. Returns ``dst``.
+    copy as it reads ``src``. Written to a temporary name and renamed
+    (:func:`cccl_lite.files.atomic_path`): a killed run leaves no
+    half-written ``dst``. Returns ``dst``.
     """
     if oracle not in ORACLES:
         raise ValueError(f"write_oracle: oracle must be one of {ORACLES}, got {oracle!r}")
     src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(dst.name + ".tmp")
-    try:
+    with atomic_path(dst) as tmp:
         with h5py.File(src, "r") as f, h5py.File(tmp, "w") as g:
             for key, value in f.attrs.items():
                 g.attrs[key] = value
@@ -303,10 +303,6 @@ def write_oracle(src, dst, oracle: str = "side") -> Path:
                     scale = float(np.linalg.norm(feats[mask], axis=1).mean())
                     _append_columns(img, "features",
                                     np.stack([cx, cy], -1) * scale * mask[..., None])
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return dst
 
 

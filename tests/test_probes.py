@@ -190,7 +190,7 @@ def test_write_oracle_appends_the_halves(tiny_words_h5, tmp_path, oracle):
     import h5py
     from cccl_lite.probes import write_oracle
     dst = write_oracle(tiny_words_h5, tmp_path / "oracle.h5", oracle)
-    assert not (tmp_path / "oracle.h5.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["oracle.h5"]  # no temp file left
     shapes = {"circle", "square", "triangle", "diamond", "cross"}
     sides = {"left of": ("left", "right"), "right of": ("right", "left"),
              "above": ("above", "below"), "below": ("below", "above")}

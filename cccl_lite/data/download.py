@@ -72,7 +72,7 @@ from typing import Iterable, Sequence
 from tqdm import tqdm
 
 from ..errors import one_line
-from ..files import write_text_atomic
+from ..files import atomic_path, write_text_atomic
 from .sources import (DATASET_TAGS, KINDS, KNOWN_FILES, SCAN_NAMES, SCAN_SPLITS, KnownFile,
                       Source)
 
@@ -369,6 +369,9 @@ def download(urls: Sequence[str], dest, sha256: str | None = None, chunk: int = 
             _drop_part(part)
             raise DownloadError(f"{dest.name}: sha256 mismatch: expected {sha256.lower()}, got "
                                 f"{actual} (from {url}); the partial file was deleted")
+    # Not files.atomic_path: the .part is kept on purpose when a download stops
+    # (a rerun resumes it, from the mirror recorded beside it), where atomic_path
+    # would delete it; it gets its final name here, whole and checked.
     os.replace(part, dest)
     _origin_path(part).unlink(missing_ok=True)
     return dest
@@ -423,7 +426,7 @@ def _fetch_gdrive(source: Source, staging: Path, timeout: float, quiet: bool) ->
         # No usable name from the server (gdown fell back to the URL's last part):
         # the file id, with .zip when it is one.
         named = got.with_name(source.ref + (".zip" if zipfile.is_zipfile(got) else ""))
-        os.replace(got, named)
+        os.replace(got, named)  # a rename inside the staging folder: no final name yet
         got = named
     return got
 
@@ -537,6 +540,9 @@ def _fetch_source(source: Source, dest_dir: Path, timeout: float, quiet: bool) -
     if final.exists():
         raise _SourceFailed(f"{final} exists already and was not made by this source; move "
                             f"it away or use another --dest")
+    # A move, not a write: the staging folder keeps gdown's and Kaggle's partial
+    # files for a rerun to resume, and ``got`` (a file or a whole Drive folder)
+    # is complete and checked by now.
     os.replace(got, final)
     if got.is_relative_to(staging) and staging.exists() and not any(staging.iterdir()):
         staging.rmdir()
@@ -690,18 +696,14 @@ def extract_scan_files(sources: Sequence, dataset: str, out_dir, kinds=("feature
     written = []
     for name, (rel, opener) in sorted(found.items()):
         final = out_dir / name
-        tmp = out_dir / f".{name}.tmp-{os.getpid()}"
         try:
-            with opener() as fin, open(tmp, "wb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 22)
-            check_payload(tmp.with_name(name), None, head=_head(tmp))
-            if final.exists() and final.stat().st_size == tmp.stat().st_size:
-                tmp.unlink()
-            else:
-                os.replace(tmp, final)
+            with atomic_path(final) as tmp:
+                with opener() as fin, open(tmp, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 22)
+                check_payload(final, None, head=_head(tmp))
+                if final.exists() and final.stat().st_size == tmp.stat().st_size:
+                    tmp.unlink()  # the file there is kept: atomic_path renames nothing
         except _NotTheFile as e:
             raise DownloadError(f"{rel}: {e}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
         written.append(final)
     return written

@@ -110,18 +110,17 @@ def atomic_h5(path: str | os.PathLike, dataset: str, has_boxes: bool = True,
     checked (:func:`check_room`), so a full disk is an OSError, not a crash;
     a larger file is refused at once when the estimate does not fit.
     """
-    from ..files import remove_stale_temps, temp_path, write_atomic
+    from ..files import atomic_path, remove_stale_temps
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)  # a killed writer's temp file (issue 14)
+    remove_stale_temps(path)  # a killed writer's temp file (issue 14), before room is counted
     in_memory = expected_bytes is not None and expected_bytes <= IN_MEMORY_LIMIT
     if expected_bytes is not None and not in_memory:
         check_room(path, expected_bytes)
-    tmp = temp_path(path)
     kw = dict(driver="core", backing_store=False) if in_memory else {}
-    try:
-        with h5py.File(tmp, "w", **kw) as f:
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w", **kw) as f:  # in memory: nothing at tmp until written below
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["dataset"] = dataset
             f.attrs["has_boxes"] = bool(has_boxes)
@@ -132,15 +131,13 @@ def atomic_h5(path: str | os.PathLike, dataset: str, has_boxes: bool = True,
         if in_memory:
             check_room(path, len(image))  # the exact size, now that it is known
             try:
-                write_atomic(path, lambda out: out.write(image))
+                with open(tmp, "wb") as out:
+                    out.write(image)
+                    out.flush()
+                    os.fsync(out.fileno())
             except OSError as e:
                 raise _no_room(e.errno, f"{path}: cannot write it ({e.strerror or e}); nothing "
                                        f"was written") from None
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _final_name(filename: str) -> str:
