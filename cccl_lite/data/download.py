@@ -12,7 +12,7 @@ the original publisher's link any more: SCAN's
 ``scanproject.blob.core.windows.net`` has not answered since 2021 (see
 kuanghuei/SCAN issues 40, 45, 58).
 
-Why this module is longer than ~500 lines: it does one job, getting a file
+Why over 500 lines: it does one job, getting a file
 and proving it is the file, and its parts share that job's private state
 (the exceptions that say "try the next source", the staging folder, the
 manifest, the checks every path runs before a rename). The registry, the

@@ -10,7 +10,7 @@ need them: the data loader imports this module for :func:`heads_to_adjacency`.
 The cached word vectors are read back by
 :class:`cccl_lite.data.dataset.SplitReader` (``words="vectors"``).
 
-Why one module of ~580 lines: it does one job, a caption's words to the
+Why over 500 lines: it does one job, a caption's words to the
 model's text inputs (eqs 11-12 and 23), and both halves write into a schema
 file the same way (the splits to do, temporary datasets moved into place,
 :class:`ModelUnavailableError` for a missing model). The chapters import
