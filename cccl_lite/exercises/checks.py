@@ -17,7 +17,7 @@ from ..metrics import KEYS, recall_at_k
 from ..perceive import ContextPerceivedCell, masked_softmax
 from ..reason import ResidualGCN
 from ..visualize import rank_scores
-from .core import CheckResult, _check, _fail, _gen, _raised
+from .core import CheckResult, _check, _fail, _gen, _number, _raised
 
 
 # ---- eqs 1-7 -------------------------------------------------------------------
@@ -235,14 +235,9 @@ def check_feature_size(student: Callable) -> CheckResult:
     name = "feature size in GiB"
     for t, args in enumerate(cases):
         want = float(np.prod(args, dtype=np.float64)) / 2 ** 30
-        try:
-            got = student(*args)
-        except Exception as e:
-            return _raised(name, t, e)
-        try:
-            got = float(got)
-        except (TypeError, ValueError):
-            return _fail(name, t, f"expected a number, got {type(got).__name__}")
+        got, failed = _number(name, t, student, *args)
+        if failed is not None:
+            return failed
         if not np.isclose(got, want, rtol=1e-6):
             hint = ""
             if np.isclose(got, want * 2 ** 30 / 1e9, rtol=1e-6):
@@ -270,14 +265,9 @@ def check_pairwise_accuracy(student: Callable) -> CheckResult:
     name = "pairwise accuracy"
     for t, (own, negative) in enumerate(cases):
         want = pairwise_accuracy(own, negative)
-        try:
-            got = student(own.copy(), negative.copy())
-        except Exception as e:
-            return _raised(name, t, e)
-        try:
-            got = float(got)
-        except (TypeError, ValueError):
-            return _fail(name, t, f"expected a number, got {type(got).__name__}")
+        got, failed = _number(name, t, student, own.copy(), negative.copy())
+        if failed is not None:
+            return failed
         if not np.isclose(got, want, atol=1e-9):
             hint = ""
             if np.isclose(got * 100, want):

@@ -57,6 +57,20 @@ def _raised(name: str, trial: int, e: Exception) -> CheckResult:
     return _fail(name, trial, f"your function raised {type(e).__name__}: {e}")
 
 
+def _number(name: str, trial: int, student: Callable, *args) -> tuple[float, CheckResult | None]:
+    """``student(*args)`` as a float, for a checker whose answer is one number:
+    (value, None), or (nan, the failed result) when the call raised
+    (:func:`_raised`) or returned something ``float`` does not take."""
+    try:
+        got = student(*args)
+    except Exception as e:  # the reader's code: report, never crash the notebook
+        return float("nan"), _raised(name, trial, e)
+    try:
+        return float(got), None
+    except (TypeError, ValueError):
+        return float("nan"), _fail(name, trial, f"expected a number, got {type(got).__name__}")
+
+
 def _compare_values(name, trial, got, want, atol) -> CheckResult | None:
     if not isinstance(got, torch.Tensor):
         return _fail(name, trial, f"expected a torch.Tensor, got {type(got).__name__}")
