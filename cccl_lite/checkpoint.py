@@ -19,7 +19,7 @@ Expected failures raise :class:`cccl_lite.errors.InputError` (or the data
 layer's :class:`~cccl_lite.data.schema.SchemaError`): one line on the
 command line.
 
-Why one module of ~520 lines: every check a checkpoint passes before a
+Why over 500 lines: every check a checkpoint passes before a
 model is built from it (zip records, weight shapes against the config, the
 simulated detector of its data, issue 29) sits beside the one loader.
 """

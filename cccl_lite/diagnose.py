@@ -37,9 +37,11 @@ the same settings skips the rows it holds, so a study can span sessions and
 run as two processes (``--only``) of one thread each. A row is run at the
 study's seed (the settings' ``seed``) and, with ``seeds``, at others: such a
 record carries its ``seed`` and is its own entry of the same file, so the
-rows recorded at the study's seed stay valid. (Why one module of ~560 lines:
-the rows, the measures they record and the resumable runner are read
-together by chapter 11; splitting them would scatter one study.)
+rows recorded at the study's seed stay valid.
+
+Why over 500 lines: the rows, the measures they record and the resumable
+runner are read together by chapter 11; splitting them would scatter one
+study.
 """
 
 from __future__ import annotations

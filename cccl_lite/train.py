@@ -73,9 +73,10 @@ recipe :data:`RECIPES`) in :mod:`cccl_lite.recipes`; configs, checkpoints
 and the checks that they fit the data in :mod:`cccl_lite.checkpoint`; the
 collapse guard in :mod:`cccl_lite.collapse`; device, AMP, ranks and RNG
 states in :mod:`cccl_lite.runtime`; the command line in :mod:`cccl_lite.cli`.
-Their public names are importable from here too, as the book does. (This
-module runs past 500 lines for one class: the Trainer's loop, resume and
-checkpoint writing share its state, and the evidence above stays with it.)
+Their public names are importable from here too, as the book does.
+
+Why over 500 lines: one class, the Trainer, whose loop, resume and
+checkpoint writing share its state.
 
 Multi-GPU: ``torchrun --nproc_per_node=N -m cccl_lite train ...`` runs the
 same code under DistributedDataParallel (detected from RANK, WORLD_SIZE,
