@@ -1,12 +1,10 @@
 """The collapse guard: a warning (or a stop) when every score of a batch is the same.
 
-Issue 13: with eq 33's hardest negatives from scratch the lite model's
-scores went flat (every score nearly equal, L_t stuck at exactly 2·B·Δ).
-What collapses is the *scale* of the scores, not necessarily the ranking:
-chapter 11's diagnosis rows with eq 33 from the first step still rank the
-test set above chance (issue 28; "hardest, λ 0": test R@sum 137.4, chance
-about 16). :class:`CollapseGuard` watches each training batch for flat
-scores and says what it sees, not what recall is (chapter 6).
+With eq 33's hardest negatives from scratch the lite model's scores can go
+flat: every score nearly equal, L_t stuck at exactly 2·B·Δ. What collapses
+is the *scale* of the scores, not necessarily the ranking (chapter 11's
+diagnosis rows measure both). :class:`CollapseGuard` watches each training
+batch for flat scores and says what it sees, not what recall is (chapter 6).
 """
 
 from __future__ import annotations

@@ -149,18 +149,9 @@ class TrainOptions:
 # Each preset's training recipe: the TrainOptions it trains with unless told
 # otherwise (command line, lite_options). The paper's: Table 1 plus a one-epoch
 # warm-up (VSE∞'s). The lite one is what chapter 11's diagnosis measured on the
-# synthetic scenes: the sum over negatives (eq 33's hardest negatives from
-# scratch flatten the lite model's scores, and its recall falls well below the
-# sum's, though not to chance), a group's siblings in every batch (under a
-# shuffle 1.4 % of captions ever meet a binding or relation hard negative),
-# the scenes' truth as positives (a test caption is true of ~13 images), a
-# scene's siblings weighted 10-fold among the summed negatives (without that,
-# relations stay at chance even when the model can read both their halves),
-# and early stopping on the validation R@sum that counts the truth, the measure
-# its positives ask for (selected on the standard R@sum, one seed in three kept
-# its epoch-1 checkpoint, before relations were learnt). Data without scenes
-# (Flickr30K) needs --positives image --batching random --sibling-weight 1
-# --select rsum.
+# synthetic scenes; DEPARTURES below names each choice's reason and the rows that
+# measured it. Data without scenes (Flickr30K) needs --positives image
+# --batching random --sibling-weight 1 --select rsum.
 RECIPES = {
     "lite": {"warmup_epochs": None, "positives": "truth", "batching": "siblings",
              "patience": 3, "select": "truth_rsum", "sibling_weight": 10.0},

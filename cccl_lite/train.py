@@ -11,29 +11,13 @@ validation R@sum (eq 36) kept (or of the best truth-aware R@sum:
 One addition the paper does not print: the first ``warmup_epochs`` epochs
 (default 1; None = every epoch) use :func:`alignment_term_all_negatives`,
 the hinge summed over *every* negative of the batch, instead of eq 33's
-hardest negative, as VSE∞ does. On the synthetic scenes (``small``,
-lite, B = 32), from scratch, hardest negatives flatten the scores (every
-score nearly equal, L_t stuck at exactly 2·B·Δ). What collapses is the
-scale, not necessarily the ranking: chapter 11's recorded rows with eq 33
-from the first step still rank the test set above chance (test R@sum 23-137,
-"hardest, λ 0" 137.4, where a random ranking scores about 16), below the
-same rows with the sum over negatives. An earlier, unrecorded measurement
-(summed L_c, λ 0.5 unless said) saw L_t return to 2·B·Δ within one or two
-epochs after a warm-up, too: after one sum-over-negatives epoch at lr 5e-4,
-1.5e-4 or 5e-5, and with λ = 0 at 5e-4 (score spread 0.15 → 0.003 at
-1.5e-4; val R@sum 177.5 → 153-172), and after three at 5e-5 (val R@sum
-227.5 → 181.4), while the sum over negatives kept improving it (val R@sum
-177.5, 206.3, 227.5, 270.8, 288.0 over epochs 1-5). Issue 28 reports the
-opposite for λ = 0 (a 450-step warm-up, then eq 33, two seeds, no
-collapse); chapter 11's rows "warm-up 1, hardest, …" test both, recorded,
-with the in-batch win rate (``log.jsonl``'s ``win_rate``). So the lite preset's recipe
-(:data:`RECIPES`) uses the sum over negatives throughout, and the paper
-preset trains as VSE∞ does (one warm-up epoch, then eq 33). False negatives
-are not the cause: chapter 11's diagnosis (``python -m cccl_lite
-diagnose``) flattens the scores with eq 33 also when the scenes' truth
-marks every true match as a positive (``positives="truth"``); the
-collapse is in the encoders (the similarity vectors of all pairs become
-nearly the same), not in a saturated sigmoid.
+hardest negative, as VSE∞ does. What eq 33 does to the lite model on the
+synthetic scenes (from the first step, after a warm-up, at several batch
+sizes, with the in-batch win rate of ``log.jsonl``) is measured, not stated
+here: chapter 11's diagnosis and chapter 6's plateau study
+(``cccl_lite/results/diagnosis.json``, ``plateau.json``), and
+:data:`cccl_lite.recipes.DEPARTURES` names the rows behind the lite
+preset's choice of the sum over negatives.
 
 Not here: a lower learning rate for a fine-tuned text encoder (VSE∞'s 0.1×).
 The word vectors are cached in the data file (``encode_words.py``), so no
@@ -64,9 +48,7 @@ tensors, numbers, strings, lists and dicts, and load with
 run gives bit-identical weights to an uninterrupted one: the shuffle of
 epoch e depends only on (seed, e), and every RNG state is restored. (This
 needs the same thread count and math libraries: float sums in another
-order differ in the last bits. One of our runs on a busy machine differed
-from its repeats in the 4th digit of the loss, possibly MKL using fewer
-threads; the test therefore runs on one thread.)
+order differ in the last bits; the test therefore runs on one thread.)
 
 Where the rest lives: how to train (:class:`TrainOptions`, each preset's
 recipe :data:`RECIPES`) in :mod:`cccl_lite.recipes`; configs, checkpoints
