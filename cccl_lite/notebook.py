@@ -48,7 +48,7 @@ def default_data(size: str | None = None, seed: int = 0, words: bool = True) -> 
     ids: its chapters pass ``words=False`` and skip the encoding); where a GPU
     is present the encoding runs on it."""
     from .data.synthetic import make_synthetic
-    from .data.text import cache_word_vectors
+    from .data.vectors import cache_word_vectors
 
     size = size or ("tiny" if smoke() else "small")
     path = data_dir() / f"scenes-{size}-seed{seed}.h5"

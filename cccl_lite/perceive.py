@@ -11,7 +11,7 @@ Readings taken where the paper is ambiguous (the book's readings appendix,
 * eq 9's "six-tuple" is garbled; :func:`position_features` documents ours
   and offers CAMERA's beside it.
 * eqs 11-12 speak of *words*: BERT's WordPiece vectors are mean-pooled per
-  word before they reach :class:`TextualEmbedding` (see ``cccl_lite.data.text``).
+  word before they reach :class:`TextualEmbedding` (see ``cccl_lite.data.vectors``).
 """
 
 from __future__ import annotations

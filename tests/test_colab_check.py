@@ -129,13 +129,13 @@ def test_the_install_cell_is_the_only_change(tmp_path):
 def test_default_data_encodes_on_the_gpu_where_there_is_one(tmp_path, monkeypatch):
     import torch
 
-    import cccl_lite.data.text as text
+    import cccl_lite.data.vectors as vectors
     from cccl_lite import notebook
 
     monkeypatch.setenv("CCCL_DATA", str(tmp_path))
     monkeypatch.setenv("CCCL_SMOKE", "1")
     calls = []
-    monkeypatch.setattr(text, "cache_word_vectors", lambda path, **kw: calls.append(kw))
+    monkeypatch.setattr(vectors, "cache_word_vectors", lambda path, **kw: calls.append(kw))
     notebook.default_data(words=False)
     assert calls == []  # words=False: no encoder at all
     for cuda, device in ((False, "cpu"), (True, "cuda")):

@@ -168,7 +168,7 @@ def test_reversed_relations_scores_each_caption_against_its_reversal(tmp_path, i
     from cccl_lite.data.truth import parse_caption
     from cccl_lite.checkpoint import load_model
     from cccl_lite.pretrained import FIRST_RECIPE, NAME, checkpoint_path
-    from cccl_lite.data.text import cache_word_vectors, encode_words, load_encoder
+    from cccl_lite.data.vectors import cache_word_vectors, encode_words, load_encoder
     from cccl_lite.data.synthetic import make_synthetic
 
     path = make_synthetic(tmp_path / "tiny.h5", seed=2, size="tiny")
@@ -197,7 +197,7 @@ def test_reversed_relations_scores_each_caption_against_its_reversal(tmp_path, i
             keep.append(k)
             rev.append((words, heads))
     assert got["pairs"] == len(keep) > 0
-    from cccl_lite.data.text import heads_to_adjacency
+    from cccl_lite.data.parsing import heads_to_adjacency
     imgs = reader.images(reader.caption_image[keep])
     own = reader.captions(keep)
     m = max(len(w) for w, _ in rev)

@@ -343,7 +343,7 @@ def test_nan_data_are_refused_before_training(tiny_words_h5, tmp_path, capsys, f
 _KILLED_ENCODER = """
 import os, signal, sys, types
 import numpy as np
-from cccl_lite.data import text
+from cccl_lite.data import vectors
 calls = []
 def fake_encoder(encoder, device):
     return None, types.SimpleNamespace(config=types.SimpleNamespace(hidden_size=8))
@@ -352,7 +352,7 @@ def fake_encode(tokens, tokenizer, model, batch_size, device, start=0):
     if len(calls) == 3:  # the third split, test: killed like kill -9
         os.kill(os.getpid(), signal.SIGKILL)
     return [np.full((len(t), 8), len(calls), np.float32) for t in tokens]
-text.load_encoder, text.encode_words = fake_encoder, fake_encode
+vectors.load_encoder, vectors.encode_words = fake_encoder, fake_encode
 from cccl_lite.cli import main
 sys.exit(main(["encode-words", sys.argv[1]]))
 """

@@ -1,5 +1,6 @@
-"""cccl_lite.data.text, offline: word vectors pooled from WordPieces (eqs 11-12), stanza
-dependency graphs (eq 23), the HDF5 caches and the two data_scripts CLIs.
+"""cccl_lite.data.text, .vectors and .parsing, offline: word vectors pooled
+from WordPieces (eqs 11-12), stanza dependency graphs (eq 23), the HDF5 caches
+and the two data_scripts CLIs.
 
 Every expected value comes from an independent computation (the encoder run by
 hand on its own pieces, matrices and head lists worked out by hand), never from
@@ -23,12 +24,13 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from stanza.utils.conll import CoNLL  # noqa: E402
 
-from cccl_lite.data import SchemaError, atomic_h5, text, write_split  # noqa: E402
+from cccl_lite.data import SchemaError, atomic_h5, parsing, text, vectors, write_split  # noqa: E402
 from cccl_lite.data.dataset import SplitReader  # noqa: E402
-from cccl_lite.data.text import (DEFAULT_ENCODER_NAME, ModelUnavailableError,  # noqa: E402
-                                 align_heads, cache_word_vectors, dependency_adjacency,
-                                 encode_words, load_encoder, load_parser, parse_captions,
-                                 pool_word_pieces)
+from cccl_lite.data.parsing import (align_heads, dependency_adjacency, load_parser,  # noqa: E402
+                                    parse_captions)
+from cccl_lite.data.text import ModelUnavailableError  # noqa: E402
+from cccl_lite.data.vectors import (DEFAULT_ENCODER_NAME, cache_word_vectors,  # noqa: E402
+                                    encode_words, load_encoder, pool_word_pieces)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -285,7 +287,7 @@ def use_loaded_encoder(encoder, monkeypatch):
         calls.append(name_or_path)
         return encoder
 
-    monkeypatch.setattr(text, "load_encoder", fake_load)
+    monkeypatch.setattr(vectors, "load_encoder", fake_load)
     return calls
 
 
@@ -319,7 +321,7 @@ def test_cache_word_vectors(tmp_path, encoder, use_loaded_encoder):
 def test_interrupted_cache_leaves_nothing_and_rerun_succeeds(tmp_path, encoder,
                                                              use_loaded_encoder, monkeypatch):
     path = write_file(tmp_path / "d.h5")
-    real = text.encode_words
+    real = vectors.encode_words
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -328,7 +330,7 @@ def test_interrupted_cache_leaves_nothing_and_rerun_succeeds(tmp_path, encoder,
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(text, "encode_words", interrupted)
+    monkeypatch.setattr(vectors, "encode_words", interrupted)
     with pytest.raises(KeyboardInterrupt):
         cache_word_vectors(path, splits=["train"], batch_size=1)
     assert len(calls) == 2
@@ -338,7 +340,7 @@ def test_interrupted_cache_leaves_nothing_and_rerun_succeeds(tmp_path, encoder,
     # A run killed harder leaves temporaries behind: the next run clears them.
     with h5py.File(path, "r+") as f:
         f["train/captions"].create_dataset(".word_vectors.tmp", data=np.zeros((2, 2)))
-    monkeypatch.setattr(text, "encode_words", real)
+    monkeypatch.setattr(vectors, "encode_words", real)
     assert cache_word_vectors(path, splits=["train"]) == {"train": True}
     with h5py.File(path) as f:
         assert sorted(f["train/captions"]) == ["image", "text", "tokens", "word_offsets",
@@ -349,7 +351,7 @@ def test_interrupted_cache_leaves_nothing_and_rerun_succeeds(tmp_path, encoder,
         before = f["train/captions/word_vectors"][:]
     # An interrupted overwrite keeps the old, complete cache.
     calls.clear()
-    monkeypatch.setattr(text, "encode_words", interrupted)
+    monkeypatch.setattr(vectors, "encode_words", interrupted)
     with pytest.raises(KeyboardInterrupt):
         cache_word_vectors(path, splits=["train"], batch_size=1, overwrite=True)
     with h5py.File(path) as f:
@@ -383,7 +385,7 @@ def test_parse_captions_writes_hand_checked_heads(tmp_path, monkeypatch):
     captions = ["a dog runs", "i don't know", "voy al mercado"]
     path = write_file(tmp_path / "d.h5", splits=(("train", captions), ("val", captions[:1])))
     fake = FakeParser()
-    monkeypatch.setattr(text, "load_parser", lambda *a, **k: fake)
+    monkeypatch.setattr(parsing, "load_parser", lambda *a, **k: fake)
     assert parse_captions(path, batch_size=2) == {"train": True, "val": True}
     assert fake.batches == [2, 1, 1]
     with h5py.File(path) as f:
@@ -422,3 +424,16 @@ def test_cli_missing_file_one_line_exit_1(script, tmp_path):
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in run.stderr
     assert str(missing) in lines[0] and "no such file" in lines[0]
+
+
+def test_the_halves_names_are_importable_from_text():
+    """The chapters and the command line import both halves from
+    cccl_lite.data.text: every public name of each half is there, as the
+    half's own object (so a patch of the half is what they call); no other."""
+    for half in (vectors, parsing):
+        for name in half.__all__:
+            assert getattr(text, name) is getattr(half, name), name
+    assert sorted(text.__all__) == sorted(["simple_tokenize", "ModelUnavailableError",
+                                           *vectors.__all__, *parsing.__all__])
+    with pytest.raises(AttributeError, match="no_such_name"):
+        text.no_such_name

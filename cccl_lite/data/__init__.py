@@ -5,8 +5,9 @@ The schema is documented in :mod:`cccl_lite.data.schema`. The synthetic
 scenes: ``synthetic`` writes the file from ``grammar`` (the captions' words,
 templates and meaning), ``layout`` (scenes and region boxes), ``features``
 (the simulated detector) and ``captions`` (which captions each image gets);
-``truth`` and ``difficulty`` read them back. ``text`` turns captions into
-word vectors and dependency heads; ``dataset`` reads a split in batches;
+``truth`` and ``difficulty`` read them back. ``text`` splits captions into
+words, ``vectors`` turns them into word vectors and ``parsing`` into
+dependency heads; ``dataset`` reads a split in batches;
 ``precomp``, ``tsv`` and ``download`` (with its registry,
 ``sources``) bring in Flickr30K and COCO.
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..perceive import POSITION_TUPLES, position_features
-from .text import heads_to_adjacency
+from .parsing import heads_to_adjacency
 from .schema import SchemaError, check_file
 
 __all__ = ["build_vocab", "word_ids", "SplitReader", "CaptionDataset", "collate", "model_inputs",
