@@ -41,8 +41,8 @@ except ImportError:  # pragma: no cover - not on the Linux CI
     fcntl = None
 
 __all__ = ["OutputError", "check_output_file", "check_output_dir", "temp_path",
-           "remove_stale_temps", "atomic_path", "write_atomic", "write_text_atomic", "pid_alive", "RunLock",
-           "shared_file", "slug"]
+           "remove_stale_temps", "atomic_path", "write_atomic", "write_text_atomic", "pid_alive",
+           "RunLock", "shared_file", "slug"]
 
 _TMP = ".tmp-"
 
