@@ -329,7 +329,7 @@ def reversed_relations(model, data, split: str = "test", tokenizer=None, encoder
     (:func:`cccl_lite.data.synthetic.build_caption`, with its gold heads),
     kept when it is false of that image, encoded with the same word encoder
     (MiniLM by default: ``tokenizer``, ``encoder`` from
-    :func:`cccl_lite.data.text.load_encoder`; for a model that reads word ids,
+    :func:`cccl_lite.data.vectors.load_encoder`; for a model that reads word ids,
     its training ``vocab``), and both are scored against the image. Returns {"pairs": n, "F": stats, "S", "O", "R": stats of each
     branch}, stats = {"wins": % of pairs where the true caption scores
     higher, "mean": mean difference, "mean_abs": mean |difference|}: a model
@@ -337,7 +337,8 @@ def reversed_relations(model, data, split: str = "test", tokenizer=None, encoder
     """
     from .data.synthetic import build_caption, caption_holds
     from .data.truth import parse_caption
-    from .data.text import encode_words, heads_to_adjacency, load_encoder
+    from .data.parsing import heads_to_adjacency
+    from .data.vectors import encode_words, load_encoder
 
     config = config or model.config
     if not config.use_bert and vocab is None:

@@ -88,7 +88,7 @@ def add_encode_words(p) -> None:
 
 
 def run_encode_words(args, prog: str) -> int:
-    from ..data.text import cache_word_vectors
+    from ..data.vectors import cache_word_vectors
 
     code, done = run_script(prog, lambda: cache_word_vectors(
         args.file, encoder=args.encoder, batch_size=args.batch_size, device=args.device,
@@ -112,7 +112,7 @@ def add_parse(p) -> None:
 
 
 def run_parse(args, prog: str) -> int:
-    from ..data.text import parse_captions
+    from ..data.parsing import parse_captions
 
     # The parser is loaded only if some split needs parsing.
     code, done = run_script(prog, lambda: parse_captions(

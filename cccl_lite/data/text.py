@@ -12,9 +12,7 @@ vectors from a BERT-family encoder, eqs 11-12) and
 W^D, eq 23). Both write into a schema file the same way, with what this
 module holds: the splits to do, datasets dropped before they are replaced,
 and :class:`ModelUnavailableError` for a model that is not installed.
-Their public names can be imported from here too, as the chapters and the
-command line do; they are loaded on first use, so that the converters,
-which need only :func:`simple_tokenize`, do not import them.
+Each half's names are imported from the half itself.
 """
 
 from __future__ import annotations
@@ -24,13 +22,7 @@ import unicodedata
 
 from .schema import SPLITS, SchemaError, check_file
 
-# The halves' public names, importable from here (loaded on first use: __getattr__).
-_VECTORS = ("DEFAULT_ENCODER_NAME", "PAPER_ENCODER_NAME", "default_encoder_path", "load_encoder",
-            "pool_word_pieces", "encode_words", "cache_word_vectors")
-_PARSING = ("heads_to_adjacency", "dependency_adjacency", "align_heads", "load_parser",
-            "parse_heads", "parse_captions")
-
-__all__ = ["simple_tokenize", "ModelUnavailableError", *_VECTORS, *_PARSING]
+__all__ = ["simple_tokenize", "ModelUnavailableError"]
 
 # A word: letters and digits of any script (\w without "_"), optionally an
 # apostrophe and letters ("dog's"). Unicode-aware, so that "café", "São
@@ -78,16 +70,3 @@ def _splits_of(path, splits) -> list[str]:
         if s not in present:
             raise SchemaError(f"{path}: no split {s!r}; the file has {present}")
     return splits
-
-
-def __getattr__(name: str):
-    """The halves' public names (``from cccl_lite.data.text import load_encoder``),
-    imported on first use. Patch a name in the module that defines it: a
-    function there calls its neighbours through that module, not this one."""
-    if name in _VECTORS:
-        from . import vectors as half
-    elif name in _PARSING:
-        from . import parsing as half
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(half, name)
