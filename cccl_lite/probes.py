@@ -37,6 +37,7 @@ import torch
 from .data.grammar import noun_shape
 from .data.truth import parse_caption
 from .files import atomic_path
+from .runtime import eval_mode
 
 __all__ = ["SIDES", "noun_sides", "linear_probe_accuracy", "word_side_probe", "position_share",
            "encoded_side_probe", "region_position_r2", "ORACLES", "write_oracle",
@@ -162,11 +163,9 @@ def position_share(model, reader, batch_size: int = 256) -> float:
     mean_pos = positions[mask].mean(0).expand_as(positions)
     visual_cpc, visual.cpc = visual.cpc, None  # the fused embedding, before the CPC
     try:
-        was = visual.training
-        visual.eval()
-        own = visual(regions, positions)[mask]
-        nowhere = visual(regions, mean_pos)[mask]
-        visual.train(was)
+        with eval_mode(visual):
+            own = visual(regions, positions)[mask]
+            nowhere = visual(regions, mean_pos)[mask]
     finally:
         visual.cpc = visual_cpc
     return 100.0 * float((own - nowhere).norm(dim=-1).mean() / own.norm(dim=-1).mean())
@@ -199,13 +198,9 @@ def encoded_side_probe(model, train_reader, test_reader, limit: int | None = 600
     captions of ``train_reader`` (the probe's training set). Returns the
     same dict as :func:`word_side_probe`.
     """
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         x, y = _encoded_nouns(model, train_reader, limit)
         xt, yt = _encoded_nouns(model, test_reader, None)
-    finally:
-        model.train(was)
     return _side_report(x, y, xt, yt)
 
 
@@ -224,10 +219,8 @@ def region_position_r2(model, reader, batch_size: int = 256) -> dict:
     after the CPC): {"x": R², "y": R²} on held-out regions (every other image
     fits the line, the rest test it). 1: V holds where a region is; 0: it does not.
     """
-    was = model.training
-    model.eval()
     vs, centres, image_of = [], [], []
-    try:
+    with eval_mode(model):
         for start in range(0, reader.n_images, batch_size):
             idx = np.arange(start, min(start + batch_size, reader.n_images))
             b = reader.images(idx)
@@ -239,8 +232,6 @@ def region_position_r2(model, reader, batch_size: int = 256) -> dict:
             centres.append(np.c_[(boxes[:, 0] + boxes[:, 2]) / 2 / size[:, 0],
                                  (boxes[:, 1] + boxes[:, 3]) / 2 / size[:, 1]])
             image_of.append(np.repeat(idx, mask.sum(1).numpy()))
-    finally:
-        model.train(was)
     v, centre, image_of = np.concatenate(vs), np.concatenate(centres), np.concatenate(image_of)
     fit = image_of % 2 == 0
     return {"x": _r2(v, centre[:, 0], fit), "y": _r2(v, centre[:, 1], fit)}
@@ -340,11 +331,9 @@ def pair_accuracy(own, other) -> dict:
 
 @torch.no_grad()
 def _eval_pairs(model, reader, pairs, batch_size: int = 300) -> dict:
-    was = model.training
-    model.eval()
-    parts = [sibling_pair_scores(model, reader, pairs[s:s + batch_size])
-             for s in range(0, len(pairs), batch_size)]
-    model.train(was)
+    with eval_mode(model):
+        parts = [sibling_pair_scores(model, reader, pairs[s:s + batch_size])
+                 for s in range(0, len(pairs), batch_size)]
 
     def cat(i, b=None):
         xs = [p[i][0] if b is None else p[i][1][b] for p in parts]
