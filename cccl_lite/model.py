@@ -149,8 +149,8 @@ class CCCLConfig:
     def lite(cls, **overrides) -> "CCCLConfig":
         """Sized for 2 CPU cores: the synthetic scenes' 256-d region features,
         12 regions, d = P = 64, B = 32; lr 5e-4 for 7 epochs, then 5e-5, at
-        most 10 epochs (the recipe stops earlier when validation stops
-        improving: ``cccl_lite.train.RECIPES``). Three choices that chapter 11's
+        most 30 epochs, a cap the recipe's early stopping ends runs well
+        before (``cccl_lite.recipes.RECIPES``; chapter 6's plateau study). Three choices that chapter 11's
         diagnosis measured on the scenes, each a documented departure:
 
         * L_c divided by B ("per_item"): the coherence term that does not
@@ -164,7 +164,7 @@ class CCCLConfig:
         ``word_dim`` 384 is then the Bi-GRU's width (MiniLM's, for
         ``use_bert=True``)."""
         base = dict(region_dim=256, num_regions=12, word_dim=384, embed_dim=64,
-                    sim_dim=64, batch_size=32, lr=5e-4, epochs=10, lr_decay_epoch=7,
+                    sim_dim=64, batch_size=32, lr=5e-4, epochs=30, lr_decay_epoch=7,
                     coherence_reduction="per_item", use_bert=False,
                     centre_scale=LITE_CENTRE_SCALE)
         return cls(**{**base, **overrides})
