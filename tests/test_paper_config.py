@@ -85,8 +85,10 @@ def test_train_cli_refuses_dataset_with_lite_in_one_line(tiny_words_h5, tmp_path
 
 @pytest.mark.parametrize("flags, warned", [
     ([], True),                                       # the printed loss after one warm-up epoch
-    (["--coherence-reduction", "per_item"], False),   # trained in the diagnosis
-    (["--coherence-weight", "0"], False),             # trained in the diagnosis
+    # L_c per item: flattened at the paper's B = 128, trained at B = 32
+    (["--coherence-reduction", "per_item"], True),
+    (["--coherence-reduction", "per_item", "--batch-size", "32"], False),
+    (["--coherence-weight", "0"], False),             # trained in the diagnosis (B = 32)
     (["--warmup-epochs", "all"], False),              # never switches to eq 33
 ])
 def test_train_paper_warns_before_it_starts_when_the_switch_risks_the_collapse(
@@ -98,4 +100,4 @@ def test_train_paper_warns_before_it_starts_when_the_switch_risks_the_collapse(
     err = capsys.readouterr().err
     assert ("warm-up 1, hardest" in err) == warned, err
     if warned:
-        assert "--coherence-reduction per_item" in err and err.count("\n") == 1
+        assert "--warmup-epochs all" in err and err.count("\n") == 1

@@ -166,7 +166,7 @@ def run_train(args) -> int:
                              stop_on_collapse=args.stop_on_collapse)
     trainer = train.Trainer(config, args.data, args.out, options)  # checks the data first
     risk = hardest_after_warmup_risk(options.warmup_epochs, config.coherence_weight,
-                                     config.coherence_reduction)
+                                     config.coherence_reduction, config.batch_size)
     if risk and not args.resume:
         print(risk, file=sys.stderr)  # before the run starts, not after an epoch of it
     best = trainer.fit()
