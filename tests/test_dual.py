@@ -165,3 +165,16 @@ def test_the_study_writes_its_rows_resumes_and_ships_a_loadable_checkpoint(
     # A rerun with the same settings trains nothing for a seed it holds.
     monkeypatch.setattr(dual_study, "run_seed", lambda *a, **k: pytest.fail("retrained"))
     assert dual_study.run_dual_study(tiny_words_h5, out, seeds=(0,))["seeds"] == result["seeds"]
+    # The CCCL row names the shipped model it measured, and is measured again
+    # only when the package ships another one.
+    from cccl_lite.pretrained import provenance
+    assert on_disk["cccl"]["model_sha256"] == provenance()["model_sha256"]
+    monkeypatch.setattr(dual_study, "measure_cccl", lambda *a, **k: pytest.fail("remeasured"))
+    dual_study.run_dual_study(tiny_words_h5, out, seeds=(0,))
+    stale = json.loads(out.read_text())
+    stale["cccl"]["model_sha256"] = "0" * 64  # as if another model had been shipped since
+    out.write_text(json.dumps(stale))
+    new = {"model_sha256": "new", "test": {"rsum": 0.0}, "pairs_per_second": 1.0}
+    monkeypatch.setattr(dual_study, "measure_cccl", lambda *a, **k: new)
+    assert dual_study.run_dual_study(tiny_words_h5, out, seeds=(0,),
+                                     log=lambda *a: None)["cccl"] == new
