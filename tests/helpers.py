@@ -376,3 +376,16 @@ def myst_chapter(body: str, formats: str = "md:myst,ipynb") -> str:
     """The source of a chapter that runs code: the jupytext MyST front matter the
     book's chapters carry (``formats`` as given), then ``body``."""
     return _FRONT_MATTER.format(formats=formats) + body
+
+
+def resolved_row(row, data, epochs: int) -> tuple[dict, dict]:
+    """(CCCLConfig dict, TrainOptions dict) a diagnosis-runner row trains with
+    (cccl_lite.diagnose, .sensitivity, .plateau), for comparing rows field by field."""
+    import dataclasses
+
+    from cccl_lite import diagnose
+    from cccl_lite.recipes import TrainOptions
+
+    config = dataclasses.asdict(diagnose.resolve_row(row, data, epochs))
+    options = TrainOptions(**diagnose._row_options(row)).to_dict()
+    return config, options

@@ -14,6 +14,8 @@ from cccl_lite import diagnose, sensitivity
 from cccl_lite.model import CCCLConfig
 from cccl_lite.recipes import DEPARTURES, TrainOptions, departures, lite_options
 
+from helpers import resolved_row
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "cccl_lite" / "results"
 SHIPPED = ROOT / "cccl_lite" / "assets" / "lite-scenes-small-seed0.json"
@@ -52,8 +54,8 @@ def test_the_paper_as_printed_has_no_departures():
 
 
 def _merged(row, data, epochs=3):
-    config = dataclasses.asdict(diagnose.resolve_row(row, data, epochs))
-    return {**config, **TrainOptions(**diagnose._row_options(row)).to_dict()}
+    config, options = resolved_row(row, data, epochs)
+    return {**config, **options}
 
 
 def test_each_piece_of_evidence_is_a_recorded_one_change_pair(tiny_words_h5):

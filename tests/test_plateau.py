@@ -4,17 +4,17 @@ names, and a record says whether patience or the cap ended its run."""
 
 import dataclasses
 
-from cccl_lite import diagnose, plateau
+from cccl_lite import plateau
 from cccl_lite.checkpoint import resolve_config
-from cccl_lite.recipes import TrainOptions, lite_options
+from cccl_lite.recipes import lite_options
+
+from helpers import resolved_row  # noqa: E402
 
 CAP = plateau.EPOCH_CAP
 
 
 def _resolved(row, data):
-    config = dataclasses.asdict(diagnose.resolve_row(row, data, CAP))
-    options = TrainOptions(**diagnose._row_options(row)).to_dict()
-    return config, options
+    return resolved_row(row, data, CAP)
 
 
 def test_the_first_row_is_the_lite_preset_with_its_learning_rate_drop(tiny_words_h5):

@@ -8,17 +8,15 @@ import pytest
 
 from cccl_lite import diagnose, sensitivity
 from cccl_lite.checkpoint import resolve_config
-from cccl_lite.recipes import TrainOptions, lite_options
+from cccl_lite.recipes import lite_options
 
-from helpers import WORD_DIM, lite_vectors
+from helpers import WORD_DIM, lite_vectors, resolved_row
 
 EPOCHS = 3
 
 
 def _resolved(row, data):
-    config = dataclasses.asdict(diagnose.resolve_row(row, data, EPOCHS))
-    options = TrainOptions(**diagnose._row_options(row)).to_dict()
-    return config, options
+    return resolved_row(row, data, EPOCHS)
 
 
 def test_the_centre_is_the_lite_preset_at_the_budget(tiny_words_h5):
