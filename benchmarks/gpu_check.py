@@ -54,6 +54,7 @@ from cccl_lite import evaluate as ev  # noqa: E402
 from cccl_lite.metrics import recall_at_k  # noqa: E402
 from cccl_lite.model import CCCL, CCCLConfig, ImageEncoding, TextEncoding  # noqa: E402
 from cccl_lite.perceive import position_features  # noqa: E402
+from cccl_lite.scoring import autocast_for, concat_encodings, lean_encoding  # noqa: E402
 from cccl_lite.train import CollapseGuard  # noqa: E402
 
 SHAPES = {
@@ -178,16 +179,16 @@ def train_steps(model: CCCL, data: SignalData, batch: int, steps: int, dtype, pa
 def encode(model: CCCL, images: dict, texts: dict, dtype, batch: int = 256):
     device = images["regions"].device
     parts_i, parts_t = [], []
-    with ev._autocast(device, dtype if dtype is not None else False):
+    with autocast_for(device, dtype if dtype is not None else False):
         for s in range(0, images["regions"].shape[0], batch):
-            parts_i.append(ev._lean(model.encode_images(
+            parts_i.append(lean_encoding(model.encode_images(
                 *(images[k][s:s + batch] for k in ("regions", "positions", "region_mask"))),
                 False))
         for s in range(0, texts["words"].shape[0], batch):
-            parts_t.append(ev._lean(model.encode_texts(
+            parts_t.append(lean_encoding(model.encode_texts(
                 *(texts[k][s:s + batch] for k in ("words", "word_mask", "word_adjacency"))),
                 False))
-    return ImageEncoding(*ev._cat(parts_i)), TextEncoding(*ev._cat(parts_t))
+    return ImageEncoding(*concat_encodings(parts_i)), TextEncoding(*concat_encodings(parts_t))
 
 
 def ranks(sims: np.ndarray, per_image: int):

@@ -48,6 +48,7 @@ from cccl_lite import evaluate as ev  # noqa: E402
 from cccl_lite.fast import fused  # noqa: E402
 from cccl_lite.model import CCCL, CCCLConfig, ImageEncoding, TextEncoding, select_rows  # noqa: E402
 from cccl_lite.perceive import position_features  # noqa: E402
+from cccl_lite.scoring import autocast_for, concat_encodings, lean_encoding  # noqa: E402
 
 # Caption lengths (words) drawn uniformly per shape: the synthetic scenes'
 # captions have 2-12 words; Flickr30K's are mostly 8-24.
@@ -108,7 +109,7 @@ def encode(model: CCCL, inputs: dict, amp: bool | None, batch: int = 256):
     GRU parts and V̂, T̂ kept (the naive loop reads V̂, T̂; the batched one the parts)."""
     device = inputs["regions"].device
     parts_i, parts_t = [], []
-    with ev._autocast(device, amp):
+    with autocast_for(device, amp):
         for s in range(0, inputs["regions"].shape[0], batch):
             parts_i.append(model.encode_images(inputs["regions"][s:s + batch],
                                                inputs["positions"][s:s + batch],
@@ -117,7 +118,7 @@ def encode(model: CCCL, inputs: dict, amp: bool | None, batch: int = 256):
             parts_t.append(model.encode_texts(inputs["words"][s:s + batch],
                                               inputs["word_mask"][s:s + batch],
                                               inputs["word_adjacency"][s:s + batch]))
-    return ImageEncoding(*ev._cat(parts_i)), TextEncoding(*ev._cat(parts_t))
+    return ImageEncoding(*concat_encodings(parts_i)), TextEncoding(*concat_encodings(parts_t))
 
 
 def _timed(fn, device):
@@ -194,7 +195,7 @@ def run_case(model, config, images, texts, n_naive: int, device, amp, repeats: i
     # The naive loop reads what SGRAF's would: the encodings without eq 26's parts.
     plain_i = images._replace(gru_input=None, cross_state=None, relation=None)
     plain_t = texts._replace(gru_input=None, cross_state=None, relation=None)
-    lean_i, lean_t = ev._lean(images, False), ev._lean(texts, False)
+    lean_i, lean_t = lean_encoding(images, False), lean_encoding(texts, False)
     captions = list(range(min(n_naive, n_txt)))
     best = {"naive": float("inf"), "per_caption_fast": float("inf"), "batched": float("inf")}
     for _ in range(repeats):

@@ -30,11 +30,9 @@ from .metrics import (COCO_FOLDS, KEYS, PROTOCOLS, caption_layout, check_protoco
                       protocol_recalls)
 from .model import CCCL
 from .runtime import eval_mode
-from .scoring import (TwoStageScores, _check_shortlist, cheap_scores, encode_all_images,
+from .scoring import (TwoStageScores, check_shortlist, cheap_scores, encode_all_images,
                       encode_all_texts, per_caption_scores, score_matrix, score_pairs,
                       two_stage_scores)
-# Helpers benchmarks/ builds its own encodings with (they were defined here).
-from .scoring import _autocast, _cat, _lean  # noqa: F401
 
 __all__ = [
     "Hit",
@@ -126,7 +124,7 @@ def evaluate_split(model: CCCL, reader: SplitReader, device="cpu", batch_size: i
     cpi, order = caption_layout(reader.caption_image, reader.n_images)
     note = check_protocol(protocol, reader.n_images, reader.n_captions, fold_size)
     if shortlist is not None:
-        _check_shortlist(shortlist)
+        check_shortlist(shortlist)
         if protocol == "coco1k":  # before any scoring
             raise ValueError(NO_COCO1K_SHORTLIST)
     if save_sims is not None:
@@ -203,7 +201,7 @@ def retrieve(model: CCCL, reader: SplitReader, image: int | None = None,
         raise ValueError("retrieve needs exactly one of image= and caption=")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
-    if shortlist is not None and _check_shortlist(shortlist) < k:
+    if shortlist is not None and check_shortlist(shortlist) < k:
         raise ValueError(f"shortlist ({shortlist}) must be >= k ({k}): only shortlisted "
                          f"candidates are ranked")
     owner = np.asarray(reader.caption_image)

@@ -11,7 +11,7 @@ eq 26's recurrence, the VSFs and the shared MLP) on blocks of
 split's size. Blocks group items of similar length (regions, words) and are
 trimmed to their longest item: padding never changes a score, so this only
 skips work. On CUDA the work runs under bf16 autocast (``amp``); on the CPU in
-the model's own dtype. Scores are float32 under any autocast (``_autocast``).
+the model's own dtype. Scores are float32 under any autocast (``autocast_for``).
 
 Two-stage retrieval (:func:`two_stage_scores`): Branch 1's cheap score
 (:func:`cheap_scores`) shortlists, the full model re-ranks the shortlist
@@ -33,6 +33,10 @@ from .fast import fused
 from .model import CCCL, SEQUENCE_FIELDS, ImageEncoding, TextEncoding, select_rows
 
 __all__ = [
+    "autocast_for",
+    "lean_encoding",
+    "concat_encodings",
+    "check_shortlist",
     "encode_all_images",
     "encode_all_texts",
     "score_matrix",
@@ -56,7 +60,7 @@ __all__ = [
 _BLOCKS = {"cpu": (3 * 2**18, 128), "cpu_fused": (3 * 2**22, 256), "cuda": (2**28, 1024)}
 
 
-def _autocast(device, amp: bool | torch.dtype | None):
+def autocast_for(device, amp: bool | torch.dtype | None):
     """bf16 autocast on CUDA by default (fp16 on a GPU without bf16 units);
     ``amp=True`` forces bf16 autocast on any device, ``amp=False`` keeps the
     model's dtype (always the default on the CPU), a dtype (torch.bfloat16,
@@ -86,14 +90,14 @@ def _to(batch: dict, model: torch.nn.Module, device) -> tuple:
                  for v in batch.values())
 
 
-def _lean(enc, keep_graph: bool):
+def lean_encoding(enc, keep_graph: bool):
     """Drop V̂ / T̂ once their GRU parts are kept: scoring reads only those."""
     if keep_graph or enc.graph is None or (enc.gru_input is None and enc.relation is None):
         return enc
     return enc._replace(graph=None)
 
 
-def _cat(parts, pad_to=None):
+def concat_encodings(parts, pad_to=None):
     """Concatenate per-batch encodings along the batch axis (None stays None);
     with ``pad_to``, sequence fields (B, L, ...) are zero-padded to L = pad_to."""
     fields = []
@@ -112,9 +116,9 @@ def _encode_parts(encode, fetch, idx, model, batch_size, device, amp, keep_graph
     """``encode`` (a CCCL encoder) over the items ``idx`` fetched by ``fetch`` (a
     reader method) in batches of ``batch_size``: the lean encodings, in order."""
     parts = []
-    with _autocast(device, amp):
+    with autocast_for(device, amp):
         for s in range(0, len(idx), batch_size):
-            parts.append(_lean(encode(*_to(fetch(idx[s:s + batch_size]), model, device)),
+            parts.append(lean_encoding(encode(*_to(fetch(idx[s:s + batch_size]), model, device)),
                                keep_graph))
     return parts
 
@@ -129,7 +133,7 @@ def encode_all_images(model: CCCL, reader: SplitReader, batch_size: int = 256, d
     idx = np.arange(reader.n_images) if indices is None else np.asarray(indices)
     parts = _encode_parts(model.encode_images, reader.images, idx, model, batch_size, device,
                           amp, keep_graph)
-    return ImageEncoding(*_cat(parts))
+    return ImageEncoding(*concat_encodings(parts))
 
 
 @torch.no_grad()
@@ -143,7 +147,7 @@ def encode_all_texts(model: CCCL, reader: SplitReader, batch_size: int = 256, de
     parts = _encode_parts(model.encode_texts, reader.captions, idx, model, batch_size, device,
                           amp, keep_graph)
     m = max(p.t.shape[1] for p in parts)
-    return TextEncoding(*_cat(parts, pad_to=m))
+    return TextEncoding(*concat_encodings(parts, pad_to=m))
 
 
 def _lengths(mask: torch.Tensor) -> torch.Tensor:
@@ -176,7 +180,7 @@ def score_matrix(model: CCCL, images: ImageEncoding, texts: TextEncoding,
     (any CCCL encodings work; missing GRU parts are then recomputed per block).
     Pairs are scored in blocks of ``image_chunk x text_chunk`` (default: sized to
     the device, see ``_BLOCKS``), items of similar length together, each
-    block trimmed to its longest item. ``amp``: see ``_autocast``.
+    block trimmed to its longest item. ``amp``: see ``autocast_for``.
     """
     n_img, n_txt = images.v.shape[0], texts.t.shape[0]
     device = images.v.device
@@ -196,7 +200,7 @@ def score_matrix(model: CCCL, images: ImageEncoding, texts: TextEncoding,
     txt_taken = None
     if torch.device(device).type == "cpu" and len(txt_blocks) > 1 and n_img > image_chunk:
         txt_taken = [select_rows(texts, tt, int(txt_len[tt].max())) for tt in txt_blocks]
-    with _autocast(device, amp):
+    with autocast_for(device, amp):
         for s in range(0, n_img, image_chunk):
             ii = img_order[s:s + image_chunk]
             img = select_rows(images, ii.to(device), int(img_len[ii].max()))
@@ -228,7 +232,7 @@ def per_caption_scores(model: CCCL, images: ImageEncoding, texts: TextEncoding, 
     device = images.v.device
     txt_len, img_len = _lengths(texts.mask), _lengths(images.mask)
     out = torch.empty(n_img, len(captions), dtype=dtype)
-    with _autocast(device, amp):
+    with autocast_for(device, amp):
         for k, j in enumerate(captions):
             txt = select_rows(texts, torch.tensor([j], device=device), int(txt_len[j]))
             for s in range(0, n_img, shard):
@@ -263,7 +267,7 @@ def cheap_scores(model: CCCL, images: ImageEncoding, texts: TextEncoding,
     budget = _BLOCKS.get(device.type, _BLOCKS["cuda"])[0]
     width = max(images.global_vec.shape[-1], model.config.sim_dim)
     rows = max(1, budget // (n_txt * width))
-    with _autocast(device, amp):
+    with autocast_for(device, amp):
         for s in range(0, n_img, rows):
             sim = model.global_branch(images.global_vec[s:s + rows], texts.global_vec)
             out[s:s + rows] = model.mlp(sim).to("cpu", torch.float32)
@@ -298,7 +302,7 @@ def score_pairs(model: CCCL, images: ImageEncoding, texts: TextEncoding, image_i
     key = img_len[ii] * (int(txt_len.max()) + 1) + txt_len[tt] if len(ii) else ii
     order = torch.sort(key, stable=True).indices
     out = torch.empty(len(ii), dtype=dtype)
-    with _autocast(device, amp):
+    with autocast_for(device, amp):
         for s in range(0, len(order), chunk):
             sel = order[s:s + chunk]
             a, b = ii[sel], tt[sel]
@@ -332,7 +336,7 @@ class TwoStageScores(NamedTuple):
         return torch.where(self.i2t if which == "i2t" else self.t2i, self.sims, self.below)
 
 
-def _check_shortlist(k) -> int:
+def check_shortlist(k) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"shortlist must be a positive int (candidates re-ranked per "
                          f"query), got {k!r}")
@@ -353,7 +357,7 @@ def two_stage_scores(model: CCCL, images: ImageEncoding, texts: TextEncoding, sh
     another shortlister to use instead of Branch 1's (chapter 10: a dual
     encoder's, :func:`cccl_lite.dual.dual_sims`), same order as the encodings.
     """
-    k = _check_shortlist(shortlist)
+    k = check_shortlist(shortlist)
     if first_stage is None:
         cheap = cheap_scores(model, images, texts, amp)
     else:
