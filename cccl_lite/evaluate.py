@@ -36,6 +36,7 @@ from .scoring import (TwoStageScores, check_shortlist, cheap_scores, encode_all_
 
 __all__ = [
     "Hit",
+    "check_evaluation",
     "evaluate_split",
     "retrieve",
     "caption_texts",
@@ -99,6 +100,23 @@ def _check_writable(path, overwrite: bool = True) -> None:
 
 
 
+def check_evaluation(reader: SplitReader, protocol: str | None = None, fold_size: int = 1000,
+                     shortlist: int | None = None):
+    """Everything :func:`evaluate_split` checks before it scores anything, so
+    that a command line can check it before it prints: the captions' layout
+    (:func:`~cccl_lite.metrics.caption_layout`), the protocol against the
+    split's size (:func:`~cccl_lite.metrics.check_protocol`) and the
+    shortlist. Returns (captions per image, caption order or None, the
+    protocol's note or None); raises ValueError naming what is wrong."""
+    cpi, order = caption_layout(reader.caption_image, reader.n_images)
+    note = check_protocol(protocol, reader.n_images, reader.n_captions, fold_size)
+    if shortlist is not None:
+        check_shortlist(shortlist)
+        if protocol == "coco1k":
+            raise ValueError(NO_COCO1K_SHORTLIST)
+    return cpi, order, note
+
+
 def evaluate_split(model: CCCL, reader: SplitReader, device="cpu", batch_size: int = 256, *,
                    protocol: str | None = None, save_sims=None, amp: bool | None = None,
                    image_chunk: int | None = None, text_chunk: int | None = None,
@@ -121,12 +139,7 @@ def evaluate_split(model: CCCL, reader: SplitReader, device="cpu", batch_size: i
     the shifted cheap score elsewhere (see :class:`TwoStageScores`). Not
     with ``protocol="coco1k"``.
     """
-    cpi, order = caption_layout(reader.caption_image, reader.n_images)
-    note = check_protocol(protocol, reader.n_images, reader.n_captions, fold_size)
-    if shortlist is not None:
-        check_shortlist(shortlist)
-        if protocol == "coco1k":  # before any scoring
-            raise ValueError(NO_COCO1K_SHORTLIST)
+    cpi, order, note = check_evaluation(reader, protocol, fold_size, shortlist)
     if save_sims is not None:
         _check_writable(save_sims)
     with eval_mode(model):

@@ -25,7 +25,7 @@ from .. import evaluate, train
 from ..evaluate import NO_COCO1K_SHORTLIST, Hit, _check_writable, caption_texts
 from ..data.dataset import SplitReader
 from ..loss import COHERENCE_REDUCTIONS
-from ..metrics import KEYS, PROTOCOLS, caption_layout, check_protocol, format_recalls
+from ..metrics import KEYS, PROTOCOLS, caption_layout, format_recalls
 from ..perceive import POSITION_FUSIONS
 from ..recipes import (AMP_MODES, BATCHINGS, POSITIVES, SELECT_LABELS, SELECTS, TrainOptions,
                        hardest_after_warmup_risk, recipe_options)
@@ -248,15 +248,16 @@ def _load(args):
 def run_evaluate(args) -> int:
     """``evaluate``: the recall table (eqs 35-36), then one JSON line of its numbers."""
     model, config, reader, device = _load(args)
-    # evaluate_split checks these too; here they also come before any output,
-    # naming the file and field (issue 29, 20).
+    # What evaluate_split checks, here before any output, naming the file and
+    # field or the option (issue 29, 20).
     try:
         caption_layout(reader.caption_image, reader.n_images)
     except ValueError as e:
         raise InputError(f"{args.data}:/{args.split}/captions/image: {e}") from None
-    check_protocol(args.protocol, reader.n_images, reader.n_captions, args.fold_size)
-    if args.shortlist is not None and args.protocol == "coco1k":
-        raise InputError(f"--{NO_COCO1K_SHORTLIST}")
+    try:
+        evaluate.check_evaluation(reader, args.protocol, args.fold_size, args.shortlist)
+    except ValueError as e:
+        raise InputError(f"--{e}" if str(e) == NO_COCO1K_SHORTLIST else str(e)) from None
     if args.save_sims:  # never replaces an existing file without --overwrite
         _check_writable(args.save_sims, overwrite=args.overwrite)
     print(f"evaluate {args.checkpoint} on {args.data}:/{args.split} ({reader.n_images} images, "
