@@ -80,9 +80,6 @@ GROUPS = {
 }
 assert sum(GROUPS.values(), ()) == ABLATIONS
 
-RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
-
-
 def same_as_full(preset: str = "lite") -> tuple[str, ...]:
     """The Table 6 ablations that change nothing in ``preset``'s config: the
     lite CCCL reads words with the Bi-GRU of "w/o BERT" already (chapter 11),

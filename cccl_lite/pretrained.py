@@ -43,7 +43,6 @@ NAME = "lite-scenes-small-seed0"
 # printed, siblings not weighted; relations at chance): chapter 11 probes it
 # to show where relations were lost.
 FIRST_RECIPE = "lite-scenes-small-seed0-recipe1"
-RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 # What a shipped checkpoint keeps of best.pt: enough for load_model, no optimizer.
 _KEEP = ("format", "kind", "config", "options", "vocab", "world_size", "epoch", "step",
          "best_rsum", "best_epoch", "val", "model")
@@ -124,7 +123,7 @@ def measure_sims(sims: np.ndarray, caption_image, data, split: str = "test",
     caption truth. ``cache`` as in :func:`measure_scores`."""
     from .data.difficulty import hard_negative_pairs, sibling_accuracy
     from .data.truth import SplitTruth
-    from .metrics import recall_at_k, truth_recall_at_k
+    from .metrics import KEYS, recall_at_k, truth_recall_at_k
 
     cache = {} if cache is None else cache
     if recalls is None:
@@ -135,7 +134,7 @@ def measure_sims(sims: np.ndarray, caption_image, data, split: str = "test",
         cache["pairs"] = hard_negative_pairs(data, split)
     truth, pairs = cache["truth"], cache["pairs"]
     record = {
-        "test": {k: round(float(recalls[k]), 2) for k in RECALL_KEYS},
+        "test": {k: round(float(recalls[k]), 2) for k in KEYS},
         "truth": {k: round(v, 2) for k, v in truth_recall_at_k(sims, truth).items()},
         "siblings": {k: round(v, 2) for k, v in sibling_accuracy(
             sims, pairs, caption_image).items()},

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cccl_lite import ablate
+from cccl_lite.metrics import KEYS
 from cccl_lite.model import ABLATIONS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +50,7 @@ def test_runs_rows_and_seeds_keeps_them_and_switches_each_off(tiny_words_h5, tmp
     for e in out["entries"]:
         t = e["test"]
         # eq 36: R@sum is the sum of the six recalls (rounded to 2 places each)
-        six = sum(t[k] for k in ablate.RECALL_KEYS[:-1])
+        six = sum(t[k] for k in KEYS[:-1])
         assert t["rsum"] == pytest.approx(six, abs=0.05)
         assert set(e["siblings"]) == {"binding", "relation", "random"}
     # The summary: mean and sample sd over the seeds, computed here by hand.
