@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The chapters' data (the small scenes and their MiniLM word vectors: about 8
-# minutes on 2 idle cores, far more on a busy machine) is made first, outside
+# The chapters' data (the small scenes and their MiniLM word vectors; the
+# README gives their measured times) is made first, outside
 # the build, so that no notebook cell spends the build's 600 s cell limit on
 # it; the chapters then find it in data/ (cccl_lite.notebook.default_data).
 book: $(STAMP)
