@@ -11,14 +11,16 @@ positives, sibling batches, siblings weighted in the summed epochs, early
 stopping on the truth-aware R@sum) with the preset's learning-rate drop, an
 epoch cap well above where patience stops it, and three rows:
 
-* "lite recipe": the sum over negatives in every epoch (the shipped model's);
+* "lite recipe": the sum over negatives in every epoch (the lite recipe when
+  the study started);
 * "lite, warm-up 1, eq 33": one epoch of the sum, then eq 33 (L_c per item,
-  λ as the preset);
+  λ as the preset): the lite recipe since, and the shipped model's;
 * "lite, warm-up 1, eq 33, λ 0": the same without the coherence term.
 
 Each row is run by the diagnosis runner (:func:`cccl_lite.diagnose.run_diagnosis`),
 which records test and truth-aware R@K, sibling accuracies, the win rate per
-epoch and the last epoch trained, per row and seed, into one results file
+epoch and the last epoch trained (:func:`cccl_lite.train.stopped_on_patience`
+reads how a run ended), per row and seed, into one results file
 rewritten atomically after each row (a rerun with the same settings skips
 the rows it holds). ``python -m cccl_lite diagnose --rows plateau --data FILE
 --results cccl_lite/results/plateau.json --epochs 30 --seeds 0 1 2``.
@@ -30,8 +32,7 @@ from .diagnose import ROW_BASE, Row, run_diagnosis
 from .model import CCCLConfig
 from .recipes import RECIPES
 
-__all__ = ["STUDY", "EPOCH_CAP", "LITE", "WARM_UP", "WARM_UP_LAMBDA_0", "ROWS", "run_plateau",
-           "stopped_on_patience"]
+__all__ = ["STUDY", "EPOCH_CAP", "LITE", "WARM_UP", "WARM_UP_LAMBDA_0", "ROWS", "run_plateau"]
 
 STUDY = "plateau"
 # Room for patience: the lite runs of Table 6 stopped between epoch 4 and the
@@ -76,8 +77,3 @@ def run_plateau(data, out_dir, results_path, epochs: int = EPOCH_CAP, seed: int 
                             lr_decay=f"x0.1 from epoch {_LITE.lr_decay_epoch} (0-based)")
     return out
 
-
-def stopped_on_patience(record: dict, epochs: int) -> bool:
-    """Whether a record's run ended before the cap ``epochs``: its recipe's
-    patience stopped it, so its best epoch is a plateau, not the cap's cut."""
-    return record["last_epoch"] < epochs

@@ -162,7 +162,7 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
     hold the fields read here (else one line naming the file and field).
     """
     from .provenance import provenance as where
-    from .checkpoint import data_identity, load_checkpoint, load_model, save_atomic
+    from .checkpoint import load_checkpoint, load_model, save_atomic
     from . import files
     from .recipes import departures
     from .errors import InputError, read_json

@@ -110,6 +110,7 @@ __all__ = [
     "train",
     "read_log",
     "best_record",
+    "stopped_on_patience",
     "alignment_term_all_negatives",
     "warmup_loss",
     "CONFIGS",
@@ -650,6 +651,14 @@ def best_record(log: list[dict]) -> dict:
     flagged best, under whichever validation measure its recipe selects by
     (``TrainOptions.select``)."""
     return [r for r in log if r["best"]][-1]
+
+
+def stopped_on_patience(record: dict, patience: int) -> bool:
+    """Whether a finished run was ended by its recipe's patience: ``patience``
+    epochs without a better validation measure after its best, read from a
+    results record's ``best_epoch`` and ``last_epoch`` (1-based). False: the
+    epoch cap ended it first, so its best epoch may not be its plateau."""
+    return record["last_epoch"] - record["best_epoch"] >= patience
 
 
 def train(config: CCCLConfig, data_path, out_dir, options: TrainOptions | None = None) -> Path:

@@ -43,6 +43,10 @@ def test_each_row_changes_one_thing_of_the_row_it_names(tiny_words_h5):
         assert merged_row[key] == value
 
 
-def test_stopped_on_patience_reads_the_last_epoch():
-    assert plateau.stopped_on_patience({"last_epoch": 13}, 30)
-    assert not plateau.stopped_on_patience({"last_epoch": 30}, 30)
+def test_stopped_on_patience_reads_the_best_and_last_epochs():
+    from cccl_lite.train import stopped_on_patience
+
+    assert stopped_on_patience({"best_epoch": 10, "last_epoch": 13}, 3)
+    assert not stopped_on_patience({"best_epoch": 30, "last_epoch": 30}, 3)  # cut at the cap
+    assert not stopped_on_patience({"best_epoch": 8, "last_epoch": 10}, 3)   # cap, after its best
+    assert stopped_on_patience({"best_epoch": 7, "last_epoch": 10}, 3)       # patience at the cap
