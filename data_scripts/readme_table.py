@@ -8,9 +8,11 @@ the files that hold the results, so no number in it is typed by hand.
 Sources, all shipped with the package: the shipped model's record
 (``cccl_lite/assets/lite-scenes-small-seed0.json``), the first recipe's
 (``...-recipe1.json``), the Table 6 study's three seeds of the full model
-(``cccl_lite/results/ablations.json``, its ``summary`` row "CCCL") and the
-floor and ceiling of chapter 5's diagnosis (``cccl_lite/results/diagnosis.json``,
-``baselines``). The table sits in README.md between :data:`BEGIN` and
+(``cccl_lite/results/ablations.json``, its ``summary`` row "CCCL"), the
+plateau study's two recipes over their seeds (``cccl_lite/results/plateau.json``)
+and the floor and ceiling of chapter 11's diagnosis
+(``cccl_lite/results/diagnosis.json``, ``baselines``); a missing one is one
+line naming it. The table sits in README.md between :data:`BEGIN` and
 :data:`END`; ``tests/test_readme_table.py`` fails when the two disagree.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -81,10 +84,8 @@ def _model_row(path: Path, label: str) -> list[str]:
 
 
 def _plateau_rows() -> list[tuple[list[str], bool]]:
-    """Mean ± sd over the seeds of each of :data:`PLATEAU_ROWS` (the plateau
-    study, chapter 6), or no rows while its file is not there yet."""
-    if not PLATEAU.exists():
-        return []
+    """Mean ± sd (sample, n - 1) over the seeds of each of :data:`PLATEAU_ROWS`
+    (the plateau study, chapter 6)."""
     study = _read(PLATEAU)
     out = []
     for name, label in PLATEAU_ROWS:
@@ -95,10 +96,8 @@ def _plateau_rows() -> list[tuple[list[str], bool]]:
         for keys, unit in ((("test", "rsum"), ""), (("truth", "rsum"), ""),
                            (("siblings", "binding"), " %"), (("siblings", "relation"), " %")):
             values = [float(_field(r, PLATEAU, *keys)) for r in runs]
-            m = sum(values) / len(values)
-            sd = (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5 \
-                if len(values) > 1 else None
-            cells.append(f"{_num(m)}" + (f" ± {_num(sd)}" if sd is not None else "") + unit)
+            sd = f" ± {_num(statistics.stdev(values))}" if len(values) > 1 else ""
+            cells.append(f"{_num(statistics.mean(values))}{sd}{unit}")
         seeds = ", ".join(str(r.get("seed", study["settings"]["seed"])) for r in runs)
         out.append(([f"{label}, seeds {seeds} (mean ± sd; plateau study)", *cells], False))
     return out
