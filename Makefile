@@ -26,16 +26,16 @@ test: $(STAMP)
 # The chapters' data (the small scenes and their MiniLM word vectors; the
 # README gives their measured times) is made first, outside
 # the build, so that no notebook cell spends the build's 600 s cell limit on
-# it; the chapters then find it in data/ (cccl_lite.notebook.default_data).
+# it; the chapters then find it in data/ (cccl_lite.book.notebook.default_data).
 book: $(STAMP)
 	@# The equations render offline from MathJax that sphinx-mathjax-offline (the
 	@# [book] extra, from PyPI) copies into the output; say so in one line if absent.
 	@$(PY) -c "import importlib.util as u, sys; u.find_spec('sphinx-mathjax-offline') or sys.exit('make book: MathJax for offline equations is missing: $(PY) -m pip install sphinx-mathjax-offline (the [book] extra)')"
-	$(PY) -c "from cccl_lite.notebook import default_data; print(default_data())"
+	$(PY) -c "from cccl_lite.book.notebook import default_data; print(default_data())"
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 
 # The notebooks made from the book's sources: the Colab edition in colab/,
-# what the launch buttons open (cccl_lite.editions; tests/test_colab.py fails
+# what the launch buttons open (cccl_lite.book.editions; tests/test_colab.py fails
 # when colab/ is out of date), after writing _config.yml's repository.url into
 # the pages' install cells (--sync-url); then the paired book/*.ipynb
 # (jupytext; pages without a pairing are skipped with a warning).

@@ -17,7 +17,7 @@ Paper shape: d_F 2048, n 36, d_E 768, d 1024, P 256, B 128. Rows, in order
   negatives) on random paper-shaped data that has a signal to learn
   (captions are noisy projections of their image's latent vector); the mean
   loss of the first and last 20 steps, and the trainer's collapse guard
-  (``cccl_lite.train.CollapseGuard``): ``loss_down`` and ``collapsed``.
+  (``cccl_lite.engine.train.CollapseGuard``): ``loss_down`` and ``collapsed``.
 * ``scoring``: encoding and ``evaluate.score_matrix`` of ``--eval-images``
   images x 5 captions each (1K x 5K at the paper shape) with the trained
   weights, under autocast; seconds and pairs/s.
@@ -50,12 +50,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scoring import _sync, _timed, train_step_seconds  # noqa: E402
 
-from cccl_lite import evaluate as ev  # noqa: E402
-from cccl_lite.metrics import recall_at_k  # noqa: E402
-from cccl_lite.model import CCCL, CCCLConfig, ImageEncoding, TextEncoding  # noqa: E402
-from cccl_lite.perceive import position_features  # noqa: E402
-from cccl_lite.scoring import autocast_for, concat_encodings, lean_encoding  # noqa: E402
-from cccl_lite.train import CollapseGuard  # noqa: E402
+from cccl_lite.engine import evaluate as ev  # noqa: E402
+from cccl_lite.engine.metrics import recall_at_k  # noqa: E402
+from cccl_lite.model.cccl import CCCL, CCCLConfig, ImageEncoding, TextEncoding  # noqa: E402
+from cccl_lite.model.perceive import position_features  # noqa: E402
+from cccl_lite.engine.scoring import autocast_for, concat_encodings, lean_encoding  # noqa: E402
+from cccl_lite.engine.train import CollapseGuard  # noqa: E402
 
 SHAPES = {
     # words: caption lengths drawn uniformly (Flickr30K's are mostly 8-24 words)

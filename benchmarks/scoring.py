@@ -19,9 +19,9 @@ read the same weights, so their scores must agree (``max_abs_diff``).
 * per_caption_fast: the same loop over the batched scorer's encodings and
   code (per-item GRU parts, ``fast=True``, the fused kernels on the CPU):
   what batching alone adds.
-* batched: ``cccl_lite.evaluate.score_matrix`` on every pair, blocks sized
+* batched: ``cccl_lite.engine.evaluate.score_matrix`` on every pair, blocks sized
   to the device (under bf16 autocast on CUDA; on the CPU with the fused
-  kernels of ``cccl_lite.fast.fused`` where they build, ``fused_cpu_kernels``).
+  kernels of ``cccl_lite.model.fast.fused`` where they build, ``fused_cpu_kernels``).
 * train_step: one optimiser step (forward on a batch of B images x B
   captions, the hybrid loss of eq 34, backward, Adam), plain and with
   ``pair_chunk`` (checkpointed blocks of pairs); peak memory on CUDA only.
@@ -44,11 +44,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cccl_lite import evaluate as ev  # noqa: E402
-from cccl_lite.fast import fused  # noqa: E402
-from cccl_lite.model import CCCL, CCCLConfig, ImageEncoding, TextEncoding, select_rows  # noqa: E402
-from cccl_lite.perceive import position_features  # noqa: E402
-from cccl_lite.scoring import autocast_for, concat_encodings, lean_encoding  # noqa: E402
+from cccl_lite.engine import evaluate as ev  # noqa: E402
+from cccl_lite.model.fast import fused  # noqa: E402
+from cccl_lite.model.cccl import CCCL, CCCLConfig, ImageEncoding, TextEncoding, select_rows  # noqa: E402
+from cccl_lite.model.perceive import position_features  # noqa: E402
+from cccl_lite.engine.scoring import autocast_for, concat_encodings, lean_encoding  # noqa: E402
 
 # Caption lengths (words) drawn uniformly per shape: the synthetic scenes'
 # captions have 2-12 words; Flickr30K's are mostly 8-24.

@@ -5,7 +5,7 @@
 
 Prints, for a bag-of-words dual encoder and a structure-aware scorer, how
 often a caption's own image outscores a hard negative (binding, relation)
-and a random negative, then one JSON line. See cccl_lite.baselines and
+and a random negative, then one JSON line. See cccl_lite.engine.baselines and
 cccl_lite.data.difficulty.
 """
 

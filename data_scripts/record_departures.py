@@ -5,7 +5,7 @@
     python data_scripts/record_departures.py --write   # write them into the record
 
 ``python -m cccl_lite ship`` writes ``departures`` into every record it makes
-(:func:`cccl_lite.recipes.departures`, from the record's own ``config`` and
+(:func:`cccl_lite.engine.recipes.departures`, from the record's own ``config`` and
 ``options``); this script adds them to a record shipped before that, changing
 nothing else in it. ``tests/test_departures.py`` fails when the shipped
 record's list differs from what the code derives from it.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cccl_lite.errors import InputError, read_json
 from cccl_lite.files import write_text_atomic
-from cccl_lite.recipes import departures
+from cccl_lite.engine.recipes import departures
 
 SHIPPED = Path(__file__).resolve().parent.parent / "cccl_lite" / "assets" / "lite-scenes-small-seed0.json"
 

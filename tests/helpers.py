@@ -18,9 +18,9 @@ import torch
 import yaml
 from torch import nn
 
-from cccl_lite.model import CCCLConfig
-from cccl_lite.perceive import position_features
-from cccl_lite.reason import CrossGRU
+from cccl_lite.model.cccl import CCCLConfig
+from cccl_lite.model.perceive import position_features
+from cccl_lite.model.reason import CrossGRU
 
 
 def lite_vectors(**kw):
@@ -281,7 +281,7 @@ def small_config(**kw):
 def quick(**kw):
     # Imported here, not at the top: the data tests import this module too and
     # must not depend on the engine importing.
-    from cccl_lite.train import TrainOptions
+    from cccl_lite.engine.train import TrainOptions
 
     return TrainOptions(**{**dict(max_steps=3, quiet=True, device="cpu"), **kw})
 
@@ -380,11 +380,11 @@ def myst_chapter(body: str, formats: str = "md:myst,ipynb") -> str:
 
 def resolved_row(row, data, epochs: int) -> tuple[dict, dict]:
     """(CCCLConfig dict, TrainOptions dict) a diagnosis-runner row trains with
-    (cccl_lite.diagnose, .sensitivity, .plateau), for comparing rows field by field."""
+    (cccl_lite.studies.diagnose, .sensitivity, .plateau), for comparing rows field by field."""
     import dataclasses
 
-    from cccl_lite import diagnose
-    from cccl_lite.recipes import TrainOptions
+    from cccl_lite.studies import diagnose
+    from cccl_lite.engine.recipes import TrainOptions
 
     config = dataclasses.asdict(diagnose.resolve_row(row, data, epochs))
     options = TrainOptions(**diagnose._row_options(row)).to_dict()

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from cccl_lite import ablate
-from cccl_lite.metrics import KEYS
-from cccl_lite.model import ABLATIONS
+from cccl_lite.studies import ablate
+from cccl_lite.engine.metrics import KEYS
+from cccl_lite.model.cccl import ABLATIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -181,9 +181,9 @@ def test_welch_agrees_with_scipy_and_is_quiet_on_a_constant_side():
 
 @pytest.mark.slow  # four short trainings
 def test_a_half_done_run_continues_from_its_last_epoch(tiny_words_h5, tmp_path):
-    from cccl_lite.checkpoint import resolve_config
-    from cccl_lite.recipes import lite_options
-    from cccl_lite.train import train
+    from cccl_lite.engine.checkpoint import resolve_config
+    from cccl_lite.engine.recipes import lite_options
+    from cccl_lite.engine.train import train
 
     kw = dict(epochs=2, max_steps=1, seeds=1, only=["CCCL"])
     # The reference: the run done in one go.

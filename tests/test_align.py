@@ -1,4 +1,4 @@
-"""Tests for cccl_lite.align (eqs 13-20, 27) against independent references.
+"""Tests for cccl_lite.model.align (eqs 13-20, 27) against independent references.
 
 Every reference below is written out with plain Python loops over scalars
 (tensors are turned into nested lists first), from the module's own weights,
@@ -12,15 +12,15 @@ import math
 import pytest
 import torch
 
-from cccl_lite.align import (
-    GlobalBranch,
-    LocalBranch,
-    RelationSimilarity,
-    cosine_similarity_vector,
-    cross_attention,
-    masked_pool,
-    vector_similarity,
-)
+from cccl_lite.model.align import (
+                                   GlobalBranch,
+                                   LocalBranch,
+                                   RelationSimilarity,
+                                   cosine_similarity_vector,
+                                   cross_attention,
+                                   masked_pool,
+                                   vector_similarity,
+                                   )
 
 TOL = dict(rtol=1e-10, atol=1e-12)
 

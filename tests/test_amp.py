@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from helpers import lite_vectors
-from cccl_lite import evaluate as ev
-from cccl_lite.fast import fused
-from cccl_lite.loss import SimilarityMLP, fuse_scores
-from cccl_lite.model import CCCLConfig
-from cccl_lite.train import TrainOptions, Trainer, load_model, make_reader
+from cccl_lite.engine import evaluate as ev
+from cccl_lite.model.fast import fused
+from cccl_lite.model.loss import SimilarityMLP, fuse_scores
+from cccl_lite.model.cccl import CCCLConfig
+from cccl_lite.engine.train import TrainOptions, Trainer, load_model, make_reader
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -176,7 +176,7 @@ def test_fused_kernels_step_aside_under_autocast(trained):
 @pytest.mark.parametrize("amp, expected", [("bf16", torch.bfloat16), ("off", False)])
 def test_validation_honours_the_runs_amp_setting(tiny_words_h5, tmp_path, monkeypatch, amp,
                                                   expected):
-    import cccl_lite.evaluate as evaluate_module
+    import cccl_lite.engine.evaluate as evaluate_module
 
     seen = []
 

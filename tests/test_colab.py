@@ -1,4 +1,4 @@
-"""The Colab edition (cccl_lite.editions): colab/NN_name.ipynb, made from the
+"""The Colab edition (cccl_lite.book.editions): colab/NN_name.ipynb, made from the
 book's sources by the converter the student edition uses, is what the book's
 launch buttons open. It must be in sync with the sources (regenerated, it is
 byte-identical), hold no MyST syntax, show its figures when uploaded alone,
@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from cccl_lite.cli import main as cli_main
-from cccl_lite.editions import (book_page_url, colab_url, make_colab_edition, make_edition,
-                                repository, sync_repository_url)
-from cccl_lite.student import myst_to_markdown
+from cccl_lite.book.editions import (book_page_url, colab_url, make_colab_edition, make_edition,
+                                     repository, sync_repository_url)
+from cccl_lite.book.student import myst_to_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
@@ -189,8 +189,8 @@ def fake_checkout(tmp_path: Path, url: str) -> Path:
         shutil.copy(md, root / "book" / md.name)
     shutil.copy(BOOK / "references.bib", root / "book" / "references.bib")
     shutil.copytree(BOOK / "figures", root / "book" / "figures")
-    (root / "cccl_lite").mkdir()
-    shutil.copy(ROOT / "cccl_lite" / "notebook.py", root / "cccl_lite" / "notebook.py")
+    (root / "cccl_lite" / "book").mkdir(parents=True)
+    shutil.copy(ROOT / "cccl_lite" / "book" / "notebook.py", root / "cccl_lite" / "book" / "notebook.py")
     config = (ROOT / "_config.yml").read_text()
     assert config.count(config_url()) == 1
     (root / "_config.yml").write_text(config.replace(config_url(), url))
@@ -220,7 +220,7 @@ def test_changing_the_url_in_config_changes_every_install_cell_and_link(tmp_path
 def test_one_step_publishing_writes_the_url_into_the_sources(tmp_path, capsys):
     # `make notebooks` runs colab-edition --sync-url: a new URL in _config.yml
     # reaches the pages' install cells (which the built book shows) and
-    # cccl_lite.notebook.REPOSITORY, and nothing else in those files changes.
+    # cccl_lite.book.notebook.REPOSITORY, and nothing else in those files changes.
     fork = "https://github.com/someone-else/fork_of_book"
     root = fake_checkout(tmp_path, fork)
     assert cli_main(["colab-edition", "--book", str(root / "book"), "--sync-url",
@@ -233,9 +233,9 @@ def test_one_step_publishing_writes_the_url_into_the_sources(tmp_path, capsys):
         text = (root / "book" / name).read_text()
         assert set(INSTALL.findall(text)) == {fork}, name
         assert text.replace(fork, config_url()) == (BOOK / name).read_text(), name
-    module = (root / "cccl_lite" / "notebook.py").read_text()
+    module = (root / "cccl_lite" / "book" / "notebook.py").read_text()
     assert f'REPOSITORY = "{fork}"' in module
-    assert module.replace(fork, config_url()) == (ROOT / "cccl_lite" / "notebook.py").read_text()
+    assert module.replace(fork, config_url()) == (ROOT / "cccl_lite" / "book" / "notebook.py").read_text()
     colab = (root / "colab" / "02_perceive.ipynb").read_text()
     assert fork in colab and config_url() not in colab
     assert sync_repository_url(root) == []  # done once, nothing left to change

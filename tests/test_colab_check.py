@@ -130,7 +130,7 @@ def test_default_data_encodes_on_the_gpu_where_there_is_one(tmp_path, monkeypatc
     import torch
 
     import cccl_lite.data.vectors as vectors
-    from cccl_lite import notebook
+    from cccl_lite.book import notebook
 
     monkeypatch.setenv("CCCL_DATA", str(tmp_path))
     monkeypatch.setenv("CCCL_SMOKE", "1")

@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-import cccl_lite.model as model_module
+import cccl_lite.model.cccl as model_module
 from helpers import lite_vectors
 from cccl_lite.cli import main
-from cccl_lite.model import CCCLConfig
-from cccl_lite.train import CollapseGuard, TrainOptions, Trainer, load_checkpoint
+from cccl_lite.model.cccl import CCCLConfig
+from cccl_lite.engine.train import CollapseGuard, TrainOptions, Trainer, load_checkpoint
 
 B, MARGIN = 8, 0.2
 
@@ -105,7 +105,7 @@ def test_stop_on_collapse_keeps_the_last_finished_epoch(tiny_words_h5, tmp_path,
 
 def test_cli_stop_on_collapse_is_one_line_and_exit_1(tiny_words_h5, tmp_path, monkeypatch,
                                                      capsys):
-    import cccl_lite.train as train_module
+    import cccl_lite.engine.train as train_module
 
     real_init = train_module.Trainer.__init__
     box = {}

@@ -1,4 +1,4 @@
-"""The cost model of cccl_lite.costs against independent counts: torch's own
+"""The cost model of cccl_lite.engine.costs against independent counts: torch's own
 FLOP counter on the scorer, autograd's saved tensors at a batch size the
 fit did not see, and the bytes arithmetic by hand."""
 
@@ -9,9 +9,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from helpers import lite_vectors
-from cccl_lite import costs
-from cccl_lite.fast import fused
-from cccl_lite.model import CCCL, CCCLConfig
+from cccl_lite.engine import costs
+from cccl_lite.model.fast import fused
+from cccl_lite.model.cccl import CCCL, CCCLConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SMALL = lite_vectors(region_dim=32, word_dim=16, embed_dim=24, sim_dim=8)

@@ -1,4 +1,4 @@
-"""The teaching page's chapter table (cccl_lite.course): counts made from the
+"""The teaching page's chapter table (cccl_lite.book.course): counts made from the
 chapter sources, minutes by the stated rules, on a hand-made chapter and on the
 book itself."""
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from cccl_lite.course import (EXERCISE_MINUTES, EXPERIMENTS, MINUTES_PER_CELL, SESSIONS,
-                              WORDS_PER_MINUTE, chapter_stats, chapter_table, exercise_kind,
-                              execution_record, session_table)
-from cccl_lite.exercises import EXERCISES
+from cccl_lite.book.course import (EXERCISE_MINUTES, EXPERIMENTS, MINUTES_PER_CELL, SESSIONS,
+                                   WORDS_PER_MINUTE, chapter_stats, chapter_table, exercise_kind,
+                                   execution_record, session_table)
+from cccl_lite.book.exercises import EXERCISES
 
 from helpers import myst_chapter
 
@@ -145,7 +145,7 @@ def test_session_minutes_from_a_record(tmp_path):
 def test_the_shipped_record_times_every_chapter(monkeypatch):
     """With no record in the checkout, the package's own is read; it has a
     time for every chapter's Colab notebook."""
-    import cccl_lite.course as course
+    import cccl_lite.book.course as course
 
     monkeypatch.delenv("CCCL_EXECUTION_RECORD", raising=False)
     monkeypatch.setattr(course, "RECORDS", ("no/such/full.json", "no/such/smoke.json"))

@@ -11,7 +11,7 @@ from helpers import lite_vectors
 from cccl_lite.data import SchemaError, atomic_h5, write_split
 from cccl_lite.data.dataset import (CaptionDataset, SplitReader, build_vocab, collate,
                                     model_inputs)
-from cccl_lite.model import CCCL, CCCLConfig
+from cccl_lite.model.cccl import CCCL, CCCLConfig
 
 TOKENS = ["a red circle", "a blue square left of a red circle", "two circles",
           "a square", "a green triangle above a square"]

@@ -1,4 +1,4 @@
-"""How the lite preset differs from the paper as printed (cccl_lite.recipes.DEPARTURES):
+"""How the lite preset differs from the paper as printed (cccl_lite.engine.recipes.DEPARTURES):
 every differing field is listed, each piece of evidence is a recorded pair of rows
 that differ in one thing, and the shipped record carries the list."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cccl_lite import diagnose, sensitivity
-from cccl_lite.model import CCCLConfig
-from cccl_lite.recipes import DEPARTURES, TrainOptions, departures, lite_options
+from cccl_lite.studies import diagnose, sensitivity
+from cccl_lite.model.cccl import CCCLConfig
+from cccl_lite.engine.recipes import DEPARTURES, TrainOptions, departures, lite_options
 
 from helpers import resolved_row
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from cccl_lite import diagnose
-from cccl_lite.model import CCCLConfig
-from cccl_lite.train import TrainOptions, Trainer, _Collate
+from cccl_lite.studies import diagnose
+from cccl_lite.model.cccl import CCCLConfig
+from cccl_lite.engine.train import TrainOptions, Trainer, _Collate
 from cccl_lite.data.dataset import SplitReader
 from cccl_lite.data.truth import SplitTruth
 
@@ -166,8 +166,8 @@ def test_reversed_relations_scores_each_caption_against_its_reversal(tmp_path, i
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from cccl_lite.data.synthetic import build_caption, caption_holds
     from cccl_lite.data.truth import parse_caption
-    from cccl_lite.checkpoint import load_model
-    from cccl_lite.pretrained import FIRST_RECIPE, NAME, checkpoint_path
+    from cccl_lite.engine.checkpoint import load_model
+    from cccl_lite.studies.pretrained import FIRST_RECIPE, NAME, checkpoint_path
     from cccl_lite.data.vectors import cache_word_vectors, encode_words, load_encoder
     from cccl_lite.data.synthetic import make_synthetic
 

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from cccl_lite.baselines import difficulty_report
+from cccl_lite.engine.baselines import difficulty_report
 from cccl_lite.data.difficulty import hard_negative_pairs, pairwise_accuracy, structure_holds
 from cccl_lite.data.grammar import caption_structure
 from cccl_lite.data.synthetic import make_synthetic

@@ -1,4 +1,4 @@
-"""The dual encoder (cccl_lite.dual) and its study's refusals (cccl_lite.dual_study)."""
+"""The dual encoder (cccl_lite.engine.dual) and its study's refusals (cccl_lite.studies.dual_study)."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from cccl_lite.dual import MAX_SCALE, DualEncoder, box_centres, info_nce
+from cccl_lite.engine.dual import MAX_SCALE, DualEncoder, box_centres, info_nce
 from cccl_lite.files import OutputError
 
 
@@ -100,7 +100,7 @@ def test_shapes_unit_length_and_padded_words_change_nothing():
 
 
 def test_the_study_refuses_a_results_file_of_other_settings(tiny_words_h5, tmp_path):
-    from cccl_lite.dual_study import run_dual_study
+    from cccl_lite.studies.dual_study import run_dual_study
 
     out = tmp_path / "dual.json"
     out.write_text(json.dumps({"settings": {"max_epochs": 1}, "seeds": []}))
@@ -119,8 +119,8 @@ def test_two_stage_takes_another_first_stage():
     tests/test_perf.py's hand case, given as scores instead of Branch 1's."""
     from helpers import MemoryReader, tiny_config
 
-    from cccl_lite import evaluate as ev
-    from cccl_lite.model import CCCL
+    from cccl_lite.engine import evaluate as ev
+    from cccl_lite.model.cccl import CCCL
 
     first = torch.tensor([[.80, .10, .90, .05, .70, .00],
                           [.20, .60, .30, .90, .10, .20],
@@ -143,8 +143,8 @@ def test_two_stage_takes_another_first_stage():
 @pytest.mark.usefixtures("single_thread")
 def test_the_study_writes_its_rows_resumes_and_ships_a_loadable_checkpoint(
         tiny_words_h5, tmp_path, monkeypatch):
-    from cccl_lite import dual_study
-    from cccl_lite.dual import load_dual
+    from cccl_lite.studies import dual_study
+    from cccl_lite.engine.dual import load_dual
 
     monkeypatch.setitem(dual_study.SETTINGS, "max_epochs", 1)
     monkeypatch.setitem(dual_study.SETTINGS, "bag_of_words_epochs", 1)
@@ -167,7 +167,7 @@ def test_the_study_writes_its_rows_resumes_and_ships_a_loadable_checkpoint(
     assert dual_study.run_dual_study(tiny_words_h5, out, seeds=(0,))["seeds"] == result["seeds"]
     # The CCCL row names the shipped model it measured, and is measured again
     # only when the package ships another one.
-    from cccl_lite.pretrained import provenance
+    from cccl_lite.studies.pretrained import provenance
     assert on_disk["cccl"]["model_sha256"] == provenance()["model_sha256"]
     monkeypatch.setattr(dual_study, "measure_cccl", lambda *a, **k: pytest.fail("remeasured"))
     dual_study.run_dual_study(tiny_words_h5, out, seeds=(0,))

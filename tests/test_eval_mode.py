@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cccl_lite.runtime import eval_mode
+from cccl_lite.engine.runtime import eval_mode
 
 
 def test_a_training_model_is_back_in_training_after_the_block_and_after_an_error():

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from cccl_lite import evaluate as ev
+from cccl_lite.engine import evaluate as ev
 from cccl_lite.data.dataset import SplitReader
 from cccl_lite.data.synthetic import make_synthetic
-from cccl_lite.metrics import KEYS
-from cccl_lite.model import CCCL, CCCLConfig
+from cccl_lite.engine.metrics import KEYS
+from cccl_lite.model.cccl import CCCL, CCCLConfig
 
 from helpers import WORD_DIM, MemoryReader, add_word_vectors, brute_force_recalls, synthetic_config, lite_vectors
 

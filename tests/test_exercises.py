@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from cccl_lite.exercises import (EXERCISES, SOLUTIONS_DIR, _last_value, check_cpc,
-                                  check_cross_attention, check_cross_gru, check_edge_weights,
-                                  check_feature_size, check_gcn, check_pairwise_accuracy,
-                                  check_rank_scores, check_train_step,
-                                  check_recall, check_triplet, check_vsf, show_solution,
-                                  solution_code, solution_text)
+from cccl_lite.book.exercises import (EXERCISES, SOLUTIONS_DIR, _last_value, check_cpc,
+                                      check_cross_attention, check_cross_gru, check_edge_weights,
+                                      check_feature_size, check_gcn, check_pairwise_accuracy,
+                                      check_rank_scores, check_train_step,
+                                      check_recall, check_triplet, check_vsf, show_solution,
+                                      solution_code, solution_text)
 
 
 # ---- answers written from the paper, independently of the package --------------
@@ -285,7 +285,7 @@ def test_the_registry_names_real_stubs():
 
 @pytest.mark.parametrize("label", sorted(EXERCISES))
 def test_stub_says_not_implemented_and_solution_passes(label):
-    import cccl_lite.exercises as ex_module
+    import cccl_lite.book.exercises as ex_module
 
     ex = EXERCISES[label]
     cells = [c.source for c in jupytext.read(ROOT / "book" / f"{ex.chapter}.md").cells
@@ -364,10 +364,10 @@ def test_every_solution_calls_the_package_with_arguments_it_takes():
 def test_the_call_check_catches_a_removed_argument():
     # The check above must be able to fail: an argument the function does
     # not take, and a name the module does not have.
-    code = ("from cccl_lite.ablate import run_ablations, no_such_name\n"
+    code = ("from cccl_lite.studies.ablate import run_ablations, no_such_name\n"
             "run_ablations('d.h5', 'out', 'r.json', noise_seeds=0)\n")
     found = list(_package_calls(code))
-    assert ("cccl_lite.ablate.no_such_name", None, None) in found
+    assert ("cccl_lite.studies.ablate.no_such_name", None, None) in found
     (_, obj, call), = [f for f in found if f[1] is not None]
     with pytest.raises(TypeError, match="noise_seeds"):
         _bind(obj, call)
@@ -529,8 +529,8 @@ def step_answer(model, optimizer, batch, max_norm, zero=True, clip=True, total=T
 
 
 def test_train_step_clipping_is_active_on_the_tiny_model():
-    from cccl_lite.exercises import TinyScorer
-    from cccl_lite.exercises.hard import _train_batches
+    from cccl_lite.book.exercises import TinyScorer
+    from cccl_lite.book.exercises.hard import _train_batches
     model, batch = TinyScorer(0), _train_batches(0, 4)[0]
     _, scores = model(batch["images"], batch["texts"])
     model.loss(scores, batch["positive_mask"]).total.backward()

@@ -11,7 +11,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-from cccl_lite.figures import STAGES, architecture_figure, write_architecture_svgs  # noqa: E402
+from cccl_lite.book.figures import STAGES, architecture_figure, write_architecture_svgs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ROOT / "book" / "figures"

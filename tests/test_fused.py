@@ -1,4 +1,4 @@
-"""The fused CPU kernels (cccl_lite/fast/fused.py, cccl_lite/fast/csrc/fused_cpu.cpp).
+"""The fused CPU kernels (cccl_lite/model/fast/fused.py, cccl_lite/model/fast/csrc/fused_cpu.cpp).
 
 References are independent of the kernels: ``CrossGRU.recur`` and
 ``LocalBranch.forward`` (the equations as printed, themselves checked against
@@ -17,12 +17,12 @@ import warnings
 import pytest
 import torch
 
-from cccl_lite import evaluate as ev
-from cccl_lite.fast import align as fast_align, fused, reason as fast_reason
-from cccl_lite.fast import local_similarity, relation_recur
-from cccl_lite.align import LocalBranch
-from cccl_lite.model import CCCL
-from cccl_lite.reason import CrossGRU
+from cccl_lite.engine import evaluate as ev
+from cccl_lite.model.fast import align as fast_align, fused, reason as fast_reason
+from cccl_lite.model.fast import local_similarity, relation_recur
+from cccl_lite.model.align import LocalBranch
+from cccl_lite.model.cccl import CCCL
+from cccl_lite.model.reason import CrossGRU
 
 from helpers import make_batch, nn_gru_states, tiny_config
 

@@ -80,7 +80,7 @@ def test_numpy_and_tensor_scalars_are_glued_as_numbers_myst_nb_can_format():
     import numpy as np
     import torch
 
-    from cccl_lite.notebook import plain_value
+    from cccl_lite.book.notebook import plain_value
 
     def pasted(value, spec):  # what myst-nb's format_plain_text does, written out
         text = repr(value)

@@ -1,4 +1,4 @@
-"""``python -m cccl_lite grade`` (cccl_lite.grade): student notebooks made by the
+"""``python -m cccl_lite grade`` (cccl_lite.book.grade): student notebooks made by the
 real student-edition code from a small synthetic chapter, filled in by hand
 four ways (correct, wrong, partial, crashing) plus a run-away and a dying
 kernel; every verdict is compared with the one we built in."""
@@ -12,9 +12,9 @@ import nbformat
 import pytest
 
 from cccl_lite.cli import main as cli_main
-from cccl_lite.exercises import solution_code
-from cccl_lite.grade import WRITTEN, exercise_cells, grade_submissions
-from cccl_lite.student import make_student_edition
+from cccl_lite.book.exercises import solution_code
+from cccl_lite.book.grade import WRITTEN, exercise_cells, grade_submissions
+from cccl_lite.book.editions import make_student_edition
 
 from helpers import myst_chapter
 
@@ -25,7 +25,7 @@ CHAPTER = myst_chapter(textwrap.dedent('''
     # 1. A small chapter
 
     ```{code-cell} ipython3
-    from cccl_lite.exercises import check_feature_size, check_recall
+    from cccl_lite.book.exercises import check_feature_size, check_recall
     ```
 
     ```{exercise}
@@ -214,7 +214,7 @@ def test_a_student_printing_the_grader_mark_cannot_crash_or_forge_the_record():
     """Found by hand (tests/RELIABILITY.md): a student's function printing a
     malformed 'CCCL-GRADE ' line stopped the whole grading run with a JSON
     error and no CSV. The grader's record is the last marked line that parses."""
-    from cccl_lite.grade import _MARK, _record
+    from cccl_lite.book.grade import _MARK, _record
 
     cell = {"outputs": [
         {"output_type": "stream", "text": f"{_MARK}{{bad json\n{_MARK}[1, 2]\n"},

@@ -1,4 +1,4 @@
-"""Tests for cccl_lite.loss (eqs 28-34) against independent references.
+"""Tests for cccl_lite.model.loss (eqs 28-34) against independent references.
 
 References are plain Python loops over scalars (nested lists), written from
 the equations and from the module's own weights.
@@ -11,14 +11,14 @@ import math
 import pytest
 import torch
 
-from cccl_lite.loss import (
-    HybridLoss,
-    SimilarityMLP,
-    alignment_term,
-    coherence_term,
-    fuse_scores,
-    hybrid_loss,
-)
+from cccl_lite.model.loss import (
+                                  HybridLoss,
+                                  SimilarityMLP,
+                                  alignment_term,
+                                  coherence_term,
+                                  fuse_scores,
+                                  hybrid_loss,
+                                  )
 
 
 def rand(*shape, seed=0):

@@ -1,4 +1,4 @@
-"""Tests for cccl_lite.metrics (eqs 35-36) against independent references."""
+"""Tests for cccl_lite.engine.metrics (eqs 35-36) against independent references."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cccl_lite.metrics import coco_1k_recall, format_recalls, ranks, recall_at_k
+from cccl_lite.engine.metrics import coco_1k_recall, format_recalls, ranks, recall_at_k
 
 KEYS = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"]
 

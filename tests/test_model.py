@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from cccl_lite.model import ABLATIONS, CCCL, CCCLConfig, ImageEncoding, TextEncoding, select_rows
+from cccl_lite.model.cccl import ABLATIONS, CCCL, CCCLConfig, ImageEncoding, TextEncoding, select_rows
 
 from helpers import make_batch, tiny_config
 

@@ -8,11 +8,11 @@ import shutil
 import h5py
 import pytest
 
-import cccl_lite.train as train_module
+import cccl_lite.engine.train as train_module
 from cccl_lite.cli import main
 from cccl_lite.errors import InputError
-from cccl_lite.model import CCCLConfig
-from cccl_lite.train import data_dataset, resolve_config
+from cccl_lite.model.cccl import CCCLConfig
+from cccl_lite.engine.train import data_dataset, resolve_config
 
 
 def test_paper_lambda_per_dataset_as_table_1_prints():

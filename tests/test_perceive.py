@@ -12,14 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-from cccl_lite.perceive import (
-    BiGRUWordEncoder,
-    ContextPerceivedCell,
-    TextualEmbedding,
-    VisualEmbedding,
-    masked_softmax,
-    position_features,
-)
+from cccl_lite.model.perceive import (
+                                      BiGRUWordEncoder,
+                                      ContextPerceivedCell,
+                                      TextualEmbedding,
+                                      VisualEmbedding,
+                                      masked_softmax,
+                                      position_features,
+                                      )
 
 D = 6
 TOL = dict(atol=1e-10, rtol=1e-10)
@@ -573,7 +573,7 @@ def test_gradients_reach_every_parameter_of_visual_embedding():
 def test_position_fusion_sum_adds_the_linear_position_embedding():
     """"sum" reading of eq 10: Q̂ + S̃ W_S + b_S, written out by hand (no CPC)."""
     import torch
-    from cccl_lite.perceive import VisualEmbedding
+    from cccl_lite.model.perceive import VisualEmbedding
     torch.manual_seed(0)
     emb = VisualEmbedding(5, 3, use_position=True, use_cpc=False, position_fusion="sum")
     regions, positions = torch.randn(2, 4, 5), torch.rand(2, 4, 6)
@@ -601,7 +601,7 @@ def test_position_fusion_sum_adds_the_linear_position_embedding():
 
 
 def test_box_centres_of_a_hand_box_in_both_tuples():
-    from cccl_lite.perceive import box_centres
+    from cccl_lite.model.perceive import box_centres
     # A 40 x 20 box at (10, 60) in a 100 x 200 image: centre (30, 70).
     boxes, size = torch.tensor([[10.0, 60.0, 50.0, 80.0]]), torch.tensor([100.0, 200.0])
     for variant in ("ours", "camera"):

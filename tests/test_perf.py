@@ -19,15 +19,15 @@ import numpy as np
 import pytest
 import torch
 
-from cccl_lite import evaluate as ev
-from cccl_lite import scoring
-from cccl_lite.align import vector_similarity
-from cccl_lite.fast import (fused, local_similarity, local_similarity_pairs, relation_recur,
-                            vsf_all_pairs)
-from cccl_lite.loss import hybrid_loss
-from cccl_lite.model import ABLATIONS, CCCL, CCCLConfig, select_rows
-from cccl_lite.reason import CrossGRU
-from cccl_lite.train import TrainOptions, warmup_loss
+from cccl_lite.engine import evaluate as ev
+from cccl_lite.engine import scoring
+from cccl_lite.model.align import vector_similarity
+from cccl_lite.model.fast import (fused, local_similarity, local_similarity_pairs, relation_recur,
+                                  vsf_all_pairs)
+from cccl_lite.model.loss import hybrid_loss
+from cccl_lite.model.cccl import ABLATIONS, CCCL, CCCLConfig, select_rows
+from cccl_lite.model.reason import CrossGRU
+from cccl_lite.engine.train import TrainOptions, warmup_loss
 
 from helpers import MemoryReader, brute_force_recalls, make_batch, nn_gru_states, tiny_config, lite_vectors
 
@@ -396,7 +396,7 @@ def test_two_stage_hand_made_shortlist_that_drops_true_matches(monkeypatch):
     cheap = torch.tensor([[.80, .10, .90, .05, .70, .00],
                           [.20, .60, .30, .90, .10, .20],
                           [.10, .05, .20, .30, .95, .40]])
-    # The two-stage scorer (cccl_lite.scoring) reads its shortlist's cheap scores.
+    # The two-stage scorer (cccl_lite.engine.scoring) reads its shortlist's cheap scores.
     monkeypatch.setattr(scoring, "cheap_scores", lambda *a, **kw: cheap.clone())
     cfg = tiny_config()
     model, reader = build(cfg), MemoryReader(cfg, n_img=3, cpi=2, seed=3)

@@ -1,12 +1,12 @@
-"""The plateau study (cccl_lite.plateau): its first row is the lite preset with
+"""The plateau study (cccl_lite.studies.plateau): its first row is the lite preset with
 its own learning-rate drop, each other row changes one thing of the row it
 names, and a record says whether patience or the cap ended its run."""
 
 import dataclasses
 
-from cccl_lite import plateau
-from cccl_lite.checkpoint import resolve_config
-from cccl_lite.recipes import lite_options
+from cccl_lite.studies import plateau
+from cccl_lite.engine.checkpoint import resolve_config
+from cccl_lite.engine.recipes import lite_options
 
 from helpers import resolved_row  # noqa: E402
 
@@ -44,7 +44,7 @@ def test_each_row_changes_one_thing_of_the_row_it_names(tiny_words_h5):
 
 
 def test_stopped_on_patience_reads_the_best_and_last_epochs():
-    from cccl_lite.train import stopped_on_patience
+    from cccl_lite.engine.train import stopped_on_patience
 
     assert stopped_on_patience({"best_epoch": 10, "last_epoch": 13}, 3)
     assert not stopped_on_patience({"best_epoch": 30, "last_epoch": 30}, 3)  # cut at the cap

@@ -1,4 +1,4 @@
-"""cccl_lite.plots: the chapters' shared box drawing, on hand-made boxes."""
+"""cccl_lite.book.plots: the chapters' shared box drawing, on hand-made boxes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from cccl_lite.plots import draw_boxes  # noqa: E402
+from cccl_lite.book.plots import draw_boxes  # noqa: E402
 
 
 def test_draw_boxes_hand_case():

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from cccl_lite import pretrained
-from cccl_lite.model import CCCLConfig
-from cccl_lite.train import TrainOptions, load_model, train
+from cccl_lite.studies import pretrained
+from cccl_lite.model.cccl import CCCLConfig
+from cccl_lite.engine.train import TrainOptions, load_model, train
 
 from helpers import WORD_DIM, lite_vectors
 

@@ -1,4 +1,4 @@
-"""cccl_lite.probes: hand cases and independent computations."""
+"""cccl_lite.studies.probes: hand cases and independent computations."""
 
 import types
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cccl_lite.perceive import VisualEmbedding
-from cccl_lite.probes import SIDES, linear_probe_accuracy, noun_sides, position_share
+from cccl_lite.model.perceive import VisualEmbedding
+from cccl_lite.studies.probes import SIDES, linear_probe_accuracy, noun_sides, position_share
 
 
 def test_noun_sides_reads_subject_and_object_sides():
@@ -113,7 +113,7 @@ def _caption_file(tmp_path):
 
 
 def test_encoded_side_probe_reads_what_the_encoder_kept(tmp_path):
-    from cccl_lite.probes import encoded_side_probe
+    from cccl_lite.studies.probes import encoded_side_probe
     path = _caption_file(tmp_path)
     identity = types.SimpleNamespace(training=False, eval=lambda: None, train=lambda w: None,
                                      encode_texts=lambda w, m, a: types.SimpleNamespace(t=w))
@@ -147,7 +147,7 @@ class _BoxReader:
 
 
 def test_region_position_r2_one_for_centres_zero_for_noise():
-    from cccl_lite.probes import region_position_r2
+    from cccl_lite.studies.probes import region_position_r2
     reader = _BoxReader()
 
     def model_of(encode):
@@ -166,7 +166,7 @@ def test_region_position_r2_one_for_centres_zero_for_noise():
 def test_word_side_probe_projection_keeps_only_what_the_projection_passes(tmp_path, monkeypatch):
     """A side written in one input dimension: read in full, and lost by a
     projection that (by construction) has a zero column for that dimension."""
-    import cccl_lite.probes as probes
+    import cccl_lite.studies.probes as probes
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, size=400)
     x = rng.normal(size=(400, 8)).astype(np.float32)
@@ -188,7 +188,7 @@ def test_word_side_probe_projection_keeps_only_what_the_projection_passes(tmp_pa
 @pytest.mark.parametrize("oracle", ["side", "centre", "side+centre"])
 def test_write_oracle_appends_the_halves(tiny_words_h5, tmp_path, oracle):
     import h5py
-    from cccl_lite.probes import write_oracle
+    from cccl_lite.studies.probes import write_oracle
     dst = write_oracle(tiny_words_h5, tmp_path / "oracle.h5", oracle)
     assert [p.name for p in tmp_path.iterdir()] == ["oracle.h5"]  # no temp file left
     shapes = {"circle", "square", "triangle", "diamond", "cross"}
@@ -237,7 +237,7 @@ def test_write_oracle_appends_the_halves(tiny_words_h5, tmp_path, oracle):
 
 
 def test_pair_accuracy_by_hand():
-    from cccl_lite.probes import pair_accuracy
+    from cccl_lite.studies.probes import pair_accuracy
     t = torch.tensor
     own = (t([1.0, 0.0, 2.0, 5.0]), (t([1.0, 1.0, 1.0, 1.0]), None, t([3.0, 0.0, 0.0, 0.0])))
     other = (t([0.0, 1.0, 2.0, 4.0]), (t([0.0, 0.0, 0.0, 2.0]), None, t([0.0, 0.0, 0.0, 0.0])))
@@ -246,8 +246,8 @@ def test_pair_accuracy_by_hand():
 
 
 def _tiny_model_and_reader(path, seed=0):
-    from cccl_lite.checkpoint import make_reader
-    from cccl_lite.model import CCCL
+    from cccl_lite.engine.checkpoint import make_reader
+    from cccl_lite.model.cccl import CCCL
     from helpers import synthetic_config
 
     torch.manual_seed(seed)
@@ -258,7 +258,7 @@ def _tiny_model_and_reader(path, seed=0):
 @pytest.mark.usefixtures("single_thread")
 def test_sibling_pair_scores_match_the_full_grid(tiny_words_h5):
     """Each pair's scores equal the entries of CCCL.forward's all-pairs grid."""
-    from cccl_lite.probes import sibling_pair_scores
+    from cccl_lite.studies.probes import sibling_pair_scores
     model, reader = _tiny_model_and_reader(tiny_words_h5)
     pairs = np.array([[0, 1], [5, 0], [7, 3]])
     with torch.no_grad():
@@ -277,7 +277,7 @@ def test_sibling_pair_scores_match_the_full_grid(tiny_words_h5):
 
 @pytest.mark.usefixtures("single_thread")
 def test_fit_sibling_pairs_lowers_its_hinge_and_lr_zero_changes_nothing(tiny_words_h5):
-    from cccl_lite.probes import fit_sibling_pairs, sibling_pair_scores
+    from cccl_lite.studies.probes import fit_sibling_pairs, sibling_pair_scores
     pairs = np.array([[0, 1], [5, 0], [7, 3], [2, 4]])
 
     def hinge(model, reader):

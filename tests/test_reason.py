@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from cccl_lite.reason import CrossGRU, GraphEdges, GraphReasoning, ResidualGCN, full_adjacency
+from cccl_lite.model.reason import CrossGRU, GraphEdges, GraphReasoning, ResidualGCN, full_adjacency
 
 D = 6
 TOL = dict(atol=1e-10, rtol=1e-10)

@@ -23,16 +23,16 @@ import numpy as np
 import pytest
 import torch
 
-from cccl_lite import ablate
+from cccl_lite.studies import ablate
 from cccl_lite import errors
 from cccl_lite.cli import main
 from cccl_lite.data.dataset import SplitReader
 from cccl_lite.data.precomp import InputError, convert_precomp, read_captions
 from cccl_lite.data.schema import SchemaError, atomic_h5, check_file
-from cccl_lite.fast import fused
+from cccl_lite.model.fast import fused
 from cccl_lite.files import OutputError, RunLock, remove_stale_temps
 from cccl_lite.data.text import simple_tokenize
-from cccl_lite.train import Trainer, load_checkpoint, train
+from cccl_lite.engine.train import Trainer, load_checkpoint, train
 
 from helpers import one_error_line, quick, small_config, write_scan
 
@@ -459,7 +459,7 @@ def test_a_read_only_out_is_one_clear_line(tiny_words_h5, tmp_path, capsys):
 
 def test_save_sims_to_a_folder_fails_before_scoring(run_dir, tiny_words_h5, tmp_path, capsys,
                                                     monkeypatch):
-    from cccl_lite import evaluate
+    from cccl_lite.engine import evaluate
 
     def no_scoring(*a, **k):
         raise AssertionError("scored before checking --save-sims")

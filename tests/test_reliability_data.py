@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from cccl_lite.checkpoint import data_identity
+from cccl_lite.engine.checkpoint import data_identity
 from cccl_lite.data.difficulty import hard_negative_pairs
 from cccl_lite.data.synthetic import make_synthetic
 
@@ -318,7 +318,7 @@ def test_nan_data_are_refused_before_training(tiny_words_h5, tmp_path, capsys, f
     config that reads them (the paper's text side)."""
     from cccl_lite.cli import main
     from cccl_lite.data.schema import SchemaError
-    from cccl_lite.train import train
+    from cccl_lite.engine.train import train
     from helpers import quick, small_config
 
     bad = _edit(tiny_words_h5, tmp_path / "nan.h5", _nan(field, row))

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cccl_lite import pretrained
+from cccl_lite.studies import pretrained
 from cccl_lite.cli import main
 from cccl_lite.errors import InputError
-from cccl_lite.train import Trainer, train
+from cccl_lite.engine.train import Trainer, train
 
 from helpers import one_error_line, quick, small_config
 
@@ -206,7 +206,7 @@ import sys
 from torch.utils import cpp_extension as c
 c._run_ninja_build = lambda *a, **k: None            # no compiler run: the test reads
 c._import_module_from_library = lambda *a, **k: "m"  # the build file torch would run
-from cccl_lite.fast import fused
+from cccl_lite.model.fast import fused
 fused._load()
 sys.stdout.write((fused._build_dir(fused._build_name()) / "build.ninja").read_text())
 """
@@ -236,7 +236,7 @@ def test_the_kernel_build_does_not_depend_on_the_path_to_the_environment(tmp_pat
 
 
 def test_diagnose_overwrite_writes_the_baselines_again(tiny_words_h5, tmp_path):
-    from cccl_lite.diagnose import run_diagnosis
+    from cccl_lite.studies.diagnose import run_diagnosis
 
     results = tmp_path / "diagnosis.json"
     other = {"settings": {"data": "another.h5"}, "provenance": {},
@@ -266,7 +266,7 @@ def _entry(name="CCCL", seed=0):
 ])
 def test_a_hand_edited_ablate_results_file_is_one_line(tiny_words_h5, tmp_path, capsys,
                                                         edit, needle):
-    from cccl_lite import ablate
+    from cccl_lite.studies import ablate
 
     results = tmp_path / "ablations.json"
     entry = _entry()
@@ -287,7 +287,7 @@ def test_a_hand_edited_ablate_results_file_is_one_line(tiny_words_h5, tmp_path, 
 ])
 def test_a_hand_edited_diagnose_results_file_is_one_line(tiny_words_h5, tmp_path, capsys,
                                                           rows, needle):
-    from cccl_lite import diagnose
+    from cccl_lite.studies import diagnose
 
     results = tmp_path / "diagnosis.json"
     results.write_text(json.dumps({"settings": diagnose._settings(tiny_words_h5, 1, 1, 0),
@@ -420,7 +420,7 @@ def test_a_last_batch_of_one_pair_is_not_trained_on(tiny_words_h5, tmp_path, mon
     """300 training captions in batches of 13: the last batch holds one pair,
     whose alignment term (eq 33) is identically zero (#12's case, reached by
     the split's size instead of --batch-size 1). It is skipped, not trained."""
-    from cccl_lite.model import CCCL
+    from cccl_lite.model.cccl import CCCL
 
     sizes, loss = [], CCCL.loss
 

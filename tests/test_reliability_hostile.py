@@ -87,7 +87,7 @@ def test_a_checkpoint_declaring_a_million_words_is_refused_before_allocating(tmp
     ckpt["config"]["vocab_size"] = 1_000_000  # 1.2 GB of embedding (the issue: 6e6, 7.3 GB)
     bad = tmp_path / "vocab.pt"
     torch.save(ckpt, bad)
-    load = ("from cccl_lite.checkpoint import load_model\nfrom cccl_lite.errors import InputError\n"
+    load = ("from cccl_lite.engine.checkpoint import load_model\nfrom cccl_lite.errors import InputError\n"
             "try:\n    load_model(sys.argv[1] if len(sys.argv) > 1 else {p!r})\n"
             "except InputError as e:\n    print('refused:', e)\n")
     base, _ = _rss_after("pass")
@@ -101,7 +101,7 @@ def test_a_zip_bomb_checkpoint_is_refused_before_inflating(tmp_path):
 
     import torch
 
-    from cccl_lite.checkpoint import load_checkpoint
+    from cccl_lite.engine.checkpoint import load_checkpoint
     from cccl_lite.errors import InputError
 
     plain = tmp_path / "plain.pt"

@@ -67,7 +67,7 @@ def test_the_check_catches_a_different_url(tmp_path):
 
 
 def test_notebook_names_the_configured_repository():
-    from cccl_lite.notebook import REPOSITORY
+    from cccl_lite.book.notebook import REPOSITORY
 
     assert REPOSITORY == config_url()
 
@@ -76,7 +76,7 @@ def test_results_file_reads_the_package_data_and_never_the_network(monkeypatch, 
     import json
     import urllib.request
 
-    from cccl_lite.notebook import results_file
+    from cccl_lite.book.notebook import results_file
 
     def no_network(*args, **kwargs):
         raise AssertionError("results_file went to the network")
@@ -91,7 +91,7 @@ def test_results_file_reads_the_package_data_and_never_the_network(monkeypatch, 
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "cccl_lite/results/nothing.json" in out[0]
     # a file a chapter needs: an error that IPython shows as one line
-    from cccl_lite.notebook import MissingResult
+    from cccl_lite.book.notebook import MissingResult
 
     with pytest.raises(MissingResult, match="cccl_lite/results/nothing.json") as caught:
         results_file("nothing.json")

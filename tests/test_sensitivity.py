@@ -1,4 +1,4 @@
-"""Sec. 4.4's sensitivity grid (cccl_lite.sensitivity): each row changes one thing
+"""Sec. 4.4's sensitivity grid (cccl_lite.studies.sensitivity): each row changes one thing
 of the centre point, the centre is the lite preset, and the runner goes seed by seed."""
 
 import dataclasses
@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from cccl_lite import diagnose, sensitivity
-from cccl_lite.checkpoint import resolve_config
-from cccl_lite.recipes import lite_options
+from cccl_lite.studies import diagnose, sensitivity
+from cccl_lite.engine.checkpoint import resolve_config
+from cccl_lite.engine.recipes import lite_options
 
 from helpers import WORD_DIM, lite_vectors, resolved_row
 

@@ -1,4 +1,4 @@
-"""The student edition (cccl_lite.student): one plain notebook per chapter, built
+"""The student edition (cccl_lite.book.student): one plain notebook per chapter, built
 from the book's sources, with every checked exercise a stub whose checker says
 "not implemented yet", no solution text, and no MyST syntax left for Jupyter or
 Colab to show raw."""
@@ -11,10 +11,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-import cccl_lite.exercises as exercises
-from cccl_lite.exercises import EXERCISES, _last_value, solution_code, solution_text
+import cccl_lite.book.exercises as exercises
+from cccl_lite.book.exercises import EXERCISES, _last_value, solution_code, solution_text
 from cccl_lite.cli import main as cli_main
-from cccl_lite.student import answer_placeholder, make_student_edition, myst_to_markdown
+from cccl_lite.book.editions import make_student_edition
+from cccl_lite.book.student import answer_placeholder, myst_to_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
@@ -120,7 +121,7 @@ def test_command_line(tmp_path, capsys):
 
 
 def test_stub_and_answer_cells_carry_the_graders_metadata(edition):
-    # The convention H4's grader reads (cccl_lite.student's docstring): every
+    # The convention H4's grader reads (cccl_lite.book.student's docstring): every
     # stub code cell and one answer cell per written exercise, by metadata.
     _, notebooks = edition
     for stem, nb in notebooks.items():

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from cccl_lite.data.dataset import CaptionDataset, SplitReader, collate, model_inputs
-from cccl_lite.evaluate import evaluate_split
-from cccl_lite.metrics import KEYS
-from cccl_lite.model import CCCL
-from cccl_lite.runtime import restore_rng, rng_states
-from cccl_lite.train import (TrainOptions, Trainer, alignment_term_all_negatives,
-                             load_checkpoint, load_model, train)
+from cccl_lite.engine.evaluate import evaluate_split
+from cccl_lite.engine.metrics import KEYS
+from cccl_lite.model.cccl import CCCL
+from cccl_lite.engine.runtime import restore_rng, rng_states
+from cccl_lite.engine.train import (TrainOptions, Trainer, alignment_term_all_negatives,
+                                    load_checkpoint, load_model, train)
 
 from helpers import WORD_DIM as D_E  # random word vectors in the tiny file (no MiniLM)
 from helpers import quick, small_config
@@ -212,7 +212,7 @@ def test_resume_gives_identical_weights(tiny_h5, tmp_path, one_thread):
 
 
 def test_resume_refuses_another_selection_or_sibling_weight(tmp_path):
-    from cccl_lite.checkpoint import check_resumable
+    from cccl_lite.engine.checkpoint import check_resumable
     from cccl_lite.errors import InputError
 
     config = small_config(epochs=2)
@@ -453,7 +453,7 @@ def test_cli_pair_chunk_reaches_the_trainer(tiny_h5, tmp_path):
 
 def test_position_tuple_reaches_the_reader_and_the_cli(tiny_h5, tmp_path, capsys):
     from cccl_lite.cli import main
-    from cccl_lite.train import make_reader
+    from cccl_lite.engine.train import make_reader
 
     reader = make_reader(tiny_h5, "val", small_config(position_tuple="camera"))
     images = reader.images([0])
@@ -495,7 +495,7 @@ def test_a_model_that_reads_no_heads_trains_and_evaluates_on_unparsed_data(tiny_
     checkpoints must evaluate on a file without heads, as they trained on it.
     The evaluation loader once built its own reader that still asked for heads
     under "w/o B-3" (``syntax=config.use_syntax``): this is the case it failed."""
-    from cccl_lite.checkpoint import load_for_data, make_reader
+    from cccl_lite.engine.checkpoint import load_for_data, make_reader
     from cccl_lite.cli import main
     from cccl_lite.data.schema import SchemaError
 

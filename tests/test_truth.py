@@ -12,8 +12,8 @@ from cccl_lite.data.dataset import SiblingSampler
 from cccl_lite.data.schema import SchemaError
 from cccl_lite.data.synthetic import make_synthetic
 from cccl_lite.data.truth import SplitTruth
-from cccl_lite.loss import alignment_term, coherence_term, hybrid_loss
-from cccl_lite.metrics import recall_at_k, truth_recall_at_k
+from cccl_lite.model.loss import alignment_term, coherence_term, hybrid_loss
+from cccl_lite.engine.metrics import recall_at_k, truth_recall_at_k
 
 
 @pytest.fixture(scope="module")
@@ -222,8 +222,8 @@ def test_sibling_weight_multiplies_each_weighted_hinge_in_both_directions():
 
 
 def test_collate_weighs_exactly_the_pairs_of_one_group(tiny_words_h5):
-    from cccl_lite.model import CCCLConfig
-    from cccl_lite.train import _Collate, make_reader
+    from cccl_lite.model.cccl import CCCLConfig
+    from cccl_lite.engine.train import _Collate, make_reader
 
     t = SplitTruth(tiny_words_h5, "train")
     reader = make_reader(tiny_words_h5, "train", lite_vectors())
@@ -242,7 +242,7 @@ def test_collate_weighs_exactly_the_pairs_of_one_group(tiny_words_h5):
 
 
 def test_sibling_weight_is_a_number_at_least_0():
-    from cccl_lite.recipes import TrainOptions
+    from cccl_lite.engine.recipes import TrainOptions
 
     assert TrainOptions(warmup_epochs=None, sibling_weight=5).sibling_weight == 5
     # After a warm-up it weighs the warm-up's sum only (the trainer passes no weight
@@ -254,8 +254,8 @@ def test_sibling_weight_is_a_number_at_least_0():
 
 def test_sibling_weight_reaches_the_sum_epochs_only(tiny_words_h5, tmp_path, monkeypatch):
     """A warm-up epoch (sum over negatives) gets the weights, eq 33's epoch none."""
-    from cccl_lite.model import CCCL
-    from cccl_lite.train import TrainOptions, train
+    from cccl_lite.model.cccl import CCCL
+    from cccl_lite.engine.train import TrainOptions, train
 
     from helpers import small_config
 

@@ -1,4 +1,4 @@
-"""cccl_lite.visualize (chapter 8) against hand computations.
+"""cccl_lite.book.visualize (chapter 8) against hand computations.
 
 Fig 6's rank-to-score map and pixel sums are checked on hand-worked cases and
 a brute-force loop; v̂_i · v^R against ``torch.nn.GRU`` run on each pair's
@@ -17,12 +17,12 @@ from torch import nn
 
 from helpers import lite_vectors
 from cccl_lite.data.synthetic import SIZES, Caption, NounPhrase, build_caption, split_content
-from cccl_lite.model import CCCL, CCCLConfig
-from cccl_lite.perceive import position_features
-from cccl_lite.visualize import (FIG6_MU, caption_region_attention, caption_true_of,
-                                 named_objects, parse_caption, pixel_attention, rank_scores,
-                                 regions_showing, relation_similarity, truth_matrix,
-                                 word_region_attention)
+from cccl_lite.model.cccl import CCCL, CCCLConfig
+from cccl_lite.model.perceive import position_features
+from cccl_lite.book.visualize import (FIG6_MU, caption_region_attention, caption_true_of,
+                                      named_objects, parse_caption, pixel_attention, rank_scores,
+                                      regions_showing, relation_similarity, truth_matrix,
+                                      word_region_attention)
 
 TOL = dict(atol=1e-10, rtol=1e-10)
 

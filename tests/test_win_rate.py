@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from cccl_lite import diagnose
-from cccl_lite.loss import alignment_term, hardest_negative_wins
-from cccl_lite.train import train
+from cccl_lite.studies import diagnose
+from cccl_lite.model.loss import alignment_term, hardest_negative_wins
+from cccl_lite.engine.train import train
 
 from helpers import quick, small_config
 

@@ -6,7 +6,7 @@ directives and roles Colab shows as raw text. This handler runs after the
 theme's (``html-page-context``, priority 502 > the theme's 501) and points
 that link at ``colab/NN_name.ipynb``, the notebook that
 ``python -m cccl_lite colab-edition`` makes from the same page
-(:mod:`cccl_lite.editions`), through :func:`cccl_lite.editions.colab_url`,
+(:mod:`cccl_lite.book.editions`), through :func:`cccl_lite.book.editions.colab_url`,
 the same derivation from ``_config.yml`` the notebooks' own links use. A
 notebook page with no Colab edition loses its Colab button rather than open
 raw MyST. Loaded by ``_config.yml`` (``sphinx.local_extensions``).
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cccl_lite.editions import COLAB_DIR, colab_url, repository
+from cccl_lite.book.editions import COLAB_DIR, colab_url, repository
 
 
 def retarget_colab(app, pagename, templatename, context, doctree):

@@ -2,10 +2,10 @@
 
     python book/figures/make_architecture.py
 
-The drawing is cccl_lite.figures.architecture_figure; this script only says
+The drawing is cccl_lite.book.figures.architecture_figure; this script only says
 where the files go. The SVGs are what the built book shows; the PNGs, the
 same drawings at 100 dpi, are what the Colab and student editions embed
-(cccl_lite.editions), since Colab shows neither an SVG data URI nor a cell
+(cccl_lite.book.editions), since Colab shows neither an SVG data URI nor a cell
 attachment. Commit both.
 """
 
@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cccl_lite.figures import STAGES, architecture_figure, write_architecture_svgs  # noqa: E402
+from cccl_lite.book.figures import STAGES, architecture_figure, write_architecture_svgs  # noqa: E402
 
 if __name__ == "__main__":
     here = Path(__file__).resolve().parent

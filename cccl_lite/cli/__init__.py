@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..data.schema import SchemaError
-from ..errors import InputError, one_line
-from .types import (float_at_least, int_at_least, nonnegative_float, nonnegative_int,
-                    positive_float, positive_int, run_script)
+from cccl_lite.data.schema import SchemaError
+from cccl_lite.errors import InputError, one_line
+from cccl_lite.cli.types import (float_at_least, int_at_least, nonnegative_float, nonnegative_int,
+                                 positive_float, positive_int, run_script)
 
 __all__ = ["main", "build_parser", "OneLineParser", "positive_int", "int_at_least",
            "float_at_least", "nonnegative_int", "positive_float", "nonnegative_float",
@@ -57,7 +57,7 @@ def _data_runner(run, name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import data, engine, studies
+    from cccl_lite.cli import data, engine, studies
 
     parser = OneLineParser(prog="python -m cccl_lite",
                            description="CCCL lite: train, evaluate and study the model, and "

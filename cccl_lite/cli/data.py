@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from .types import nonnegative_int, positive_int, run_script
+from cccl_lite.cli.types import nonnegative_int, positive_int, run_script
 
 __all__ = ["DataCommand", "COMMANDS", "script_main"]
 
@@ -29,7 +29,7 @@ __all__ = ["DataCommand", "COMMANDS", "script_main"]
 
 
 def add_make_synthetic(p) -> None:
-    from ..data.synthetic import SIZES
+    from cccl_lite.data.synthetic import SIZES
 
     p.add_argument("--out", type=Path, required=True, help="the HDF5 file to write")
     p.add_argument("--seed", type=_scene_seed, default=0,
@@ -51,9 +51,9 @@ def _scene_seed(text: str) -> int:
 
 
 def run_make_synthetic(args, prog: str) -> int:
-    from ..data.schema import split_sizes
-    from ..data.synthetic import make_synthetic
-    from ..files import check_output_file
+    from cccl_lite.data.schema import split_sizes
+    from cccl_lite.data.synthetic import make_synthetic
+    from cccl_lite.files import check_output_file
 
     start = time.perf_counter()
 
@@ -88,7 +88,7 @@ def add_encode_words(p) -> None:
 
 
 def run_encode_words(args, prog: str) -> int:
-    from ..data.vectors import cache_word_vectors
+    from cccl_lite.data.vectors import cache_word_vectors
 
     code, done = run_script(prog, lambda: cache_word_vectors(
         args.file, encoder=args.encoder, batch_size=args.batch_size, device=args.device,
@@ -112,7 +112,7 @@ def add_parse(p) -> None:
 
 
 def run_parse(args, prog: str) -> int:
-    from ..data.parsing import parse_captions
+    from cccl_lite.data.parsing import parse_captions
 
     # The parser is loaded only if some split needs parsing.
     code, done = run_script(prog, lambda: parse_captions(
@@ -130,8 +130,8 @@ def run_parse(args, prog: str) -> int:
 
 
 def add_prepare_precomp(p) -> None:
-    from ..data.precomp import BOX_SOURCES
-    from ..data.schema import SPLITS
+    from cccl_lite.data.precomp import BOX_SOURCES
+    from cccl_lite.data.schema import SPLITS
 
     p.add_argument("--src", required=True, help="folder with SCAN's {split}_* files")
     p.add_argument("--split", required=True, help="SCAN split: train, dev, test, testall")
@@ -146,7 +146,7 @@ def add_prepare_precomp(p) -> None:
 
 
 def run_prepare_precomp(args, prog: str) -> int:
-    from ..data.precomp import convert_precomp
+    from cccl_lite.data.precomp import convert_precomp
 
     warnings.formatwarning = lambda msg, *a, **k: f"warning: {msg}\n"
     code, info = run_script(prog, lambda: convert_precomp(
@@ -163,7 +163,7 @@ def run_prepare_precomp(args, prog: str) -> int:
 
 
 def add_prepare_tsv(p) -> None:
-    from ..data.schema import SPLITS
+    from cccl_lite.data.schema import SPLITS
 
     p.add_argument("--tsv", nargs="+", required=True, help="TSV file(s), any order")
     p.add_argument("--karpathy", required=True, help="dataset_flickr30k.json / dataset_coco.json")
@@ -179,7 +179,7 @@ def add_prepare_tsv(p) -> None:
 
 
 def run_prepare_tsv(args, prog: str) -> int:
-    from ..data.tsv import convert_tsv
+    from cccl_lite.data.tsv import convert_tsv
 
     code, summary = run_script(prog, lambda: convert_tsv(
         args.tsv, args.karpathy, args.out, num_regions=args.num_regions, name=args.name,
@@ -202,7 +202,7 @@ EXTRACT_KINDS = {"scan_precomp": ("features",), "camera_boxes": ("camera",),
 
 def list_known() -> None:
     """Print every known input, its sources and whether their sha256 is recorded."""
-    from ..data.download import KNOWN_FILES, load_checksums
+    from cccl_lite.data.download import KNOWN_FILES, load_checksums
 
     recorded = load_checksums()
     for key, entry in KNOWN_FILES.items():
@@ -215,7 +215,7 @@ def list_known() -> None:
 
 
 def add_download(p) -> None:
-    from ..data.download import KNOWN_FILES
+    from cccl_lite.data.download import KNOWN_FILES
 
     p.add_argument("name", nargs="?", choices=sorted(KNOWN_FILES), help="what to download")
     p.add_argument("--dest", default="data", help="folder to download into (default: data)")
@@ -238,8 +238,8 @@ def add_download(p) -> None:
 
 
 def run_download(args, prog: str) -> int:
-    from ..data.download import KNOWN_FILES, DownloadError, extract_scan_files, fetch
-    from ..files import OutputError, check_output_dir
+    from cccl_lite.data.download import KNOWN_FILES, DownloadError, extract_scan_files, fetch
+    from cccl_lite.files import OutputError, check_output_dir
 
     if args.list:
         list_known()
@@ -290,7 +290,7 @@ def add_difficulty(p) -> None:
 
 
 def run_difficulty(args, prog: str) -> int:
-    from ..baselines import difficulty_report
+    from cccl_lite.engine.baselines import difficulty_report
 
     t = time.time()
     code, r = run_script(prog, lambda: difficulty_report(args.data, args.split, args.seed,

@@ -1,8 +1,8 @@
 """``python -m cccl_lite train | evaluate | retrieve``: the engine's commands.
 
 Each command is ``add_<name>_arguments(parser)`` and ``run_<name>(args) ->
-int``; the work is :class:`cccl_lite.train.Trainer`,
-:func:`cccl_lite.evaluate.evaluate_split` and :func:`cccl_lite.evaluate.retrieve`.
+int``; the work is :class:`cccl_lite.engine.train.Trainer`,
+:func:`cccl_lite.engine.evaluate.evaluate_split` and :func:`cccl_lite.engine.evaluate.retrieve`.
 Expected failures raise :class:`cccl_lite.errors.InputError` (one line).
 """
 
@@ -17,19 +17,19 @@ from typing import Callable
 import h5py
 import torch
 
-from ..checkpoint import CONFIGS, load_for_data, resolve_config
-from ..errors import InputError, one_line as _one_line
+from cccl_lite.engine.checkpoint import CONFIGS, load_for_data, resolve_config
+from cccl_lite.errors import InputError, one_line as _one_line
 # train and evaluate as modules: their functions are looked up when a command
 # runs (tests stand in for Trainer and evaluate_split there).
-from .. import evaluate, train
-from ..evaluate import NO_COCO1K_SHORTLIST, Hit, _check_writable, caption_texts
-from ..data.dataset import SplitReader
-from ..loss import COHERENCE_REDUCTIONS
-from ..metrics import KEYS, PROTOCOLS, caption_layout, format_recalls
-from ..perceive import POSITION_FUSIONS
-from ..recipes import (AMP_MODES, BATCHINGS, POSITIVES, SELECT_LABELS, SELECTS, TrainOptions,
-                       hardest_after_warmup_risk, recipe_options)
-from .types import nonnegative_float, nonnegative_int, positive_float, positive_int
+from cccl_lite.engine import evaluate, train
+from cccl_lite.engine.evaluate import NO_COCO1K_SHORTLIST, Hit, check_writable, caption_texts
+from cccl_lite.data.dataset import SplitReader
+from cccl_lite.model.loss import COHERENCE_REDUCTIONS
+from cccl_lite.engine.metrics import KEYS, PROTOCOLS, caption_layout, format_recalls
+from cccl_lite.model.perceive import POSITION_FUSIONS
+from cccl_lite.engine.recipes import (AMP_MODES, BATCHINGS, POSITIVES, SELECT_LABELS, SELECTS, TrainOptions,
+                                      hardest_after_warmup_risk, recipe_options)
+from cccl_lite.cli.types import nonnegative_float, nonnegative_int, positive_float, positive_int
 
 __all__ = ["add_train_arguments", "run_train", "add_evaluate_arguments", "run_evaluate",
            "add_retrieve_arguments", "run_retrieve"]
@@ -79,7 +79,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="L_c of eq 31 summed over the B² pairs (sum, as printed) or divided "
                         "by B (per_item); default: the config's")
     p.add_argument("--position-tuple", choices=("ours", "camera"), default=None,
-                   help="eq 9's six-tuple: ours or CAMERA's (cccl_lite.perceive."
+                   help="eq 9's six-tuple: ours or CAMERA's (cccl_lite.model.perceive."
                         "position_features); default: the config's (ours)")
     p.add_argument("--position-fusion", choices=POSITION_FUSIONS, default=None,
                    help="eq 10: the region embedding times the position gate (product, as "
@@ -93,7 +93,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainOptions()
     p.add_argument("--warmup-epochs", type=_warmup_arg, default=None,
                    help="epochs with the sum over all negatives before hardest negatives, "
-                        "or 'all' (default: all for lite, 1 for paper; see cccl_lite.train)")
+                        "or 'all' (default: all for lite, 1 for paper; see cccl_lite.engine.train)")
     p.add_argument("--positives", choices=POSITIVES, default=None,
                    help="image: a caption matches the image it was written for; truth: every "
                         "image of the batch it is true of (synthetic scenes); default: the "
@@ -259,7 +259,7 @@ def run_evaluate(args) -> int:
     except ValueError as e:
         raise InputError(f"--{e}" if str(e) == NO_COCO1K_SHORTLIST else str(e)) from None
     if args.save_sims:  # never replaces an existing file without --overwrite
-        _check_writable(args.save_sims, overwrite=args.overwrite)
+        check_writable(args.save_sims, overwrite=args.overwrite)
     print(f"evaluate {args.checkpoint} on {args.data}:/{args.split} ({reader.n_images} images, "
           f"{reader.n_captions} captions), protocol {args.protocol or 'all images'}, "
           f"{config.ablation or 'full model'}, {device}"

@@ -1,23 +1,23 @@
 """``python -m cccl_lite ablate | diagnose | ship``: the studies' commands.
 
-The work is :func:`cccl_lite.ablate.run_ablations` (chapter 7's Table 6),
-:func:`cccl_lite.diagnose.run_diagnosis` (chapter 11's diagnosis) and
-:func:`cccl_lite.pretrained.ship` (the shipped lite model). The book's
+The work is :func:`cccl_lite.studies.ablate.run_ablations` (chapter 7's Table 6),
+:func:`cccl_lite.studies.diagnose.run_diagnosis` (chapter 11's diagnosis) and
+:func:`cccl_lite.studies.pretrained.ship` (the shipped lite model). The book's
 teaching commands live here too: the editions (``student-edition``,
-``colab-edition``) and ``grade`` (:func:`cccl_lite.grade.grade_submissions`).
+``colab-edition``) and ``grade`` (:func:`cccl_lite.book.grade.grade_submissions`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..ablate import run_ablations
-from ..diagnose import run_diagnosis
-from ..dual_study import run_dual_study
-from ..plateau import run_plateau
-from ..sensitivity import run_sensitivity
-from ..pretrained import ASSET_DIR, NAME, checkpoint_path, ship
-from .types import nonnegative_int, positive_float, positive_int
+from cccl_lite.studies.ablate import run_ablations
+from cccl_lite.studies.diagnose import run_diagnosis
+from cccl_lite.studies.dual_study import run_dual_study
+from cccl_lite.studies.plateau import run_plateau
+from cccl_lite.studies.sensitivity import run_sensitivity
+from cccl_lite.studies.pretrained import ASSET_DIR, NAME, checkpoint_path, ship
+from cccl_lite.cli.types import nonnegative_int, positive_float, positive_int
 
 __all__ = ["add_ablate_arguments", "run_ablate", "add_diagnose_arguments", "run_diagnose",
            "add_dual_arguments", "run_dual", "add_ship_arguments", "run_ship",
@@ -79,10 +79,10 @@ def add_diagnose_arguments(p) -> None:
     p.add_argument("--rows", choices=("diagnosis", "sensitivity", "plateau"),
                    default="diagnosis",
                    help="which study's rows: chapter 11's diagnosis (default), Sec. 4.4's "
-                        "sensitivity to P and λ (cccl_lite.sensitivity, chapter 7 reads "
+                        "sensitivity to P and λ (cccl_lite.studies.sensitivity, chapter 7 reads "
                         "cccl_lite/results/sensitivity.json; every point at the first of "
                         "--seeds, then at the next) or eq 33 after a warm-up against the "
-                        "lite recipe at the plateau (cccl_lite.plateau, chapter 6 reads "
+                        "lite recipe at the plateau (cccl_lite.studies.plateau, chapter 6 reads "
                         "cccl_lite/results/plateau.json; --epochs is then the cap)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a results file that holds other settings")
@@ -156,9 +156,9 @@ def add_student_arguments(parser) -> None:
 
 
 def run_student(args) -> int:
-    """Write the student edition (:func:`cccl_lite.student.make_student_edition`);
+    """Write the student edition (:func:`cccl_lite.book.editions.make_student_edition`);
     print each notebook's path."""
-    from ..student import make_student_edition
+    from cccl_lite.book.editions import make_student_edition
 
     for path in make_student_edition(args.out, args.book, args.chapter, args.overwrite):
         print(path)
@@ -178,15 +178,15 @@ def add_colab_arguments(parser) -> None:
                         help="replace notebooks already in --out")
     parser.add_argument("--sync-url", action="store_true",
                         help="first write _config.yml's repository.url into every page's "
-                             "install cell and cccl_lite/notebook.py (after a change of URL)")
+                             "install cell and cccl_lite/book/notebook.py (after a change of URL)")
 
 
 def run_colab(args) -> int:
-    """Write the Colab edition (:func:`cccl_lite.editions.make_colab_edition`);
+    """Write the Colab edition (:func:`cccl_lite.book.editions.make_colab_edition`);
     print each notebook's path (and, with ``--sync-url``, each source file
     whose repository URL it updated first)."""
-    from ..editions import make_colab_edition, sync_repository_url
-    from ..student import default_book_dir
+    from cccl_lite.book.editions import make_colab_edition, sync_repository_url
+    from cccl_lite.book.student import default_book_dir
 
     if args.sync_url:
         book = Path(args.book) if args.book else default_book_dir()
@@ -198,7 +198,7 @@ def run_colab(args) -> int:
 
 
 def add_grade_arguments(parser) -> None:
-    """``python -m cccl_lite grade``'s arguments (layout: :mod:`cccl_lite.grade`)."""
+    """``python -m cccl_lite grade``'s arguments (layout: :mod:`cccl_lite.book.grade`)."""
     parser.add_argument("submissions", metavar="SUBMISSIONS",
                         help="folder with SUBMISSIONS/<student>/<chapter>.ipynb or "
                              "SUBMISSIONS/<student>[__<anything>].ipynb")
@@ -211,8 +211,8 @@ def add_grade_arguments(parser) -> None:
 
 
 def run_grade(args) -> int:
-    """Grade every submitted notebook (:func:`cccl_lite.grade.grade_submissions`)."""
-    from ..grade import grade_submissions
+    """Grade every submitted notebook (:func:`cccl_lite.book.grade.grade_submissions`)."""
+    from cccl_lite.book.grade import grade_submissions
 
     grade_submissions(args.submissions, args.out, args.timeout, args.overwrite)
     return 0

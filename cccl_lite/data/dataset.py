@@ -19,9 +19,9 @@ import h5py
 import numpy as np
 import torch
 
-from ..perceive import POSITION_TUPLES, position_features
-from .parsing import heads_to_adjacency
-from .schema import SchemaError, check_file
+from cccl_lite.model.perceive import POSITION_TUPLES, position_features
+from cccl_lite.data.parsing import heads_to_adjacency
+from cccl_lite.data.schema import SchemaError, check_file
 
 __all__ = ["build_vocab", "word_ids", "SplitReader", "CaptionDataset", "collate", "model_inputs",
            "SiblingSampler"]

@@ -11,7 +11,7 @@ how often a score matrix ranks a caption's own image above such a sibling
 (:func:`pairwise_accuracy`, :func:`sibling_accuracy`, :func:`sibling_gap`).
 
 Nothing here trains: the two baseline scorers measured on these pairs (a
-bag of words and a syntax + position probe) are in :mod:`cccl_lite.baselines`.
+bag of words and a syntax + position probe) are in :mod:`cccl_lite.engine.baselines`.
 Taught in chapter 1 ("The task"); run by ``data_scripts/difficulty.py``.
 """
 
@@ -21,8 +21,8 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from .grammar import Phrase, Structure, caption_structure
-from .layout import read_scenes
+from cccl_lite.data.grammar import Phrase, Structure, caption_structure
+from cccl_lite.data.layout import read_scenes
 
 __all__ = ["Phrase", "Structure", "caption_structure", "relation_holds", "structure_holds",
            "hard_negative_pairs", "pairwise_accuracy", "sibling_accuracy", "sibling_gap",
@@ -37,7 +37,7 @@ def check_scenes(path, splits) -> None:
     """Raise SchemaError, one line naming the file and the first missing field,
     unless every split of ``splits`` holds :data:`SCENE_FIELDS` (data that are
     not the synthetic scenes, such as Flickr30K, would otherwise be a KeyError)."""
-    from .schema import SchemaError, check_file
+    from cccl_lite.data.schema import SchemaError, check_file
 
     with check_file(path) as f:
         dataset = str(f.attrs.get("dataset", "?"))

@@ -18,8 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .grammar import COLOURS, OBJECT_SIZES, SHAPES
-from .layout import NOISE, TABLES, stream
+from cccl_lite.data.grammar import COLOURS, OBJECT_SIZES, SHAPES
+from cccl_lite.data.layout import NOISE, TABLES, stream
 
 __all__ = ["AppearanceTables", "appearance_tables", "region_features", "SyntheticFeatures",
            "DETECTOR_SEED", "detector_name", "file_detector"]

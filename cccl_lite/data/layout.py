@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .grammar import COLOURS, OBJECT_SIZES, SHAPES
+from cccl_lite.data.grammar import COLOURS, OBJECT_SIZES, SHAPES
 
 __all__ = [
     "read_scenes",

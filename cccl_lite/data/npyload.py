@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from cccl_lite.errors import InputError
 
 __all__ = ["load_object_npy"]
 

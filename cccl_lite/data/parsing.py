@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .schema import check_heads, write_heads
-from .text import ModelUnavailableError, _drop, _first_line, _splits_of
+from cccl_lite.data.schema import check_heads, write_heads
+from cccl_lite.data.text import ModelUnavailableError, _drop, _first_line, _splits_of
 
 if TYPE_CHECKING:
     import stanza

@@ -43,10 +43,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import InputError
-from .npyload import load_object_npy
-from .text import simple_tokenize
-from .schema import SPLITS, atomic_h5, check_file, write_split
+from cccl_lite.errors import InputError
+from cccl_lite.data.npyload import load_object_npy
+from cccl_lite.data.text import simple_tokenize
+from cccl_lite.data.schema import SPLITS, atomic_h5, check_file, write_split
 
 __all__ = ["InputError", "SCAN_SPLITS", "BOX_SOURCES", "CAPTIONS_PER_IMAGE", "convert_precomp",
            "read_captions", "per_image_rows", "check_boxes", "parse_gsmn_sizes",

@@ -110,7 +110,7 @@ def atomic_h5(path: str | os.PathLike, dataset: str, has_boxes: bool = True,
     checked (:func:`check_room`), so a full disk is an OSError, not a crash;
     a larger file is refused at once when the estimate does not fit.
     """
-    from ..files import atomic_path, remove_stale_temps
+    from cccl_lite.files import atomic_path, remove_stale_temps
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

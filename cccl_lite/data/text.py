@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from .schema import SPLITS, SchemaError, check_file
+from cccl_lite.data.schema import SPLITS, SchemaError, check_file
 
 __all__ = ["simple_tokenize", "ModelUnavailableError"]
 

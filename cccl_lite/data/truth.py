@@ -24,9 +24,9 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from .grammar import Caption, caption_holds, parse_caption
-from .layout import GRID, read_scenes
-from .schema import SchemaError
+from cccl_lite.data.grammar import Caption, caption_holds, parse_caption
+from cccl_lite.data.layout import GRID, read_scenes
+from cccl_lite.data.schema import SchemaError
 
 __all__ = ["parse_caption", "caption_true_of", "truth_matrix", "SplitTruth"]
 

@@ -42,9 +42,9 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .text import simple_tokenize
-from .precomp import InputError, check_boxes
-from .schema import SPLITS, atomic_h5, write_split
+from cccl_lite.data.text import simple_tokenize
+from cccl_lite.data.precomp import InputError, check_boxes
+from cccl_lite.data.schema import SPLITS, atomic_h5, write_split
 
 __all__ = ["KARPATHY_SPLITS", "FIELDS", "convert_tsv", "read_karpathy"]
 
