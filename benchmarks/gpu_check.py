@@ -55,15 +55,17 @@ from cccl_lite.engine.metrics import recall_at_k  # noqa: E402
 from cccl_lite.model.cccl import CCCL, CCCLConfig, ImageEncoding, TextEncoding  # noqa: E402
 from cccl_lite.model.perceive import position_features  # noqa: E402
 from cccl_lite.engine.scoring import autocast_for, concat_encodings, lean_encoding  # noqa: E402
+from cccl_lite.engine.recipes import PRESETS, Recipe  # noqa: E402
 from cccl_lite.engine.train import CollapseGuard  # noqa: E402
 
 SHAPES = {
     # words: caption lengths drawn uniformly (Flickr30K's are mostly 8-24 words)
-    "paper": dict(config=CCCLConfig.paper, words=(8, 24), eval_images=1000),
+    "paper": dict(preset=lambda: PRESETS["paper"], words=(8, 24), eval_images=1000),
     # Random word vectors in (use_bert): what a caption costs to score does not
     # depend on how its words were encoded; the shipped lite model's Bi-GRU
     # runs once per caption, before any pair.
-    "lite": dict(config=lambda: CCCLConfig.lite(use_bert=True), words=(4, 12), eval_images=100),
+    "lite": dict(preset=lambda: PRESETS["lite"].replace(use_bert=True), words=(4, 12),
+                 eval_images=100),
 }
 LATENT = 32  # the size of each image's latent vector in the synthetic data
 NOISE = 2.0  # noise / signal per feature: retrieval must be learnt, and stays imperfect
@@ -136,12 +138,12 @@ def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def train_steps(model: CCCL, data: SignalData, batch: int, steps: int, dtype, pair_chunk,
-                device, deadline: float) -> dict:
-    """The recipe's first epoch on fresh batches: Adam at the config's lr,
+def train_steps(model: CCCL, recipe: Recipe, data: SignalData, batch: int, steps: int, dtype,
+                pair_chunk, device, deadline: float) -> dict:
+    """The recipe's first epoch on fresh batches: Adam at the recipe's lr,
     gradients clipped, the hinge summed over all negatives; the collapse guard
     watches every batch."""
-    c = model.config
+    c, objective = recipe, recipe.objective()
     opt = torch.optim.Adam(model.parameters(), lr=c.lr)
     guard = CollapseGuard(steps=min(50, max(1, steps // 4)))
     positive = torch.eye(batch, dtype=torch.bool, device=device)
@@ -154,8 +156,8 @@ def train_steps(model: CCCL, data: SignalData, batch: int, steps: int, dtype, pa
         b = data.batch(batch)
         with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             fused, scores = model(**b, pair_chunk=pair_chunk)
-        loss = model.loss(tuple(None if s is None else s.float() for s in scores), positive,
-                          negatives="all")
+        loss = objective(tuple(None if s is None else s.float() for s in scores), positive,
+                         negatives="all")
         opt.zero_grad(set_to_none=True)
         loss.total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
@@ -270,8 +272,8 @@ def main(argv=None) -> int:
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     shape = SHAPES[args.shape]
-    config = shape["config"]()
-    batch = args.batch or config.batch_size
+    config, recipe = shape["preset"]()
+    batch = args.batch or recipe.batch_size
     pair_chunk = args.pair_chunk or max(1, batch * batch // 8)
     n_eval = args.eval_images or shape["eval_images"]
     dtype = autocast_dtype(device, args.amp)
@@ -309,7 +311,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     model = CCCL(config).to(device)  # fresh weights for the recipe's first steps
     deadline = t0 + 60 * args.max_minutes * 0.6
-    train = train_steps(model, data, batch, args.train_steps, dtype,
+    train = train_steps(model, recipe, data, batch, args.train_steps, dtype,
                         None if plain_ok else pair_chunk, device, deadline)
     emit(train)
     images, texts = data.eval_set(n_eval)

@@ -47,6 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cccl_lite.engine import evaluate as ev  # noqa: E402
 from cccl_lite.model.fast import fused  # noqa: E402
 from cccl_lite.model.cccl import CCCL, CCCLConfig, ImageEncoding, TextEncoding, select_rows  # noqa: E402
+from cccl_lite.model.loss import HybridObjective  # noqa: E402
+from cccl_lite.engine.recipes import PRESETS  # noqa: E402
 from cccl_lite.model.perceive import position_features  # noqa: E402
 from cccl_lite.engine.scoring import autocast_for, concat_encodings, lean_encoding  # noqa: E402
 
@@ -56,9 +58,10 @@ SHAPES = {
     # Random word vectors in (use_bert): what a caption costs to score does not
     # depend on how its words were encoded; the shipped lite model's Bi-GRU
     # runs once per caption, before any pair.
-    "lite": dict(config=lambda: CCCLConfig.lite(use_bert=True), words=(4, 12), sizes=["100x500", "200x1000"],
+    "lite": dict(preset=lambda: PRESETS["lite"].replace(use_bert=True), words=(4, 12),
+                 sizes=["100x500", "200x1000"],
                  naive_captions=100, repeats=3),
-    "paper": dict(config=CCCLConfig.paper, words=(8, 24), sizes=["1000x5000"],
+    "paper": dict(preset=lambda: PRESETS["paper"], words=(8, 24), sizes=["1000x5000"],
                   naive_captions=20, repeats=2),
 }
 
@@ -174,7 +177,8 @@ def _train_steps(model, b, opt, enabled, pair_chunk, steps, pack, saved, times, 
             else contextlib.nullcontext()
         with hooks, torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
             _, scores = model(**b, pair_chunk=pair_chunk)
-            loss = model.loss(tuple(None if s is None else s.float() for s in scores))
+            # eq 34 at Table 1's Δ and λ: the cost of a step does not depend on them
+            loss = HybridObjective()(tuple(None if s is None else s.float() for s in scores))
         opt.zero_grad(set_to_none=True)
         loss.total.backward()
         opt.step()
@@ -224,7 +228,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--shape", choices=sorted(SHAPES), default="lite",
-                   help="lite: CCCLConfig.lite() (n 12, d = P = 64); paper: Table 1 "
+                   help="lite: the lite preset (n 12, d = P = 64); paper: Table 1 "
                         "(n 36, d 1024, P 256)")
     p.add_argument("--sizes", nargs="+", type=parse_size, default=None,
                    help="cases, IMAGESxCAPTIONS (default: 100x500 200x1000 for lite, "
@@ -256,13 +260,13 @@ def main(argv=None) -> int:
     # Built (or found in the cache) before any timing; False: the PyTorch paths run.
     kernels = device.type == "cpu" and fused.available()
     shape = SHAPES[args.shape]
-    config = shape["config"]()
+    config, recipe = shape["preset"]()
     sizes = args.sizes or [parse_size(s) for s in shape["sizes"]]
     n_naive = args.naive_captions or shape["naive_captions"]
     repeats = args.repeats or shape["repeats"]
     torch.manual_seed(args.seed)
     model = CCCL(config).to(device).eval()
-    batch = args.train_batch or config.batch_size
+    batch = args.train_batch or recipe.batch_size
     pair_chunk = args.pair_chunk or max(1, batch * batch // 8)
 
     need = max(max(n for n, _ in sizes), batch), max(max(m for _, m in sizes), batch)

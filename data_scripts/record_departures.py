@@ -5,8 +5,9 @@
     python data_scripts/record_departures.py --write   # write them into the record
 
 ``python -m cccl_lite ship`` writes ``departures`` into every record it makes
-(:func:`cccl_lite.engine.recipes.departures`, from the record's own ``config`` and
-``options``); this script adds them to a record shipped before that, changing
+(:func:`cccl_lite.engine.departures.departures`, from the record's own ``config`` and
+``recipe``, or a record's ``config`` and ``options`` from before the recipe was its own
+object); this script adds them to a record shipped before that, changing
 nothing else in it. ``tests/test_departures.py`` fails when the shipped
 record's list differs from what the code derives from it.
 """
@@ -20,7 +21,8 @@ from pathlib import Path
 
 from cccl_lite.errors import InputError, read_json
 from cccl_lite.files import write_text_atomic
-from cccl_lite.engine.recipes import departures
+from cccl_lite.engine.departures import departures
+from cccl_lite.engine.recipes import settings_of
 
 SHIPPED = Path(__file__).resolve().parent.parent / "cccl_lite" / "assets" / "lite-scenes-small-seed0.json"
 
@@ -29,7 +31,11 @@ def derived(record: dict, path: Path) -> list[dict]:
     for key in ("config", "options"):
         if not isinstance(record.get(key), dict):
             raise InputError(f"{path}: field {key!r} missing or not an object")
-    return departures(record["config"], record["options"])
+    try:  # a record of this version (with "recipe") or of the one before
+        config, recipe, _ = settings_of(record)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{path}: its config or recipe does not fit this cccl_lite ({e})") from None
+    return departures(config, recipe)
 
 
 def main(argv=None) -> int:

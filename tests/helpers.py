@@ -18,16 +18,21 @@ import torch
 import yaml
 from torch import nn
 
-from cccl_lite.model.cccl import CCCLConfig
+from cccl_lite.model.cccl import CCCLConfig  # noqa: F401  (re-used by test modules)
 from cccl_lite.model.perceive import position_features
 from cccl_lite.model.reason import CrossGRU
 
 
-def lite_vectors(**kw):
-    """CCCLConfig.lite() reading word *vectors* with eq 8 as printed (use_bert,
-    no centre columns): the path most tests exercise, whatever the lite
-    preset's text encoder."""
-    return CCCLConfig.lite(**{"use_bert": True, "centre_scale": 0.0, **kw})
+def lite_vectors(**kw) -> CCCLConfig:
+    """The lite preset's model reading word *vectors* with eq 8 as printed
+    (use_bert, no centre columns): the path most tests exercise, whatever the
+    lite preset's text encoder. ``kw``: model fields."""
+    import dataclasses
+
+    from cccl_lite.engine.recipes import PRESETS
+
+    return dataclasses.replace(PRESETS["lite"].model, **{"use_bert": True, "centre_scale": 0.0,
+                                                         **kw})
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -272,18 +277,32 @@ def write_scan(d: Path, split="test", layout="image", boxes="camera", seed=0):
 # ---- training (test_train, test_reliability) ------------------------------------
 
 
-def small_config(**kw):
-    base = dict(region_dim=256, word_dim=WORD_DIM, embed_dim=16, sim_dim=16, batch_size=8,
-                epochs=2, lr=1e-3, lr_decay_epoch=1)
-    return lite_vectors(**{**base, **kw})
+def small(**kw):
+    """(model config, recipe) of a small fast run: the lite model reading
+    word vectors at d = P = 16, the lite recipe's numbers at B = 8, 2 epochs,
+    lr 1e-3 cut after one, with the paper preset's procedure (one warm-up
+    epoch, image positives, random batches, no early stopping); ``kw``:
+    fields of either half (:meth:`cccl_lite.engine.recipes.Preset.replace`)."""
+    # Imported here, not at the top: the data tests import this module too and
+    # must not depend on the engine importing.
+    from cccl_lite.engine.recipes import PRESETS, Preset
+
+    model = lite_vectors(region_dim=256, word_dim=WORD_DIM, embed_dim=16, sim_dim=16)
+    recipe = PRESETS["lite"].recipe.replace(batch_size=8, epochs=2, lr=1e-3, lr_decay_epoch=1,
+                                            **PRESETS["paper"].recipe.procedure())
+    return Preset(model, recipe).replace(**kw)
+
+
+def small_config(**kw) -> CCCLConfig:
+    """The model of :func:`small`; ``kw``: model fields."""
+    return small(**kw).model
 
 
 def quick(**kw):
-    # Imported here, not at the top: the data tests import this module too and
-    # must not depend on the engine importing.
-    from cccl_lite.engine.train import TrainOptions
+    """RunOptions of a test run: at most 3 batches an epoch, quiet, on the CPU."""
+    from cccl_lite.engine.recipes import RunOptions
 
-    return TrainOptions(**{**dict(max_steps=3, quiet=True, device="cpu"), **kw})
+    return RunOptions(**{**dict(max_steps=3, quiet=True, device="cpu"), **kw})
 
 
 # ---- command-line errors (test_reliability, test_reliability_engine) ------------
@@ -379,13 +398,9 @@ def myst_chapter(body: str, formats: str = "md:myst,ipynb") -> str:
 
 
 def resolved_row(row, data, epochs: int) -> tuple[dict, dict]:
-    """(CCCLConfig dict, TrainOptions dict) a diagnosis-runner row trains with
+    """(model config dict, recipe dict) a diagnosis-runner row trains with
     (cccl_lite.studies.diagnose, .sensitivity, .plateau), for comparing rows field by field."""
-    import dataclasses
-
     from cccl_lite.studies import diagnose
-    from cccl_lite.engine.recipes import TrainOptions
 
-    config = dataclasses.asdict(diagnose.resolve_row(row, data, epochs))
-    options = TrainOptions(**diagnose._row_options(row)).to_dict()
-    return config, options
+    config, recipe = diagnose.resolve_row(row, data, epochs)
+    return config.to_dict(), recipe.to_dict()

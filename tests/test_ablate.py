@@ -182,7 +182,7 @@ def test_welch_agrees_with_scipy_and_is_quiet_on_a_constant_side():
 @pytest.mark.slow  # four short trainings
 def test_a_half_done_run_continues_from_its_last_epoch(tiny_words_h5, tmp_path):
     from cccl_lite.engine.checkpoint import resolve_config
-    from cccl_lite.engine.recipes import lite_options
+    from cccl_lite.engine.recipes import RunOptions
     from cccl_lite.engine.train import train
 
     kw = dict(epochs=2, max_steps=1, seeds=1, only=["CCCL"])
@@ -191,9 +191,9 @@ def test_a_half_done_run_continues_from_its_last_epoch(tiny_words_h5, tmp_path):
     # A study killed after epoch 1: the same run's first epoch is on disk
     # (a config of 1 epoch continues as one of 2: only the length differs).
     def first_epoch(run_dir, ablation=None):
-        config = resolve_config("lite", tiny_words_h5, ablation, epochs=1)
-        train(config, tiny_words_h5, run_dir,
-              lite_options(seed=0, device="cpu", max_steps=1, quiet=True))
+        config, recipe = resolve_config("lite", tiny_words_h5, ablation, epochs=1)
+        train(config, recipe, tiny_words_h5, run_dir,
+              RunOptions(seed=0, device="cpu", max_steps=1, quiet=True))
     first_epoch(tmp_path / "b" / "cccl-seed0")
     logs = []
     resumed = ablate.run_ablations(tiny_words_h5, tmp_path / "b", tmp_path / "b.json",

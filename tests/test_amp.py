@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import lite_vectors
+from helpers import small
 from cccl_lite.engine import evaluate as ev
 from cccl_lite.model.fast import fused
 from cccl_lite.model.loss import SimilarityMLP, fuse_scores
 from cccl_lite.model.cccl import CCCLConfig
-from cccl_lite.engine.train import TrainOptions, Trainer, load_model, make_reader
+from cccl_lite.engine.train import RunOptions, Trainer, load_model, make_reader
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -73,12 +73,11 @@ def trained(tiny_words_h5, tmp_path_factory):
     # coherence_reduction pinned to the printed sum: the model this test's
     # bound on ε (below 0.01) was measured on; the lite preset's default
     # (per item) trains larger weights, and bf16's error grows with them.
-    cfg = lite_vectors(region_dim=256, embed_dim=32, sim_dim=32, batch_size=10, epochs=4,
-                          lr=3e-3, lr_decay_epoch=4,
-                          coherence_reduction="sum").with_ablation("w/o BERT")
+    cfg, recipe = small(word_dim=384, embed_dim=32, sim_dim=32, batch_size=10, epochs=4,
+                        lr=3e-3, lr_decay_epoch=4, coherence_reduction="sum",
+                        warmup_epochs=None).with_ablation("w/o BERT")
     out = tmp_path_factory.mktemp("amp-run")
-    trainer = Trainer(cfg, tiny_words_h5, out, TrainOptions(warmup_epochs=None, device="cpu",
-                                                            quiet=True))
+    trainer = Trainer(cfg, recipe, tiny_words_h5, out, RunOptions(device="cpu", quiet=True))
     trainer.fit()
     model, config, vocab = load_model(trainer.last_path)
     return model, config, vocab, tiny_words_h5
@@ -186,9 +185,7 @@ def test_validation_honours_the_runs_amp_setting(tiny_words_h5, tmp_path, monkey
                                  "t2i_r10", "rsum")}, None
 
     monkeypatch.setattr(evaluate_module, "evaluate_split", fake_evaluate_split)
-    cfg = lite_vectors(region_dim=256, word_dim=16, embed_dim=8, sim_dim=8, batch_size=8,
-                          epochs=1)
-    Trainer(cfg, tiny_words_h5, tmp_path / "run",
-            TrainOptions(warmup_epochs=None, device="cpu", amp=amp, max_steps=1,
-                         quiet=True)).fit()
+    Trainer(*small(word_dim=16, embed_dim=8, sim_dim=8, epochs=1, warmup_epochs=None),
+            tiny_words_h5, tmp_path / "run",
+            RunOptions(device="cpu", amp=amp, max_steps=1, quiet=True)).fit()
     assert seen == [expected]

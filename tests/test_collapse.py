@@ -10,17 +10,19 @@ import pytest
 import torch
 
 import cccl_lite.model.cccl as model_module
-from helpers import lite_vectors
+from helpers import small
 from cccl_lite.cli import main
 from cccl_lite.model.cccl import CCCLConfig
-from cccl_lite.engine.train import CollapseGuard, TrainOptions, Trainer, load_checkpoint
+from cccl_lite.engine.train import CollapseGuard, RunOptions, Trainer, load_checkpoint
 
 B, MARGIN = 8, 0.2
 
 
 def config(**kw):
-    return lite_vectors(**{**dict(region_dim=256, word_dim=16, embed_dim=8, sim_dim=8,
-                                     batch_size=B, epochs=2, margin=MARGIN), **kw})
+    """(model, recipe): the small run at B and Δ of these tests; ``kw``: fields of either."""
+    return small(**{**dict(word_dim=16, embed_dim=8, sim_dim=8, batch_size=B, epochs=2, lr=5e-4,
+                           lr_decay_epoch=7,
+                           margin=MARGIN), **kw})
 
 
 def flatten_scores_from(monkeypatch, trainer_box: dict, from_epoch: int):
@@ -68,9 +70,8 @@ def test_forced_collapse_warns_once_with_the_numbers(tiny_words_h5, tmp_path, mo
                                                      capsys):
     box = {}
     flatten_scores_from(monkeypatch, box, from_epoch=0)
-    trainer = Trainer(config(epochs=1), tiny_words_h5, tmp_path / "run",
-                      TrainOptions(warmup_epochs=0, device="cpu", collapse_steps=4,
-                                   max_steps=10, quiet=True))
+    trainer = Trainer(*config(epochs=1, warmup_epochs=0), tiny_words_h5, tmp_path / "run",
+                      RunOptions(device="cpu", collapse_steps=4, max_steps=10, quiet=True))
     box["trainer"] = trainer
     trainer.fit()
     out = capsys.readouterr().out
@@ -88,9 +89,9 @@ def test_stop_on_collapse_keeps_the_last_finished_epoch(tiny_words_h5, tmp_path,
     box = {}
     flatten_scores_from(monkeypatch, box, from_epoch=1)  # epoch 1 trains, epoch 2 collapses
     out = tmp_path / "run"
-    trainer = Trainer(config(epochs=3), tiny_words_h5, out,
-                      TrainOptions(warmup_epochs=0, device="cpu", collapse_steps=3,
-                                   max_steps=6, quiet=True, stop_on_collapse=True))
+    trainer = Trainer(*config(epochs=3, warmup_epochs=0), tiny_words_h5, out,
+                      RunOptions(device="cpu", collapse_steps=3, max_steps=6, quiet=True,
+                                 stop_on_collapse=True))
     box["trainer"] = trainer
     trainer.fit()
     assert trainer.collapse["step"] == 6 + 3  # 6 batches of epoch 1, then 3 flat ones
@@ -123,4 +124,4 @@ def test_cli_stop_on_collapse_is_one_line_and_exit_1(tiny_words_h5, tmp_path, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "collapsed at step 2" in err[0] and "Traceback" not in err[0]
     with pytest.raises(ValueError, match="collapse_steps"):
-        TrainOptions(collapse_steps=0)
+        RunOptions(collapse_steps=0)

@@ -12,6 +12,8 @@ from helpers import lite_vectors
 from cccl_lite.engine import costs
 from cccl_lite.model.fast import fused
 from cccl_lite.model.cccl import CCCL, CCCLConfig
+from cccl_lite.model.loss import HybridObjective
+from cccl_lite.engine.recipes import PRESETS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SMALL = lite_vectors(region_dim=32, word_dim=16, embed_dim=24, sim_dim=8)
@@ -54,7 +56,7 @@ def test_saved_bytes_fit_predicts_an_unseen_batch():
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
                 torch.autocast("cpu", dtype=torch.bfloat16):
             _, scores = model(**costs._inputs(SMALL, batch, 5, 7))
-            model.loss(tuple(s.float() for s in scores), negatives="all")
+            HybridObjective()(tuple(s.float() for s in scores), negatives="all")
         return total[0]
 
     # c + a B + b B², with c from B = 2: the prediction for B = 6 must hold exactly
@@ -63,7 +65,7 @@ def test_saved_bytes_fit_predicts_an_unseen_batch():
 
 
 def test_bytes_and_times_by_hand_at_the_paper_shape():
-    paper = CCCLConfig.paper()
+    paper = PRESETS["paper"].model
     parts = costs.bytes_per_pair(paper, 36, 13)
     assert costs.GRU_STEP_BYTES_PER_D == 80
     assert parts["eq 26 GRUs"] == 80 * 1024 * (35 + 12)  # 3,850,240

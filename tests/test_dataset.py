@@ -12,6 +12,7 @@ from cccl_lite.data import SchemaError, atomic_h5, write_split
 from cccl_lite.data.dataset import (CaptionDataset, SplitReader, build_vocab, collate,
                                     model_inputs)
 from cccl_lite.model.cccl import CCCL, CCCLConfig
+from cccl_lite.model.loss import HybridObjective
 
 TOKENS = ["a red circle", "a blue square left of a red circle", "two circles",
           "a square", "a green triangle above a square"]
@@ -114,7 +115,7 @@ def test_batches_run_through_the_model(reader):
     cfg = lite_vectors(region_dim=6, word_dim=D_E, embed_dim=8, sim_dim=8)
     model = CCCL(cfg)
     _, scores = model(**model_inputs(batch))
-    loss = model.loss(scores, batch["positive_mask"])
+    loss = HybridObjective()(scores, batch["positive_mask"])
     assert scores[0].shape == (5, 5) and torch.isfinite(loss.total)
 
 

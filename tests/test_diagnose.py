@@ -10,16 +10,17 @@ import torch
 
 from cccl_lite.studies import diagnose
 from cccl_lite.model.cccl import CCCLConfig
-from cccl_lite.engine.train import TrainOptions, Trainer, _Collate
+from cccl_lite.engine.recipes import Recipe, recipe_fields
+from cccl_lite.engine.train import RunOptions, Trainer, _Collate
 from cccl_lite.data.dataset import SplitReader
 from cccl_lite.data.truth import SplitTruth
 
-from helpers import WORD_DIM, lite_vectors
+from helpers import WORD_DIM, small
 
 
-def small_config(**kw):
-    return lite_vectors(region_dim=256, word_dim=WORD_DIM, embed_dim=16, sim_dim=8,
-                           batch_size=8, **kw)
+def small_run(**kw):
+    """(model, recipe) of a small run (helpers.small at P = 8); ``kw``: fields of either."""
+    return small(sim_dim=8, **kw)
 
 
 def test_rows_are_unique_and_change_something():
@@ -29,9 +30,9 @@ def test_rows_are_unique_and_change_something():
     ref = diagnose.ROWS[0]
     for r in diagnose.ROWS[1:]:
         assert (r.config, r.options) != (ref.config, ref.options), r.name
-        TrainOptions(**{k: v for k, v in r.options.items()})  # every option is valid
+        Recipe(**r.options)  # every option is a valid recipe choice
         for k in r.config:
-            assert k == "ablation" or hasattr(CCCLConfig(), k), k
+            assert k == "ablation" or hasattr(CCCLConfig(), k) or k in recipe_fields(), k
 
 
 def test_hardest_true_rate_by_hand():
@@ -66,32 +67,33 @@ def test_patience_stops_a_run_and_resume_keeps_it_stopped(tiny_words_h5, tmp_pat
                                  "t2i_r10")} | {"rsum": next(val)}, None
 
     monkeypatch.setattr(Trainer, "_validate", fake_validate)
-    opts = dict(warmup_epochs=None, device="cpu", max_steps=1, quiet=True, patience=2)
-    t = Trainer(small_config(epochs=6), tiny_words_h5, tmp_path / "run", TrainOptions(**opts))
+    opts = dict(device="cpu", max_steps=1, quiet=True)
+    config, recipe = small_run(epochs=6, warmup_epochs=None, patience=2)
+    t = Trainer(config, recipe, tiny_words_h5, tmp_path / "run", RunOptions(**opts))
     t.fit()
     # Best at epoch 2 (12.0); epochs 3 and 4 do not improve: stop before epoch 5.
     assert [r["epoch"] for r in t.history] == [1, 2, 3, 4]
     assert t.best_epoch == 2
-    again = Trainer(small_config(epochs=6), tiny_words_h5, tmp_path / "run",
-                    TrainOptions(**opts, resume=True))
+    again = Trainer(config, recipe, tiny_words_h5, tmp_path / "run",
+                    RunOptions(**opts, resume=True))
     again.fit()
     assert again.epoch == 4  # nothing more was trained
 
 
 def test_sibling_batches_with_truth_train(tiny_words_h5, tmp_path):
-    opts = TrainOptions(warmup_epochs=0, device="cpu", max_steps=2, quiet=True,
-                        positives="truth", batching="siblings")
-    t = Trainer(small_config(epochs=1, coherence_reduction="per_item"), tiny_words_h5,
-                tmp_path / "run", opts)
+    opts = RunOptions(device="cpu", max_steps=2, quiet=True)
+    t = Trainer(*small_run(epochs=1, coherence_reduction="per_item", warmup_epochs=0,
+                           positives="truth", batching="siblings"),
+                tiny_words_h5, tmp_path / "run", opts)
     t.fit()
     assert t.history[0]["negatives"] == "hardest"
     assert np.isfinite(t.history[0]["losses"]["total"])
     with pytest.raises(ValueError, match="batching"):
-        TrainOptions(batching="groups")
+        Recipe(batching="groups")
     with pytest.raises(ValueError, match="positives"):
-        TrainOptions(positives="all")
+        Recipe(positives="all")
     with pytest.raises(ValueError, match="patience"):
-        TrainOptions(patience=0)
+        Recipe(patience=0)
 
 
 def test_diagnosis_rows_are_recorded_and_kept(tiny_words_h5, tmp_path, monkeypatch):
@@ -99,7 +101,7 @@ def test_diagnosis_rows_are_recorded_and_kept(tiny_words_h5, tmp_path, monkeypat
         diagnose.Row("reference", "r", options={"warmup_epochs": None}),
         diagnose.Row("λ 0", "l", {"coherence_weight": 0.0}, {"warmup_epochs": None})))
     monkeypatch.setattr(diagnose, "resolve_config",
-                        lambda name, data, ablation=None, **kw: small_config(**kw))
+                        lambda name, data, ablation=None, **kw: small_run(**kw))
     results = tmp_path / "d.json"
     out = diagnose.run_diagnosis(tiny_words_h5, tmp_path / "runs", results, epochs=1,
                                  max_steps=1, log=lambda s: None)
@@ -233,8 +235,7 @@ def test_an_oracle_row_trains_and_tests_on_the_oracle_copy(tiny_words_h5, tmp_pa
         with h5py.File(data, "r") as f:
             word_dim = f["train/captions/word_vectors"].shape[1]
         seen.append((Path(data).name, word_dim))
-        return lite_vectors(region_dim=256, word_dim=word_dim, embed_dim=16, sim_dim=8,
-                               batch_size=8, **kw)
+        return small_run(**{**kw, "word_dim": word_dim})
     monkeypatch.setattr(diagnose, "resolve_config", resolve)
     out = diagnose.run_diagnosis(tiny_words_h5, tmp_path / "runs", tmp_path / "d.json",
                                  epochs=1, max_steps=1, log=lambda s: None)
@@ -249,8 +250,7 @@ def test_a_fit_row_fits_the_relation_pairs_of_each_split(tiny_words_h5, tmp_path
     monkeypatch.setattr(diagnose, "ROWS", (
         diagnose.Row("fit", "f", options={"warmup_epochs": None}, fit_steps=2),))
     monkeypatch.setattr(diagnose, "resolve_config", lambda name, data, ablation=None, **kw:
-                        lite_vectors(region_dim=256, word_dim=WORD_DIM, embed_dim=16,
-                                        sim_dim=8, batch_size=8, **kw))
+                        small_run(**kw))
     real, seen = diagnose.fit_sibling_pairs, []
 
     def spy(model, train, test, steps, **kw):

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from cccl_lite.model.cccl import ABLATIONS, CCCL, CCCLConfig, ImageEncoding, TextEncoding, select_rows
+from cccl_lite.model.loss import HybridObjective
+from cccl_lite.engine.recipes import PRESETS, Preset, Recipe
 
 from helpers import make_batch, tiny_config
 
@@ -16,15 +18,15 @@ def build(cfg, seed=0):
 
 
 def test_paper_preset_is_table_1():
-    c = CCCLConfig.paper()
+    c, r = PRESETS["paper"]
     assert (c.region_dim, c.num_regions, c.word_dim, c.embed_dim, c.sim_dim) == (
         2048, 36, 768, 1024, 256)
-    assert (c.margin, c.coherence_weight, c.batch_size, c.lr, c.epochs) == (
+    assert (r.margin, r.coherence_weight, r.batch_size, r.lr, r.epochs) == (
         0.2, 0.5, 128, 2e-4, 30)
     assert c.attention_temperature == 9.0
-    assert c.lr_decay_epoch == 15  # Sec. 4.2: lr x 0.1 after 15 epochs (0-based epoch 15 on)
-    lite = CCCLConfig.lite()
-    assert lite.embed_dim < c.embed_dim and lite.batch_size < c.batch_size
+    assert r.lr_decay_epoch == 15  # Sec. 4.2: lr x 0.1 after 15 epochs (0-based epoch 15 on)
+    lite, lite_recipe = PRESETS["lite"]
+    assert lite.embed_dim < c.embed_dim and lite_recipe.batch_size < r.batch_size
 
 
 def test_ablation_names_are_table_6():
@@ -32,16 +34,19 @@ def test_ablation_names_are_table_6():
         "w/o V-CPC", "w/o T-CPC", "w/o CPC", "w/o POS", "w/o BERT", "w/o B-1",
         "w/o B-2", "w/o B-3", "w/o VSF", "w/o A-Pool", "w/o M-Pool", "w/o S-NLP",
         "w/o C-GRU", "w/o SC-loss", "w/o MLP")
-    base = CCCLConfig.lite()
+    base = PRESETS["lite"]
     for name in ABLATIONS:
-        cfg = base.with_ablation(name)
-        assert cfg.ablation == name and cfg != base
+        ablated = base.with_ablation(name)
+        assert ablated.model.ablation == name and ablated != base
+    # "w/o SC-loss" is the recipe's λ 0; the others switch the model
+    assert base.with_ablation("w/o SC-loss").recipe.coherence_weight == 0
+    assert base.with_ablation("w/o POS").recipe == base.recipe
     with pytest.raises(ValueError, match="unknown ablation"):
         base.with_ablation("w/o everything")
 
 
 def test_config_round_trips_through_dict():
-    cfg = CCCLConfig.lite().with_ablation("w/o POS")
+    cfg = PRESETS["lite"].model.with_ablation("w/o POS")
     assert CCCLConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown fields"):
         CCCLConfig.from_dict({**cfg.to_dict(), "bogus": 1})
@@ -106,7 +111,7 @@ def test_gradients_reach_every_parameter(name):
     model, b = build(cfg), make_batch(cfg, n_img=4, n_txt=4)
     model.train()
     _, scores = model(**b)
-    model.loss(scores).total.backward()
+    HybridObjective()(scores).total.backward()
     for pname, p in model.named_parameters():
         if pname == "textual.words.embed.weight":
             continue  # row 0 is padding; others checked below
@@ -226,11 +231,12 @@ def test_vsf_and_mlp_switches():
 
 def test_without_coherence_the_loss_is_the_alignment_term():
     b = make_batch(tiny_config(), n_img=4, n_txt=4)
-    model = build(tiny_config().with_ablation("w/o SC-loss"))
-    loss = model.loss(model(**b)[1])
+    config, recipe = Preset(tiny_config(), Recipe()).with_ablation("w/o SC-loss")
+    model = build(config)
+    loss = recipe.objective()(model(**b)[1])
     assert loss.coherence > 0 and torch.equal(loss.total, loss.alignment)
     full = build(tiny_config())
-    loss = full.loss(full(**b)[1])
+    loss = Recipe().objective()(full(**b)[1])
     assert torch.allclose(loss.total, loss.alignment + 0.5 * loss.coherence)
 
 

@@ -1,4 +1,4 @@
-"""Table 1's λ per dataset (0.5 Flickr30K, 0.75 MS-COCO): CCCLConfig.paper and
+"""Table 1's λ per dataset (0.5 Flickr30K, 0.75 MS-COCO): paper_preset and
 the train command line, which takes it from --dataset or from the data file."""
 
 from __future__ import annotations
@@ -11,20 +11,20 @@ import pytest
 import cccl_lite.engine.train as train_module
 from cccl_lite.cli import main
 from cccl_lite.errors import InputError
-from cccl_lite.model.cccl import CCCLConfig
+from cccl_lite.engine.recipes import paper_preset
 from cccl_lite.engine.train import data_dataset, resolve_config
 
 
 def test_paper_lambda_per_dataset_as_table_1_prints():
-    assert CCCLConfig.paper(dataset="coco").coherence_weight == 0.75
-    assert CCCLConfig.paper(dataset="f30k").coherence_weight == 0.5
-    assert CCCLConfig.paper().coherence_weight == 0.5  # Flickr30K, the book's default
+    assert paper_preset(dataset="coco").recipe.coherence_weight == 0.75
+    assert paper_preset(dataset="f30k").recipe.coherence_weight == 0.5
+    assert paper_preset().recipe.coherence_weight == 0.5  # Flickr30K, the book's default
     # Everything else of Table 1 is the same for both datasets.
-    f30k, coco = CCCLConfig.paper(dataset="f30k").to_dict(), CCCLConfig.paper(dataset="coco")
-    assert {k: v for k, v in coco.to_dict().items() if f30k[k] != v} == {"coherence_weight": 0.75}
-    assert CCCLConfig.paper(dataset="coco", coherence_weight=0.2).coherence_weight == 0.2
+    f30k, coco = paper_preset(dataset="f30k").fields(), paper_preset(dataset="coco").fields()
+    assert {k: v for k, v in coco.items() if f30k[k] != v} == {"coherence_weight": 0.75}
+    assert paper_preset("coco").replace(coherence_weight=0.2).recipe.coherence_weight == 0.2
     with pytest.raises(ValueError, match="unknown dataset 'mscoco'.*f30k, coco"):
-        CCCLConfig.paper(dataset="mscoco")
+        paper_preset(dataset="mscoco")
 
 
 @pytest.fixture
@@ -39,11 +39,11 @@ def coco_h5(tiny_words_h5, tmp_path):
 def test_the_data_file_decides_when_no_dataset_is_given(tiny_words_h5, coco_h5):
     assert data_dataset(coco_h5) == "coco"
     assert data_dataset(tiny_words_h5) == "f30k"  # synthetic scenes: Flickr30K's λ
-    assert resolve_config("paper", coco_h5).coherence_weight == 0.75
-    assert resolve_config("paper", tiny_words_h5).coherence_weight == 0.5
-    assert resolve_config("paper", coco_h5, dataset="f30k").coherence_weight == 0.5
-    assert resolve_config("paper", tiny_words_h5, dataset="coco").coherence_weight == 0.75
-    assert resolve_config("paper", coco_h5, coherence_weight=0.3).coherence_weight == 0.3
+    assert resolve_config("paper", coco_h5).recipe.coherence_weight == 0.75
+    assert resolve_config("paper", tiny_words_h5).recipe.coherence_weight == 0.5
+    assert resolve_config("paper", coco_h5, dataset="f30k").recipe.coherence_weight == 0.5
+    assert resolve_config("paper", tiny_words_h5, dataset="coco").recipe.coherence_weight == 0.75
+    assert resolve_config("paper", coco_h5, coherence_weight=0.3).recipe.coherence_weight == 0.3
     with pytest.raises(InputError, match="--dataset coco.*paper preset"):
         resolve_config("lite", tiny_words_h5, dataset="coco")
 
@@ -51,12 +51,12 @@ def test_the_data_file_decides_when_no_dataset_is_given(tiny_words_h5, coco_h5):
 def train_paper_without_training(data, tmp_path, monkeypatch, flags) -> list:
     """`train --config paper` through the command line with a trainer that
     never trains (the paper config needs 2048-d data); returns the configs it
-    was given."""
+    was given (their recipes)."""
     seen = []
 
     class FakeTrainer:
-        def __init__(self, config, data, out, options):
-            seen.append(config)
+        def __init__(self, config, recipe, data, out, run):
+            seen.append(recipe)
             self.is_main, self.best_epoch, self.best_rsum = True, 0, 0.0
 
         def fit(self):

@@ -24,10 +24,10 @@ from cccl_lite.engine import scoring
 from cccl_lite.model.align import vector_similarity
 from cccl_lite.model.fast import (fused, local_similarity, local_similarity_pairs, relation_recur,
                                   vsf_all_pairs)
-from cccl_lite.model.loss import hybrid_loss
+from cccl_lite.model.loss import HybridObjective, hybrid_loss
 from cccl_lite.model.cccl import ABLATIONS, CCCL, CCCLConfig, select_rows
 from cccl_lite.model.reason import CrossGRU
-from cccl_lite.engine.train import TrainOptions, warmup_loss
+from cccl_lite.engine.train import RunOptions, warmup_loss
 
 from helpers import MemoryReader, brute_force_recalls, make_batch, nn_gru_states, tiny_config, lite_vectors
 
@@ -137,7 +137,7 @@ def test_fast_gradients_equal_the_reference(name):
     for fast in (False, True):
         model = build(cfg).train()
         _, scores = model(**b, fast=fast)
-        model.loss(scores).total.backward()
+        HybridObjective()(scores).total.backward()
         grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
     assert grads[0].keys() == grads[1].keys()
     for k in grads[0]:
@@ -175,7 +175,7 @@ def test_fast_path_under_bf16_autocast_matches_and_trains():
     model.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, scores = model(**b, pair_chunk=10)
-    model.loss(tuple(s.float() for s in scores)).total.backward()
+    HybridObjective()(tuple(s.float() for s in scores)).total.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
@@ -206,7 +206,7 @@ def test_score_pairs_equals_the_grid(name):
 def loss_and_grads(model, b, pair_chunk, all_negatives):
     model.zero_grad(set_to_none=True)
     _, scores = model(**b, pair_chunk=pair_chunk)
-    loss = warmup_loss(*scores) if all_negatives else model.loss(scores)
+    loss = warmup_loss(*scores) if all_negatives else HybridObjective()(scores)
     loss.total.backward()
     return loss.total.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
 
@@ -260,7 +260,7 @@ def test_pair_chunk_recomputes_blocks_and_keeps_fewer_activations():
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             _, scores = model(**b, pair_chunk=pair_chunk)
-            loss = model.loss(scores).total
+            loss = HybridObjective()(scores).total
         loss.backward()
         return total[0]
 
@@ -279,8 +279,8 @@ def test_pair_chunk_rejects_bad_values():
         with pytest.raises(ValueError, match="pair_chunk must be a positive int"):
             model(**b, pair_chunk=bad)
         with pytest.raises(ValueError, match="pair_chunk must be a positive int"):
-            TrainOptions(pair_chunk=bad)
-    assert TrainOptions(pair_chunk=64).pair_chunk == 64
+            RunOptions(pair_chunk=bad)
+    assert RunOptions(pair_chunk=64).pair_chunk == 64
 
 
 # ---- the naive loop and pair lists == the score matrix --------------------------------

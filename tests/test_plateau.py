@@ -2,11 +2,8 @@
 its own learning-rate drop, each other row changes one thing of the row it
 names, and a record says whether patience or the cap ended its run."""
 
-import dataclasses
-
 from cccl_lite.studies import plateau
 from cccl_lite.engine.checkpoint import resolve_config
-from cccl_lite.engine.recipes import lite_options
 
 from helpers import resolved_row  # noqa: E402
 
@@ -18,14 +15,14 @@ def _resolved(row, data):
 
 
 def test_the_first_row_is_the_lite_preset_with_its_learning_rate_drop(tiny_words_h5):
-    config, options = _resolved(plateau.LITE, tiny_words_h5)
+    config, recipe = _resolved(plateau.LITE, tiny_words_h5)
     # Independently: `train --config lite --epochs 30` (the preset keeps its drop).
-    lite = dataclasses.asdict(resolve_config("lite", tiny_words_h5, epochs=CAP))
-    assert config == lite
-    assert config["lr_decay_epoch"] == 7 < CAP
+    lite = resolve_config("lite", tiny_words_h5, epochs=CAP)
+    assert config == lite.model.to_dict()
+    assert recipe["lr_decay_epoch"] == 7 < CAP
     # the lite recipe as the study found it: the sum over negatives in every epoch
-    assert options == lite_options(warmup_epochs=None).to_dict()
-    assert options["patience"] == 3 and options["warmup_epochs"] is None
+    assert recipe == lite.recipe.replace(warmup_epochs=None).to_dict()
+    assert recipe["patience"] == 3 and recipe["warmup_epochs"] is None
 
 
 def test_each_row_changes_one_thing_of_the_row_it_names(tiny_words_h5):

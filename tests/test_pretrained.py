@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from cccl_lite.studies import pretrained
-from cccl_lite.model.cccl import CCCLConfig
-from cccl_lite.engine.train import TrainOptions, load_model, train
+from cccl_lite.engine.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from cccl_lite.engine.recipes import Recipe, recipe_fields, settings_of
+from cccl_lite.engine.train import RunOptions, load_model, train
 
-from helpers import WORD_DIM, lite_vectors
+from helpers import small
 
 ROOT = Path(__file__).resolve().parent.parent
 # One image of the 201 test images moves an i2t recall by 0.50 points, one
@@ -30,13 +31,26 @@ def test_the_shipped_model_loads_and_matches_its_provenance(name):
     info = pretrained.provenance(name)
     model, config, path = pretrained.load_pretrained(name=name)
     assert path == pretrained.checkpoint_path(name) and path.stat().st_size < 8 * 2 ** 20
-    assert config.to_dict() == CCCLConfig.from_dict(info["config"]).to_dict()
+    # The record and the checkpoint were written before the recipe was its own
+    # object (format 1: its numbers in "config", its choices in "options"):
+    # both read through the migration, to the same model and recipe.
+    recorded_config, recorded_recipe, run = settings_of(info)
+    assert config == recorded_config
     assert not model.training
     assert info["provenance"]["commit"] and info["data"]["size"] == "small"
     for key in ("test", "truth", "siblings", "curve", "options"):
         assert info[key], key
-    ckpt = torch.load(path, weights_only=True)
-    assert "optimizer" not in ckpt  # only what evaluation needs
+    raw = torch.load(path, weights_only=True)
+    assert "optimizer" not in raw  # only what evaluation needs
+    assert raw["format"] == 1 and "recipe" not in raw and "lr" in raw["config"]
+    ckpt = load_checkpoint(path)
+    assert ckpt["format"] == CHECKPOINT_FORMAT and Recipe.from_dict(ckpt["recipe"]) == recorded_recipe
+    # the values the record holds, field by field from its old dicts (a field
+    # the record predates: the value such runs trained with)
+    for name, f in recipe_fields().items():
+        old = info["config"].get(name, info["options"].get(name, f.metadata["legacy"]))
+        assert getattr(recorded_recipe, name) == old, name
+    assert run["seed"] == info["options"]["seed"] and "lr" not in run
 
 
 @pytest.mark.slow  # regenerates the small scenes and encodes them with MiniLM
@@ -69,15 +83,15 @@ def test_the_shipped_model_reproduces_its_test_recalls(tmp_path):
     assert again["truth"]["rsum"] == pytest.approx(info["truth"]["rsum"], abs=3 * TOLERANCE)
 
 
-def small_config(**kw):
-    return lite_vectors(region_dim=256, word_dim=WORD_DIM, embed_dim=16, sim_dim=8,
-                           batch_size=8, **kw)
+def small_run(**kw):
+    """(model, recipe) of a small run (helpers.small at P = 8); ``kw``: fields of either."""
+    return small(sim_dim=8, **kw)
 
 
 def test_ship_writes_model_and_provenance_and_refuses_to_replace(tiny_words_h5, tmp_path):
     run = tmp_path / "run"
-    train(small_config(epochs=1), tiny_words_h5, run,
-          TrainOptions(warmup_epochs=None, device="cpu", max_steps=2, quiet=True))
+    train(*small_run(epochs=1, warmup_epochs=None), tiny_words_h5, run,
+          RunOptions(device="cpu", max_steps=2, quiet=True))
     folder = tmp_path / "assets"
     rec = pretrained.ship(run, tiny_words_h5, folder, name="m")
     assert set(rec["siblings"]) == {"binding", "relation", "random"}

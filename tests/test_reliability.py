@@ -34,7 +34,7 @@ from cccl_lite.files import OutputError, RunLock, remove_stale_temps
 from cccl_lite.data.text import simple_tokenize
 from cccl_lite.engine.train import Trainer, load_checkpoint, train
 
-from helpers import one_error_line, quick, small_config, write_scan
+from helpers import one_error_line, quick, small, small_config, write_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def _dead_pid() -> int:
 def run_dir(tiny_words_h5, tmp_path_factory):
     """A finished one-epoch run of the tiny config (last.pt, best.pt)."""
     out = tmp_path_factory.mktemp("reliability") / "run"
-    train(small_config(epochs=1), tiny_words_h5, out, quick(max_steps=1))
+    train(*small(epochs=1), tiny_words_h5, out, quick(max_steps=1))
     return out
 
 
@@ -325,11 +325,11 @@ def test_resume_refuses_other_data(tiny_words_h5, run_dir, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(run_dir, out)
     with pytest.raises(errors.InputError, match="other data.*seed 0 -> 7"):
-        Trainer(small_config(epochs=2), other, out, quick(max_steps=1, resume=True))
+        Trainer(*small(epochs=2), other, out, quick(max_steps=1, resume=True))
     # The same dataset, copied elsewhere, resumes (with a note).
     copy = tmp_path / "copy.h5"
     shutil.copy(tiny_words_h5, copy)
-    Trainer(small_config(epochs=2), copy, out, quick(max_steps=1, resume=True)).fit()
+    Trainer(*small(epochs=2), copy, out, quick(max_steps=1, resume=True)).fit()
     assert "the run started on" in capsys.readouterr().out
     epochs = [json.loads(x)["epoch"] for x in (out / "log.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
@@ -339,8 +339,8 @@ def test_two_runs_never_write_one_folder_at_once(tiny_words_h5, tmp_path):
     """Point 5: two trainings into one --out both ran (log.jsonl read epochs
     1, 1, 2, 2). The second now fails at once, naming the first's PID."""
     out = tmp_path / "run"
-    first = Trainer(small_config(epochs=1), tiny_words_h5, out, quick(max_steps=1))
-    second = Trainer(small_config(epochs=1), tiny_words_h5, out, quick(max_steps=1))
+    first = Trainer(*small(epochs=1), tiny_words_h5, out, quick(max_steps=1))
+    second = Trainer(*small(epochs=1), tiny_words_h5, out, quick(max_steps=1))
     with RunLock(out):  # the first run, as it holds the folder during fit
         with pytest.raises(OutputError, match=f"another run \\(process {os.getpid()}\\)"):
             second.fit()
@@ -356,7 +356,7 @@ def test_a_killed_runs_lock_is_taken_over_with_a_message(tiny_words_h5, tmp_path
     out.mkdir()
     dead = _dead_pid()
     (out / RunLock.NAME).write_text(f"{dead} somehost\n")  # what kill -9 leaves
-    Trainer(small_config(epochs=1), tiny_words_h5, out, quick(max_steps=1)).fit()
+    Trainer(*small(epochs=1), tiny_words_h5, out, quick(max_steps=1)).fit()
     printed = capsys.readouterr().out
     assert f"taking over the lock of process {dead}" in printed
     assert (out / "last.pt").exists() and not (out / RunLock.NAME).exists()
@@ -432,7 +432,7 @@ def test_resume_from_a_best_pt_is_one_clear_line(tiny_words_h5, run_dir, tmp_pat
     shutil.copytree(run_dir, out)
     shutil.copy(out / "best.pt", out / "last.pt")
     with pytest.raises(errors.InputError, match="holds no training state.*best.pt"):
-        Trainer(small_config(epochs=2), tiny_words_h5, out, quick(max_steps=1, resume=True))
+        Trainer(*small(epochs=2), tiny_words_h5, out, quick(max_steps=1, resume=True))
 
 
 def test_out_under_a_file_is_one_clear_line(tiny_words_h5, tmp_path, capsys):
@@ -562,7 +562,7 @@ def test_a_rerun_removes_the_temp_files_of_a_killed_run(tiny_words_h5, run_dir, 
         p.write_bytes(b"half a file")
     alive = out / f".last.pt.tmp-{os.getppid()}"  # a live writer's: not ours to remove
     alive.write_bytes(b"in progress")
-    Trainer(small_config(epochs=2), tiny_words_h5, out, quick(max_steps=1, resume=True)).fit()
+    Trainer(*small(epochs=2), tiny_words_h5, out, quick(max_steps=1, resume=True)).fit()
     assert not any(p.exists() for p in leftovers)
     assert alive.exists()
     assert "left by an interrupted run" in capsys.readouterr().out
@@ -580,8 +580,7 @@ def test_a_rerun_removes_the_temp_files_of_a_killed_run(tiny_words_h5, run_dir, 
 
 
 def test_a_checkpoint_without_branch3_evaluates_unparsed_data(tiny_words_h5, tmp_path, capsys):
-    best = train(small_config(epochs=1).with_ablation("w/o B-3"), tiny_words_h5,
-                 tmp_path / "run", quick(max_steps=1))
+    best = train(*small(epochs=1).with_ablation("w/o B-3"), tiny_words_h5, tmp_path / "run", quick(max_steps=1))
 
     def drop_heads(f):
         for split in ("train", "val", "test"):

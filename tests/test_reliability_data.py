@@ -319,12 +319,12 @@ def test_nan_data_are_refused_before_training(tiny_words_h5, tmp_path, capsys, f
     from cccl_lite.cli import main
     from cccl_lite.data.schema import SchemaError
     from cccl_lite.engine.train import train
-    from helpers import quick, small_config
+    from helpers import quick, small
 
     bad = _edit(tiny_words_h5, tmp_path / "nan.h5", _nan(field, row))
     needles = (f"{bad}:/train/{field}", named, "NaN")
     with pytest.raises(SchemaError) as e:
-        train(small_config(epochs=1), bad, tmp_path / "api", quick(max_steps=1))
+        train(*small(epochs=1), bad, tmp_path / "api", quick(max_steps=1))
     assert all(n in str(e.value) for n in needles), str(e.value)
     assert not (tmp_path / "api" / "last.pt").exists()
     if field == "images/features":

@@ -21,7 +21,7 @@ from cccl_lite.cli import main
 from cccl_lite.errors import InputError
 from cccl_lite.engine.train import Trainer, train
 
-from helpers import one_error_line, quick, small_config
+from helpers import one_error_line, quick, small, small_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def run_dir(tiny_words_h5, tmp_path_factory):
     """A finished one-epoch run on the tiny scenes (read only: copy it to change it)."""
     out = tmp_path_factory.mktemp("run") / "run"
-    train(small_config(epochs=1), tiny_words_h5, out, quick(max_steps=2))
+    train(*small(epochs=1), tiny_words_h5, out, quick(max_steps=2))
     return out
 
 
@@ -52,7 +52,7 @@ def test_train_refuses_a_folder_with_config_and_log_but_no_checkpoint(tiny_words
     (out / "config.json").write_text(config_text)
     (out / "log.jsonl").write_text(log_text)
     with pytest.raises(InputError, match="--overwrite"):
-        Trainer(small_config(epochs=1), tiny_words_h5, out, quick(max_steps=1))
+        Trainer(*small(epochs=1), tiny_words_h5, out, quick(max_steps=1))
     assert (out / "config.json").read_text() == config_text
     assert (out / "log.jsonl").read_text() == log_text
 
@@ -70,14 +70,13 @@ def test_a_killed_overwrite_leaves_no_old_checkpoint_for_resume(tiny_words_h5, r
 
     monkeypatch.setattr(Trainer, "_train_epoch", killed)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(small_config(epochs=1), tiny_words_h5, out, quick(max_steps=1,
-                                                                  overwrite=True)).fit()
+        Trainer(*small(epochs=1), tiny_words_h5, out, quick(max_steps=1, overwrite=True)).fit()
     monkeypatch.undo()
     # The old run is gone as a whole: resume finds nothing to continue and
     # says so, instead of "already trained for 1 epochs" with an empty log.
     assert not (out / "last.pt").exists() and not (out / "best.pt").exists()
     with pytest.raises(InputError, match="nothing to resume"):
-        Trainer(small_config(epochs=1), tiny_words_h5, out, quick(max_steps=1, resume=True))
+        Trainer(*small(epochs=1), tiny_words_h5, out, quick(max_steps=1, resume=True))
 
 
 # ---- #12: --batch-size 1 ------------------------------------------------------------
@@ -98,7 +97,7 @@ def test_batch_size_one_is_refused_with_one_line(tiny_words_h5, tmp_path, capsys
 def other_run_dir(tiny_words_h5, tmp_path_factory):
     """Another finished run on the same data (seed 1: other weights)."""
     out = tmp_path_factory.mktemp("run") / "run"
-    train(small_config(epochs=1), tiny_words_h5, out, quick(max_steps=2, seed=1))
+    train(*small(epochs=1), tiny_words_h5, out, quick(max_steps=2, seed=1))
     return out
 
 
@@ -406,7 +405,7 @@ def test_diagnose_results_that_is_a_folder_is_named_as_such(tiny_words_h5, tmp_p
 
 
 @pytest.mark.parametrize("key, value", [("embed_dim", "big"), ("use_mlp", "yes"),
-                                        ("margin", None)])
+                                        ("attention_temperature", None)])
 def test_a_checkpoint_config_field_of_the_wrong_kind_is_named(tiny_words_h5, run_dir, tmp_path,
                                                               capsys, key, value):
     ckpt = _edited_checkpoint(run_dir / "best.pt", tmp_path / "best.pt",
@@ -420,21 +419,20 @@ def test_a_last_batch_of_one_pair_is_not_trained_on(tiny_words_h5, tmp_path, mon
     """300 training captions in batches of 13: the last batch holds one pair,
     whose alignment term (eq 33) is identically zero (#12's case, reached by
     the split's size instead of --batch-size 1). It is skipped, not trained."""
-    from cccl_lite.model.cccl import CCCL
+    from cccl_lite.model.loss import HybridObjective
 
-    sizes, loss = [], CCCL.loss
+    sizes, loss = [], HybridObjective.__call__
 
     def recording(self, scores, positive, **kw):
         sizes.append(positive.shape[0])
         return loss(self, scores, positive, **kw)
 
-    monkeypatch.setattr(CCCL, "loss", recording)
+    monkeypatch.setattr(HybridObjective, "__call__", recording)
     import h5py
     with h5py.File(tiny_words_h5, "r") as f:
         n = f["train/captions/text"].shape[0]
     assert n % 13 == 1, n  # the premise: the last batch has one pair
-    train(small_config(epochs=1, batch_size=13), tiny_words_h5, tmp_path / "r",
-          quick(max_steps=None))
+    train(*small(epochs=1, batch_size=13), tiny_words_h5, tmp_path / "r", quick(max_steps=None))
     assert sizes and min(sizes) >= 2, sorted(set(sizes))
     assert len(sizes) == n // 13
 

@@ -1,16 +1,14 @@
 """Sec. 4.4's sensitivity grid (cccl_lite.studies.sensitivity): each row changes one thing
 of the centre point, the centre is the lite preset, and the runner goes seed by seed."""
 
-import dataclasses
 import json
 
 import pytest
 
 from cccl_lite.studies import diagnose, sensitivity
 from cccl_lite.engine.checkpoint import resolve_config
-from cccl_lite.engine.recipes import lite_options
 
-from helpers import WORD_DIM, lite_vectors, resolved_row
+from helpers import resolved_row, small
 
 EPOCHS = 3
 
@@ -20,25 +18,23 @@ def _resolved(row, data):
 
 
 def test_the_centre_is_the_lite_preset_at_the_budget(tiny_words_h5):
-    config, options = _resolved(sensitivity.CENTRE, tiny_words_h5)
+    config, recipe = _resolved(sensitivity.CENTRE, tiny_words_h5)
     # Independently: the lite preset as `train --config lite` builds it, with
     # only the study's budget changed (EPOCHS epochs, no learning-rate drop).
-    lite = dataclasses.asdict(resolve_config("lite", tiny_words_h5, epochs=EPOCHS,
-                                             lr_decay_epoch=EPOCHS))
-    assert config == lite
-    assert (config["sim_dim"], config["coherence_weight"]) == (64, 0.5)
-    assert config["coherence_reduction"] == "per_item" and config["use_bert"] is False
+    lite = resolve_config("lite", tiny_words_h5, epochs=EPOCHS, lr_decay_epoch=EPOCHS)
+    assert config == lite.model.to_dict()
+    assert (config["sim_dim"], recipe["coherence_weight"]) == (64, 0.5)
+    assert recipe["coherence_reduction"] == "per_item" and config["use_bert"] is False
     # the lite recipe as the study was recorded: the sum over negatives in every epoch
-    assert options == lite_options(warmup_epochs=None).to_dict()
+    assert recipe == lite.recipe.replace(warmup_epochs=None).to_dict()
 
 
 def test_each_row_changes_exactly_one_thing_of_the_centre(tiny_words_h5):
-    centre_config, centre_options = _resolved(sensitivity.CENTRE, tiny_words_h5)
+    centre = {k: v for half in _resolved(sensitivity.CENTRE, tiny_words_h5) for k, v in half.items()}
     seen = {"sim_dim": set(), "coherence_weight": set()}
     for row in sensitivity.ROWS[1:]:
-        config, options = _resolved(row, tiny_words_h5)
-        assert options == centre_options, row.name
-        changed = {k for k in centre_config if config[k] != centre_config[k]}
+        config = {k: v for half in _resolved(row, tiny_words_h5) for k, v in half.items()}
+        changed = {k for k in centre if config[k] != centre[k]}
         assert len(changed) == 1, (row.name, changed)
         (key,) = changed
         assert key in seen, (row.name, key)
@@ -71,8 +67,7 @@ def test_the_runner_goes_seed_by_seed_into_its_own_file(tiny_words_h5, tmp_path,
     rows = (sensitivity.CENTRE, sensitivity.ROWS[1])
     monkeypatch.setattr(sensitivity, "ROWS", rows)
     monkeypatch.setattr(diagnose, "resolve_config", lambda name, data, ablation=None, **kw:
-                        lite_vectors(region_dim=256, word_dim=WORD_DIM, embed_dim=16,
-                                     batch_size=8, **kw))
+                        small(**kw))
     monkeypatch.setattr(diagnose, "baselines", lambda data, seed=0: {"stub": True})
     lines = []
     results = tmp_path / "s.json"

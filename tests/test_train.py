@@ -19,12 +19,13 @@ from cccl_lite.data.dataset import CaptionDataset, SplitReader, collate, model_i
 from cccl_lite.engine.evaluate import evaluate_split
 from cccl_lite.engine.metrics import KEYS
 from cccl_lite.model.cccl import CCCL
+from cccl_lite.model.loss import hybrid_loss
 from cccl_lite.engine.runtime import restore_rng, rng_states
-from cccl_lite.engine.train import (TrainOptions, Trainer, alignment_term_all_negatives,
+from cccl_lite.engine.train import (Recipe, RunOptions, Trainer, alignment_term_all_negatives,
                                     load_checkpoint, load_model, train)
 
 from helpers import WORD_DIM as D_E  # random word vectors in the tiny file (no MiniLM)
-from helpers import quick, small_config
+from helpers import quick, small, small_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,8 +75,8 @@ def test_all_negatives_term_equals_double_loop():
 # ---- a tiny run end to end -------------------------------------------------
 
 def test_tiny_run_writes_its_outputs(tiny_h5, tmp_path):
-    cfg = small_config()
-    best = train(cfg, tiny_h5, tmp_path / "run", quick())
+    cfg, recipe = small()
+    best = train(cfg, recipe, tiny_h5, tmp_path / "run", quick())
     out = tmp_path / "run"
     assert best == out / "best.pt"
     assert {p.name for p in out.iterdir()} == {"last.pt", "best.pt", "log.jsonl", "config.json"}
@@ -88,16 +89,17 @@ def test_tiny_run_writes_its_outputs(tiny_h5, tmp_path):
         assert set(r) >= {"epoch", "losses", "lr", "val", "seconds"}
         assert set(r["losses"]) == {"total", "alignment", "coherence"}
         assert r["losses"]["total"] == pytest.approx(
-            r["losses"]["alignment"] + cfg.coherence_weight * r["losses"]["coherence"])
+            r["losses"]["alignment"] + recipe.coherence_weight * r["losses"]["coherence"])
         assert set(r["val"]) == set(KEYS)
 
     info = json.loads((out / "config.json").read_text())
     assert info["config"] == dataclasses.replace(cfg, num_regions=12).to_dict()
-    assert info["options"]["max_steps"] == 3 and info["options"]["warmup_epochs"] == 1
+    assert info["recipe"] == recipe.to_dict() and info["recipe"]["warmup_epochs"] == 1
+    assert info["options"]["max_steps"] == 3 and "warmup_epochs" not in info["options"]
 
     ckpt = torch.load(best, weights_only=True)  # no unpickling of code
     last = torch.load(out / "last.pt", weights_only=True)
-    assert {"model", "config", "vocab", "epoch", "best_rsum"} <= set(ckpt)
+    assert {"model", "config", "recipe", "vocab", "epoch", "best_rsum"} <= set(ckpt)
     assert {"optimizer", "scheduler", "rng", "step", "options"} <= set(last)
     assert set(last["rng"]) == {"torch", "cuda", "numpy", "python", "loader"}
     assert last["epoch"] == 2 and last["step"] == 6
@@ -121,8 +123,8 @@ def test_lr_is_cut_tenfold_at_the_decay_epoch(tiny_h5, tmp_path, monkeypatch):
         return original(self)
 
     monkeypatch.setattr(Trainer, "_train_epoch", record)
-    cfg = small_config(epochs=4, lr_decay_epoch=2, lr=3e-3)
-    trainer = Trainer(cfg, tiny_h5, tmp_path / "run", quick(max_steps=1))
+    trainer = Trainer(*small(epochs=4, lr_decay_epoch=2, lr=3e-3), tiny_h5, tmp_path / "run",
+                      quick(max_steps=1))
     trainer.fit()
     assert lrs == pytest.approx([3e-3, 3e-3, 3e-4, 3e-4])
     assert [r["lr"] for r in trainer.history] == pytest.approx([3e-3, 3e-3, 3e-4, 3e-4])
@@ -149,8 +151,7 @@ def test_truth_selection_logs_the_truth_aware_recall_of_the_model_it_keeps(
     from cccl_lite.data.truth import SplitTruth
 
     out = tmp_path / "run"
-    t = Trainer(small_config(epochs=1), tiny_words_h5, out,
-                quick(select="truth_rsum", positives="truth"))
+    t = Trainer(*small(epochs=1, select="truth_rsum", positives="truth"), tiny_words_h5, out, quick())
     t.fit()
     rec = t.history[0]
     assert rec["best"] and set(rec["val_truth"]) == set(KEYS)
@@ -165,7 +166,7 @@ def test_truth_selection_logs_the_truth_aware_recall_of_the_model_it_keeps(
     logged = json.loads((out / "log.jsonl").read_text().splitlines()[0])
     assert logged["val_truth"] == rec["val_truth"]
     with pytest.raises(ValueError, match="select"):
-        TrainOptions(select="loss")
+        Recipe(select="loss")
 
 
 @pytest.mark.parametrize("select, best_epoch, epochs_run", [("rsum", 1, 3), ("truth_rsum", 4, 5)])
@@ -179,12 +180,12 @@ def test_select_picks_the_epoch_and_drives_patience(tiny_words_h5, tmp_path, mon
     def fake_validate(self):
         base = {k: 0.0 for k in KEYS if k != "rsum"}
         truth = base | {"rsum": next(aware)}
-        return base | {"rsum": next(standard)}, (truth if self.options.select == "truth_rsum"
+        return base | {"rsum": next(standard)}, (truth if self.recipe.select == "truth_rsum"
                                                  else None)
 
     monkeypatch.setattr(Trainer, "_validate", fake_validate)
-    t = Trainer(small_config(epochs=5), tiny_words_h5, tmp_path / select,
-                quick(select=select, patience=2))
+    t = Trainer(*small(epochs=5, select=select, patience=2), tiny_words_h5, tmp_path / select,
+                quick())
     t.fit()
     assert t.best_epoch == best_epoch
     assert len(t.history) == epochs_run
@@ -195,10 +196,10 @@ def test_select_picks_the_epoch_and_drives_patience(tiny_words_h5, tmp_path, mon
 # ---- resume ----------------------------------------------------------------
 
 def test_resume_gives_identical_weights(tiny_h5, tmp_path, one_thread):
-    straight = Trainer(small_config(epochs=2), tiny_h5, tmp_path / "a", quick())
+    straight = Trainer(*small(epochs=2), tiny_h5, tmp_path / "a", quick())
     straight.fit()
-    train(small_config(epochs=1), tiny_h5, tmp_path / "b", quick())
-    resumed = Trainer(small_config(epochs=2), tiny_h5, tmp_path / "b", quick(resume=True))
+    train(*small(epochs=1), tiny_h5, tmp_path / "b", quick())
+    resumed = Trainer(*small(epochs=2), tiny_h5, tmp_path / "b", quick(resume=True))
     resumed.fit()
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()
@@ -212,25 +213,34 @@ def test_resume_gives_identical_weights(tiny_h5, tmp_path, one_thread):
 
 
 def test_resume_refuses_another_selection_or_sibling_weight(tmp_path):
-    from cccl_lite.engine.checkpoint import check_resumable
+    from cccl_lite.engine.checkpoint import check_resumable, migrate
     from cccl_lite.errors import InputError
 
-    config = small_config(epochs=2)
-    ckpt = {"optimizer": {}, "scheduler": {}, "rng": {}, "epoch": 1, "step": 3,
-            "config": config.to_dict(), "data": None, "world_size": 1,
-            # written before `select` and `sibling_weight` existed: they were
-            # "rsum" and 1.0 then
-            "options": {"warmup_epochs": 1, "seed": 0, "positives": "image",
-                        "batching": "random", "patience": None}}
-    old = TrainOptions().to_dict()
+    config, recipe = small(epochs=2)
+    # A last.pt of format 1: the recipe's numbers inside its config, its
+    # choices inside its options, written before `select` and
+    # `sibling_weight` existed (they were "rsum" and 1.0 then).
+    numbers = {k: getattr(recipe, k) for k in ("lr", "lr_decay_epoch", "epochs", "batch_size",
+                                                "grad_clip", "margin", "coherence_weight",
+                                                "coherence_reduction")}
+    ckpt = migrate({"optimizer": {}, "scheduler": {}, "rng": {}, "epoch": 1, "step": 3,
+                    "config": {**config.to_dict(), **numbers}, "data": None, "world_size": 1,
+                    "options": {"warmup_epochs": 1, "seed": 0, "positives": "image",
+                                "batching": "random", "patience": None}})
     kw = dict(world_size=1, data_path=tmp_path / "d.h5", data_ident=None)
-    ck = check_resumable(ckpt, tmp_path / "last.pt", config, old, **kw)
-    assert ck is ckpt  # the same run: defaults fill what the old checkpoint lacks
+    ck = check_resumable(ckpt, tmp_path / "last.pt", config, recipe, 0, **kw)
+    assert ck is ckpt  # the same run: legacy values fill what the old checkpoint lacks
     for change, shown in ((dict(select="truth_rsum"), "select: 'rsum' -> 'truth_rsum'"),
-                          (dict(sibling_weight=10.0), "sibling_weight: 1.0 -> 10.0")):
+                          (dict(sibling_weight=10.0), "sibling_weight: 1.0 -> 10.0"),
+                          (dict(lr=1e-2), "lr: 0.001 -> 0.01")):
         with pytest.raises(InputError, match=shown.replace("(", r"\(")):
-            check_resumable(ckpt, tmp_path / "last.pt", config,
-                            TrainOptions(**change).to_dict(), **kw)
+            check_resumable(ckpt, tmp_path / "last.pt", config, recipe.replace(**change), 0,
+                            **kw)
+    with pytest.raises(InputError, match="seed: 0 -> 1"):
+        check_resumable(ckpt, tmp_path / "last.pt", config, recipe, 1, **kw)
+    # epochs is the one recipe field a resumed run may change
+    assert check_resumable(ckpt, tmp_path / "last.pt", config, recipe.replace(epochs=9), 0,
+                           **kw) is ckpt
 
 
 def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
@@ -251,7 +261,7 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
 
 def test_interrupted_save_keeps_the_previous_last_pt(tiny_h5, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    train(small_config(epochs=1), tiny_h5, out, quick())
+    train(*small(epochs=1), tiny_h5, out, quick())
     before = {name: (out / name).read_bytes() for name in ("last.pt", "best.pt")}
 
     def broken_save(obj, f, *args, **kwargs):
@@ -260,21 +270,21 @@ def test_interrupted_save_keeps_the_previous_last_pt(tiny_h5, tmp_path, monkeypa
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(small_config(epochs=2), tiny_h5, out, quick(resume=True)).fit()
+        Trainer(*small(epochs=2), tiny_h5, out, quick(resume=True)).fit()
     monkeypatch.undo()
     assert {name: (out / name).read_bytes() for name in before} == before
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "last.pt",
                                                       "log.jsonl"]  # no temp file left
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
     # The log line of the unsaved epoch 2 is dropped when the run resumes.
-    Trainer(small_config(epochs=2), tiny_h5, out, quick(resume=True)).fit()
+    Trainer(*small(epochs=2), tiny_h5, out, quick(resume=True)).fit()
     epochs = [json.loads(x)["epoch"] for x in (out / "log.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
 
 
 def test_load_model_refuses_unknown_config_fields(tiny_h5, tmp_path):
     from cccl_lite.errors import InputError
-    best = train(small_config(epochs=1), tiny_h5, tmp_path / "run", quick(max_steps=1))
+    best = train(*small(epochs=1), tiny_h5, tmp_path / "run", quick(max_steps=1))
     ckpt = torch.load(best, weights_only=True)
     ckpt["config"]["use_quantum_pooling"] = True
     torch.save(ckpt, tmp_path / "future.pt")
@@ -293,11 +303,12 @@ def _free_port() -> int:
 DDP_STEPS = 3
 
 
-def _ddp_worker(rank, world_size, port, data, out, config):
+def _ddp_worker(rank, world_size, port, data, out, config, recipe):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    trainer = Trainer(config, data, out, quick(max_steps=DDP_STEPS, warmup_epochs=0))
+    trainer = Trainer(config, recipe.replace(warmup_epochs=0), data, out,
+                      quick(max_steps=DDP_STEPS))
     trainer.fit()
     torch.save(trainer.model.state_dict(), Path(out).parent / f"rank{rank}.pt")
 
@@ -317,20 +328,20 @@ def test_ddp_on_gloo_matches_one_process_on_the_mean_of_the_half_batch_losses(
     batch of 16. Its hardest negative for a caption is searched among 15
     others, a rank's among its own 7, so that run would take other steps.
     """
-    config = small_config(epochs=1)
+    config, recipe = small(epochs=1)
     out = tmp_path / "ddp" / "run"
     out.parent.mkdir()
     torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(tiny_h5), str(out),
-                                                   config), nprocs=2, join=True)
+                                                   config, recipe), nprocs=2, join=True)
     ranks = [torch.load(out.parent / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
     assert (out / "last.pt").exists() and load_checkpoint(out / "last.pt")["world_size"] == 2
 
     # The single-process reference, written from the paper's recipe directly.
-    torch.manual_seed(0)  # TrainOptions' default seed: the same initial weights
+    torch.manual_seed(0)  # RunOptions' default seed: the same initial weights
     model = CCCL(config)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     reader = SplitReader(tiny_h5, "train")
     dataset = CaptionDataset(reader)
     orders = []
@@ -339,16 +350,18 @@ def test_ddp_on_gloo_matches_one_process_on_the_mean_of_the_half_batch_losses(
                                                       shuffle=True, seed=0)
         sampler.set_epoch(0)
         orders.append(list(sampler))
-    b = config.batch_size
+    b = recipe.batch_size
     for step in range(DDP_STEPS):
         losses = []
         for order in orders:
             batch = collate(reader, [dataset[k] for k in order[step * b:(step + 1) * b]])
             _, scores = model(**model_inputs(batch))
-            losses.append(model.loss(scores, batch["positive_mask"]).total)
+            losses.append(hybrid_loss(*scores, recipe.margin, recipe.coherence_weight,
+                                      batch["positive_mask"],
+                                      coherence_reduction=recipe.coherence_reduction).total)
         optimizer.zero_grad()
         (sum(losses) / len(losses)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
         optimizer.step()
     reference = model.state_dict()
     for k in reference:
@@ -371,7 +384,7 @@ def _no_boxes_copy(src, dst):
 @pytest.mark.slow  # one command-line process per error
 def test_cli_errors_exit_1_with_one_line(tiny_h5, tmp_path):
     resumable = tmp_path / "resumable"
-    train(small_config(epochs=1), tiny_h5, resumable, quick(max_steps=1))
+    train(*small(epochs=1), tiny_h5, resumable, quick(max_steps=1))
     no_boxes = _no_boxes_copy(tiny_h5, tmp_path / "no_boxes.h5")
     base = ["--out", str(tmp_path / "out"), "--max-steps", "1", "--quiet"]
     cases = {
@@ -415,7 +428,7 @@ def test_cli_errors_exit_1_with_one_line(tiny_h5, tmp_path):
         assert [r["negatives"] for r in log] == (
             ["all", "hardest"] if warmup == "default" else ["all", "all"])
     # The no-boxes file does train under "w/o POS" (here: the checks pass).
-    Trainer(small_config().with_ablation("w/o POS"), no_boxes, tmp_path / "pos", quick())
+    Trainer(*small().with_ablation("w/o POS"), no_boxes, tmp_path / "pos", quick())
 
 
 # ---- the memory-saving mode (pair_chunk) -------------------------------------
@@ -423,9 +436,9 @@ def test_cli_errors_exit_1_with_one_line(tiny_h5, tmp_path):
 @pytest.mark.slow  # trains the model twice
 def test_pair_chunk_trains_the_same_model(tiny_h5, tmp_path, one_thread):
     """Checkpointed blocks of pairs change only the order of float sums."""
-    plain = Trainer(small_config(epochs=1), tiny_h5, tmp_path / "a", quick())
+    plain = Trainer(*small(epochs=1), tiny_h5, tmp_path / "a", quick())
     plain.fit()
-    chunked = Trainer(small_config(epochs=1), tiny_h5, tmp_path / "b", quick(pair_chunk=5))
+    chunked = Trainer(*small(epochs=1), tiny_h5, tmp_path / "b", quick(pair_chunk=5))
     chunked.fit()
     a, b = plain.model.state_dict(), chunked.model.state_dict()
     for k in a:
@@ -444,7 +457,7 @@ def test_cli_pair_chunk_reaches_the_trainer(tiny_h5, tmp_path):
     assert main(["train", "--data", str(tiny_h5), "--out", str(out), "--epochs", "1",
                  "--max-steps", "1", "--batch-size", "8", "--quiet", "--overwrite",
                  "--coherence-weight", "0.75", "--margin", "0.1"]) == 0
-    saved = json.loads((out / "config.json").read_text())["config"]
+    saved = json.loads((out / "config.json").read_text())["recipe"]
     assert (saved["coherence_weight"], saved["margin"]) == (0.75, 0.1)
     # A bad number is a usage error: one line, exit status 2 (test_reliability.py).
     assert main(["train", "--data", str(tiny_h5), "--out", str(tmp_path / "bad"),
@@ -479,11 +492,12 @@ def test_position_tuple_reaches_the_reader_and_the_cli(tiny_h5, tmp_path, capsys
                  "--centre-scale", "12.5", "--sibling-weight", "4", "--word-gru",
                  "--select", "rsum"]) == 0
     saved = json.loads((out / "config.json").read_text())
-    assert (saved["config"]["centre_scale"], saved["options"]["sibling_weight"],
-            saved["config"]["word_gru"], saved["options"]["select"]) == (12.5, 4.0, True, "rsum")
+    assert (saved["config"]["centre_scale"], saved["recipe"]["sibling_weight"],
+            saved["config"]["word_gru"], saved["recipe"]["select"],
+            saved["recipe"]["warmup_epochs"]) == (12.5, 4.0, True, "rsum", None)
     # Unset, the lite recipe's own selection (the truth-aware R@sum) applies.
     assert json.loads((tmp_path / "cli-sum" / "config.json").read_text()
-                      )["options"]["select"] == "truth_rsum"
+                      )["recipe"]["select"] == "truth_rsum"
 
 
 # ---- one reader rule for training and evaluation ----------------------------------
@@ -505,9 +519,9 @@ def test_a_model_that_reads_no_heads_trains_and_evaluates_on_unparsed_data(tiny_
         for split in ("train", "val", "test"):
             del f[split]["captions/heads"]
     for ablation in ("w/o B-3", "w/o S-NLP"):
-        config = small_config(epochs=1).with_ablation(ablation)
+        config, recipe = small(epochs=1).with_ablation(ablation)
         assert not (config.use_syntax and config.use_branch3)  # the rule's input
-        best = train(config, unparsed, tmp_path / ablation.replace("/", "_"),
+        best = train(config, recipe, unparsed, tmp_path / ablation.replace("/", "_"),
                      quick(max_steps=1))
         model, loaded, reader = load_for_data(best, unparsed, "test")
         assert reader.heads is None and loaded == load_model(best)[1]
@@ -516,7 +530,7 @@ def test_a_model_that_reads_no_heads_trains_and_evaluates_on_unparsed_data(tiny_
     # The full model reads heads: the same file is refused, in one line.
     with pytest.raises(SchemaError, match="heads"):
         make_reader(unparsed, "test", small_config())
-    full = train(small_config(epochs=1), tiny_h5, tmp_path / "full", quick(max_steps=1))
+    full = train(*small(epochs=1), tiny_h5, tmp_path / "full", quick(max_steps=1))
     assert main(["evaluate", "--checkpoint", str(full), "--data", str(unparsed)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "heads" in err[0]

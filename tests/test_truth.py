@@ -242,32 +242,32 @@ def test_collate_weighs_exactly_the_pairs_of_one_group(tiny_words_h5):
 
 
 def test_sibling_weight_is_a_number_at_least_0():
-    from cccl_lite.engine.recipes import TrainOptions
+    from cccl_lite.engine.recipes import Recipe
 
-    assert TrainOptions(warmup_epochs=None, sibling_weight=5).sibling_weight == 5
+    assert Recipe(warmup_epochs=None, sibling_weight=5).sibling_weight == 5
     # After a warm-up it weighs the warm-up's sum only (the trainer passes no weight
     # to eq 33's hardest negatives): allowed.
-    assert TrainOptions(warmup_epochs=1, sibling_weight=5).sibling_weight == 5
-    with pytest.raises(ValueError, match="sibling_weight must be"):
-        TrainOptions(warmup_epochs=None, sibling_weight=-1)
+    assert Recipe(warmup_epochs=1, sibling_weight=5).sibling_weight == 5
+    for bad in (-1, float("nan"), True, "2"):
+        with pytest.raises(ValueError, match="sibling_weight: expected a nonnegative float"):
+            Recipe(warmup_epochs=None, sibling_weight=bad)
 
 
 def test_sibling_weight_reaches_the_sum_epochs_only(tiny_words_h5, tmp_path, monkeypatch):
     """A warm-up epoch (sum over negatives) gets the weights, eq 33's epoch none."""
-    from cccl_lite.model.cccl import CCCL
-    from cccl_lite.engine.train import TrainOptions, train
+    from cccl_lite.model.loss import HybridObjective
+    from cccl_lite.engine.train import RunOptions, train
 
-    from helpers import small_config
+    from helpers import small
 
     seen = []
-    real = CCCL.loss
+    real = HybridObjective.__call__
 
     def spy(self, scores, positive_mask=None, negatives="hardest", negative_weight=None):
         seen.append((negatives, None if negative_weight is None else negative_weight.max().item()))
         return real(self, scores, positive_mask, negatives, negative_weight)
 
-    monkeypatch.setattr(CCCL, "loss", spy)
-    train(small_config(epochs=2), tiny_words_h5, tmp_path / "run",
-          TrainOptions(warmup_epochs=1, sibling_weight=4.0, batching="siblings", max_steps=2,
-                       quiet=True, device="cpu"))
+    monkeypatch.setattr(HybridObjective, "__call__", spy)
+    train(*small(epochs=2, warmup_epochs=1, sibling_weight=4.0, batching="siblings"),
+          tiny_words_h5, tmp_path / "run", RunOptions(max_steps=2, quiet=True, device="cpu"))
     assert seen == [("all", 4.0), ("all", 4.0), ("hardest", None), ("hardest", None)]

@@ -10,7 +10,7 @@ from cccl_lite.studies import diagnose
 from cccl_lite.model.loss import alignment_term, hardest_negative_wins
 from cccl_lite.engine.train import train
 
-from helpers import quick, small_config
+from helpers import quick, small, small_config
 
 
 def brute_force(scores, positive):
@@ -73,7 +73,7 @@ def test_against_a_loop_and_against_eq_33(seed):
 
 
 def test_trainer_logs_the_epoch_win_rate(tiny_words_h5, tmp_path):
-    train(small_config(), tiny_words_h5, tmp_path / "run", quick())
+    train(*small(), tiny_words_h5, tmp_path / "run", quick())
     records = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(records) == 2
     for r in records:

@@ -149,7 +149,7 @@ def trained_model(epochs: int | None = None, max_steps: int | None = None, seed:
     of at most 5 batches.
     """
     from cccl_lite.studies import pretrained
-    from cccl_lite.engine.train import load_model, lite_options, resolve_config, train as run
+    from cccl_lite.engine.train import RunOptions, load_model, resolve_config, train as run
 
     asked = train or epochs is not None or max_steps is not None or config_overrides
     if not asked and pretrained.checkpoint_path().exists():
@@ -158,16 +158,16 @@ def trained_model(epochs: int | None = None, max_steps: int | None = None, seed:
     if smoke():
         epochs, max_steps = 1, 5
     data = default_data()
-    config = resolve_config("lite", data, **({"epochs": epochs} if epochs else {}),
-                            **config_overrides)
+    config, recipe = resolve_config("lite", data, **({"epochs": epochs} if epochs else {}),
+                                    **config_overrides)
     extra = "".join(f"-{k}{v}" for k, v in sorted(config_overrides.items()))
-    name = f"{data.stem}-lite-e{config.epochs}" + (f"-s{max_steps}" if max_steps else "") + extra
+    name = f"{data.stem}-lite-e{recipe.epochs}" + (f"-s{max_steps}" if max_steps else "") + extra
     out = data_dir() / "runs" / name
     best = out / "best.pt"
     if not best.exists():
-        print(f"training a lite CCCL for up to {config.epochs} epoch(s) into {out} (once)...")
-        run(config, data, out, lite_options(seed=seed, device="cpu", max_steps=max_steps,
-                                            quiet=True, overwrite=True))
+        print(f"training a lite CCCL for up to {recipe.epochs} epoch(s) into {out} (once)...")
+        run(config, recipe, data, out, RunOptions(seed=seed, device="cpu", max_steps=max_steps,
+                                                  quiet=True, overwrite=True))
     model, config, _ = load_model(best, device=device)
     model.eval()
     return model, config, best

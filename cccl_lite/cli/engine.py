@@ -17,18 +17,17 @@ from typing import Callable
 import h5py
 import torch
 
-from cccl_lite.engine.checkpoint import CONFIGS, load_for_data, resolve_config
+from cccl_lite.engine.checkpoint import load_for_data, resolve_config
 from cccl_lite.errors import InputError, one_line as _one_line
 # train and evaluate as modules: their functions are looked up when a command
 # runs (tests stand in for Trainer and evaluate_split there).
 from cccl_lite.engine import evaluate, train
-from cccl_lite.engine.evaluate import NO_COCO1K_SHORTLIST, Hit, check_writable, caption_texts
+from cccl_lite.engine.evaluate import NO_COCO1K_SHORTLIST, Hit, caption_texts, check_writable
 from cccl_lite.data.dataset import SplitReader
-from cccl_lite.model.loss import COHERENCE_REDUCTIONS
 from cccl_lite.engine.metrics import KEYS, PROTOCOLS, caption_layout, format_recalls
 from cccl_lite.model.perceive import POSITION_FUSIONS
-from cccl_lite.engine.recipes import (AMP_MODES, BATCHINGS, POSITIVES, SELECT_LABELS, SELECTS, TrainOptions,
-                                      hardest_after_warmup_risk, recipe_options)
+from cccl_lite.engine.recipes import (AMP_MODES, PRESETS, SELECT_LABELS, Recipe, RunOptions,
+                                      hardest_after_warmup_risk, recipe_fields)
 from cccl_lite.cli.types import nonnegative_float, nonnegative_int, positive_float, positive_int
 
 __all__ = ["add_train_arguments", "run_train", "add_evaluate_arguments", "run_evaluate",
@@ -40,7 +39,7 @@ __all__ = ["add_train_arguments", "run_train", "add_evaluate_arguments", "run_ev
 
 def _warmup_arg(text: str):
     if text == "all":
-        return text
+        return None
     try:
         value = int(text)
     except ValueError:
@@ -51,33 +50,59 @@ def _warmup_arg(text: str):
     return value
 
 
+def _or_none(parse):
+    """argparse type: ``parse``'s value, or None for "none"."""
+    def parse_or_none(text: str):
+        return None if text.lower() == "none" else parse(text)
+    parse_or_none.__name__ = parse.__name__
+    return parse_or_none
+
+
+# The argparse type of each kind of recipe field (cccl_lite.engine.recipes.KINDS).
+RECIPE_TYPES = {"positive_float": positive_float, "nonnegative_float": nonnegative_float,
+                "positive_float_or_none": _or_none(positive_float),
+                "positive_int": positive_int, "nonnegative_int": nonnegative_int,
+                "positive_int_or_none": _or_none(positive_int),
+                "epochs_or_all": _warmup_arg, "choice": str}
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser, recipe_class=Recipe) -> None:
+    """One flag per field of the recipe (``--lr``, ``--warmup-epochs``, ...),
+    made from the fields' metadata (help, kind, choices): a new recipe field
+    is a new flag with no edit here. A flag left out is absent from the
+    parsed arguments: the preset's value is used."""
+    for name, f in recipe_fields(recipe_class).items():
+        meta = f.metadata
+        parser.add_argument("--" + name.replace("_", "-"), dest=name,
+                            type=RECIPE_TYPES[meta["kind"]], choices=meta["choices"],
+                            default=argparse.SUPPRESS,
+                            help=f"{meta['help']}; default: the preset's")
+
+
+def recipe_overrides(args, recipe_class=Recipe) -> dict:
+    """The recipe fields set on the command line (see :func:`add_recipe_arguments`;
+    a flag left out is absent from ``args``)."""
+    return {name: getattr(args, name) for name in recipe_fields(recipe_class)
+            if hasattr(args, name)}
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """``python -m cccl_lite train``'s arguments (see :func:`run_train`)."""
     p = parser
     p.add_argument("--config", default="lite",
-                   help=f"preset: {' or '.join(CONFIGS)} (default lite: sized to the data)")
+                   help="preset: " + ", ".join(repr(n) if " " in n else n for n in PRESETS)
+                   + " (default lite: sized to the data; cccl_lite.engine.recipes.PRESETS)")
     p.add_argument("--data", required=True, help="HDF5 file (cccl_lite.data.schema)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--ablation", default=None, help="one Table 6 ablation, e.g. 'w/o POS'")
-    # Every number is checked here, at the boundary: a negative margin or
-    # weight would train without a word (issue 14).
-    p.add_argument("--epochs", type=positive_int, default=None, help="default: the config's")
-    p.add_argument("--batch-size", type=positive_int, default=None,
-                   help="per rank; default: config's")
-    p.add_argument("--lr", type=positive_float, default=None, help="default: the config's")
-    p.add_argument("--lr-decay-epoch", type=nonnegative_int, default=None,
-                   help="lr × 0.1 from this 0-based epoch on; default: the config's")
-    p.add_argument("--margin", type=nonnegative_float, default=None,
-                   help="Δ of eq 33; default: the config's (0.2, Table 1)")
     p.add_argument("--dataset", choices=("f30k", "coco"), default=None,
                    help="--config paper: Table 1's λ for this dataset (f30k 0.5, coco 0.75); "
                         "default: from the data file's dataset attribute")
-    p.add_argument("--coherence-weight", type=nonnegative_float, default=None,
-                   help="λ of eq 34; default: the config's (Table 1: 0.5 for Flickr30K, "
-                        "0.75 for MS-COCO, see --dataset)")
-    p.add_argument("--coherence-reduction", choices=COHERENCE_REDUCTIONS, default=None,
-                   help="L_c of eq 31 summed over the B² pairs (sum, as printed) or divided "
-                        "by B (per_item); default: the config's")
+    # The recipe: one flag per field of Recipe, every number checked here, at
+    # the boundary (a negative margin or weight would train without a word,
+    # issue 14).
+    add_recipe_arguments(p)
+    # The model's readings.
     p.add_argument("--position-tuple", choices=("ours", "camera"), default=None,
                    help="eq 9's six-tuple: ours or CAMERA's (cccl_lite.model.perceive."
                         "position_features); default: the config's (ours)")
@@ -90,28 +115,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--word-gru", action="store_true", default=None,
                    help="eq 11 reading: a Bi-GRU over the frozen word vectors before W_E; "
                         "default: the config's")
-    d = TrainOptions()
-    p.add_argument("--warmup-epochs", type=_warmup_arg, default=None,
-                   help="epochs with the sum over all negatives before hardest negatives, "
-                        "or 'all' (default: all for lite, 1 for paper; see cccl_lite.engine.train)")
-    p.add_argument("--positives", choices=POSITIVES, default=None,
-                   help="image: a caption matches the image it was written for; truth: every "
-                        "image of the batch it is true of (synthetic scenes); default: the "
-                        "preset's recipe")
-    p.add_argument("--batching", choices=BATCHINGS, default=None,
-                   help="random, or siblings (a scene's rebound and swapped variants in the "
-                        "same batch; synthetic scenes); default: the preset's recipe")
-    p.add_argument("--patience", type=positive_int, default=None,
-                   help="stop after this many epochs without a better validation measure "
-                        "(--select); default: the preset's recipe")
-    p.add_argument("--select", choices=SELECTS, default=None,
-                   help="the validation measure that picks best.pt: rsum, or truth_rsum "
-                        "(every image a caption is true of counts; synthetic scenes); "
-                        "default: the preset's recipe")
-    p.add_argument("--sibling-weight", type=nonnegative_float, default=None,
-                   help="weight of a scene's rebound and swapped siblings among the summed "
-                        "negatives (synthetic scenes; epochs with the sum over negatives "
-                        "only); default: the preset's recipe")
+    # Where and how it runs (RunOptions).
+    d = RunOptions()
     p.add_argument("--seed", type=nonnegative_int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:K")
     p.add_argument("--amp", default=d.amp, help=f"{', '.join(AMP_MODES)} (default auto: "
@@ -138,35 +143,22 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args) -> int:
     """Train as ``args`` say; print where best.pt is. Expected failures raise InputError."""
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
-                                   ("lr", args.lr), ("lr_decay_epoch", args.lr_decay_epoch),
-                                   ("margin", args.margin),
-                                   ("coherence_weight", args.coherence_weight),
-                                   ("coherence_reduction", args.coherence_reduction),
-                                   ("position_tuple", args.position_tuple),
-                                   ("position_fusion", args.position_fusion),
-                                   ("centre_scale", args.centre_scale),
-                                   ("word_gru", args.word_gru))
-                 if v is not None}
-    config = resolve_config(args.config, args.data, args.ablation,
-                            dataset=getattr(args, "dataset", None), **overrides)
-    # Unset options come from the preset's recipe (RECIPES).
-    chosen = {k: v for k, v in (("warmup_epochs", args.warmup_epochs),
-                                ("positives", args.positives), ("batching", args.batching),
-                                ("patience", args.patience), ("select", args.select),
-                                ("sibling_weight", args.sibling_weight)) if v is not None}
-    if chosen.get("warmup_epochs") == "all":
-        chosen["warmup_epochs"] = None
-    options = recipe_options(args.config, **chosen, seed=args.seed,
-                             device=args.device, amp=args.amp, num_workers=args.num_workers,
-                             max_steps=args.max_steps, log_every=args.log_every,
-                             quiet=args.quiet, resume=args.resume, overwrite=args.overwrite,
-                             eval_batch_size=args.eval_batch_size, pair_chunk=args.pair_chunk,
-                             collapse_steps=args.collapse_steps,
-                             stop_on_collapse=args.stop_on_collapse)
-    trainer = train.Trainer(config, args.data, args.out, options)  # checks the data first
-    risk = hardest_after_warmup_risk(options.warmup_epochs, config.coherence_weight,
-                                     config.coherence_reduction, config.batch_size)
+    model_changes = {k: v for k, v in (("position_tuple", args.position_tuple),
+                                       ("position_fusion", args.position_fusion),
+                                       ("centre_scale", args.centre_scale),
+                                       ("word_gru", args.word_gru)) if v is not None}
+    # Recipe fields not given come from the preset (PRESETS).
+    config, recipe = resolve_config(args.config, args.data, args.ablation,
+                                    dataset=getattr(args, "dataset", None),
+                                    **model_changes, **recipe_overrides(args))
+    run = RunOptions(seed=args.seed, device=args.device, amp=args.amp,
+                     num_workers=args.num_workers, max_steps=args.max_steps,
+                     log_every=args.log_every, quiet=args.quiet, resume=args.resume,
+                     overwrite=args.overwrite, eval_batch_size=args.eval_batch_size,
+                     pair_chunk=args.pair_chunk, collapse_steps=args.collapse_steps,
+                     stop_on_collapse=args.stop_on_collapse)
+    trainer = train.Trainer(config, recipe, args.data, args.out, run)  # checks the data first
+    risk = hardest_after_warmup_risk(recipe)
     if risk and not args.resume:
         print(risk, file=sys.stderr)  # before the run starts, not after an epoch of it
     best = trainer.fit()
@@ -176,7 +168,7 @@ def run_train(args) -> int:
                          f"{trainer.last_path} holds epoch {trainer.epoch}")
     if trainer.is_main:
         print(f"best: {best} (epoch {trainer.best_epoch}, validation "
-              f"{SELECT_LABELS[options.select]} {trainer.best_rsum:.1f})")
+              f"{SELECT_LABELS[recipe.select]} {trainer.best_rsum:.1f})")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Layers inside: ``train`` > ``dual`` (the dual-encoder baseline's model and
 loop) > ``evaluate``, ``collapse``, ``baselines`` > ``scoring``,
-``checkpoint``, ``recipes``, ``runtime`` > ``metrics``, ``costs``. It uses the
+``checkpoint``, ``departures``, ``recipes`` (:class:`~cccl_lite.engine.recipes.Recipe`,
+``RunOptions`` and ``PRESETS``), ``runtime`` > ``metrics``, ``costs``. It uses the
 model and the data layers below it and knows nothing of the studies, the
 book helpers or the command line above it.
 """

@@ -2,9 +2,9 @@
 
 Taught in chapter 6 ("Training and evaluation"). The one place for
 
-* the presets (:data:`CONFIGS`) and the config a command trains
-  (:func:`resolve_config`, :func:`prepare_config`: the lite preset is sized
-  to the data file, the paper preset is Table 1's);
+* the preset a command trains (:func:`resolve_config`, :func:`prepare_config`:
+  ``cccl_lite.engine.recipes.PRESETS``, the lite model sized to the data
+  file, the paper's Table 1's);
 * the one rule for which reader a config needs (:func:`make_reader`: word
   vectors or word ids, dependency heads only where the text graph reads
   them, eq 9's six-tuple);
@@ -13,7 +13,13 @@ Taught in chapter 6 ("Training and evaluation"). The one place for
 * loading and saving: :func:`load_checkpoint` (``torch.load`` with
   ``weights_only=True``, never code from a file), :func:`load_model`,
   :func:`load_for_data` (a checkpoint and the reader of a split it fits),
-  :func:`save_atomic` (a temp file renamed over the name).
+  :func:`save_atomic` (a temp file renamed over the name); a checkpoint of
+  the format before (1: the recipe's numbers inside ``config``, its choices
+  inside ``options``) is read into this one (:func:`load_checkpoint`,
+  :func:`cccl_lite.engine.recipes.split_settings`);
+* whether a checkpoint continues a run (:func:`check_resumable`: every
+  field of its :class:`~cccl_lite.engine.recipes.Recipe` but the
+  ``resumable`` ones, the seed, the world size and the data).
 
 Expected failures raise :class:`cccl_lite.errors.InputError` (or the data
 layer's :class:`~cccl_lite.data.schema.SchemaError`): one line on the
@@ -40,9 +46,10 @@ from cccl_lite.data.schema import SchemaError, check_file
 from cccl_lite.errors import InputError, field, one_line, os_reason
 from cccl_lite.files import write_atomic
 from cccl_lite.model.cccl import ABLATIONS, CCCL, CCCLConfig
+from cccl_lite.engine.recipes import (PRESETS, Preset, Recipe, paper_preset, split_settings,
+                                      trajectory_fields)
 
 __all__ = [
-    "CONFIGS",
     "CHECKPOINT_FORMAT",
     "data_dims",
     "data_dataset",
@@ -54,6 +61,8 @@ __all__ = [
     "save_atomic",
     "load_checkpoint",
     "config_of",
+    "migrate",
+    "recipe_of",
     "load_model",
     "load_for_data",
     "check_resumable",
@@ -61,15 +70,10 @@ __all__ = [
     "check_detector",
 ]
 
-CONFIGS = {"lite": CCCLConfig.lite, "paper": CCCLConfig.paper}
-CHECKPOINT_FORMAT = 1
-# Config fields a resumed run may change: only how long it runs.
-RESUMABLE_CHANGES = ("epochs",)
-# Options that change what a resumed run would compute, with the value a
-# checkpoint written before the option existed was trained with.
-TRAJECTORY_OPTIONS = {"warmup_epochs": None, "seed": None, "positives": "image",
-                      "batching": "random", "patience": None, "select": "rsum",
-                      "sibling_weight": 1.0}
+# 2: the model config, the recipe and the run options apart ("config",
+# "recipe", "options"); 1: the recipe's numbers inside "config" and its
+# choices inside "options" (read by load_checkpoint's migration).
+CHECKPOINT_FORMAT = 2
 
 
 # --------------------------------------------------------------------------
@@ -133,41 +137,46 @@ def data_identity(path) -> dict:
 
 
 def resolve_config(name: str, data_path, ablation: str | None = None,
-                   dataset: str | None = None, **overrides) -> CCCLConfig:
-    """The CLI's config: preset ``name`` ("lite" or "paper") with ``overrides``
-    and one Table 6 ``ablation``.
+                   dataset: str | None = None, **overrides) -> Preset:
+    """The CLI's (model config, recipe): preset ``name`` of
+    :data:`~cccl_lite.engine.recipes.PRESETS` with ``overrides`` (fields of
+    either half) and one Table 6 ``ablation``.
 
     "lite" is sized to the data: its region_dim d_F and word_dim d_E are read
     from the file (any synthetic size, MiniLM or BERT vectors; when words
     are read by the Bi-GRU, as in the lite preset and under "w/o BERT", d_E
-    is the Bi-GRU's width and stays the preset's). "paper" keeps
-    Table 1's d_F = 2048, d_E = 768, and :func:`prepare_config` refuses a
-    file that differs. Unknown names raise InputError listing the valid ones.
-    "paper" takes Table 1's λ for ``dataset`` ("f30k" 0.5, "coco" 0.75),
-    by default the one the data file holds (:func:`data_dataset`); an
-    explicit ``coherence_weight`` override wins.
+    is the Bi-GRU's width and stays the preset's). "paper" and "as printed"
+    keep Table 1's d_F = 2048, d_E = 768, and :func:`prepare_config` refuses
+    a file that differs; they take Table 1's λ for ``dataset`` ("f30k" 0.5,
+    "coco" 0.75), by default the one the data file holds
+    (:func:`data_dataset`); an explicit ``coherence_weight`` override wins.
+    Unknown names raise InputError listing the valid ones.
     """
-    if name not in CONFIGS:
-        raise InputError(f"--config {name!r}: unknown; expected one of: {', '.join(CONFIGS)}")
+    if name not in PRESETS:
+        raise InputError(f"--config {name!r}: unknown; expected one of: "
+                         + ", ".join(repr(n) if " " in n else n for n in PRESETS))
     if ablation is not None and ablation not in ABLATIONS:
         raise InputError(f"--ablation {ablation!r}: unknown; expected one of: "
                          + ", ".join(repr(a) for a in ABLATIONS))
+    preset = PRESETS[name]
     if name == "lite":
+        if dataset is not None:
+            raise InputError(f"--dataset {dataset} sets Table 1's λ of the paper presets; with "
+                             f"--config {name} use --coherence-weight")
         dims = data_dims(data_path)
         derived = {"region_dim": dims["region_dim"]}
-        reads_vectors = overrides.get("use_bert", CONFIGS[name]().use_bert)
+        reads_vectors = overrides.get("use_bert", preset.model.use_bert)
         if dims["word_dim"] is not None and reads_vectors and ablation != "w/o BERT":
             derived["word_dim"] = dims["word_dim"]
         overrides = {**derived, **overrides}
-    if name == "paper":
-        # Table 1's λ per dataset: --dataset, else what the data file holds.
-        config = CCCLConfig.paper(dataset=dataset or data_dataset(data_path), **overrides)
-    elif dataset is not None:
-        raise InputError(f"--dataset {dataset} sets Table 1's λ of the paper preset; with "
-                         f"--config {name} use --coherence-weight")
-    else:
-        config = CONFIGS[name](**overrides)
-    return config.with_ablation(ablation) if ablation else config
+    else:  # Table 1's λ per dataset: --dataset, else what the data file holds
+        weight = paper_preset(dataset or data_dataset(data_path)).recipe.coherence_weight
+        preset = preset.replace(coherence_weight=weight)
+    try:
+        preset = preset.replace(**overrides)
+    except ValueError as e:
+        raise InputError(f"--config {name}: {one_line(e)}") from None
+    return preset.with_ablation(ablation) if ablation else preset
 
 
 def check_fits(config: CCCLConfig, region_dim: int, word_dim: int | None, has_boxes: bool,
@@ -277,6 +286,7 @@ def _load_failure(e: Exception) -> str:
 # The kinds of a checkpoint's fields that the engine reads (train's
 # _checkpoint and _save write them).
 _FIELD_KINDS = {"config": dict, "model": dict, "vocab": (dict, type(None)), "options": dict,
+                "recipe": dict,
                 "epoch": int, "step": int, "best_rsum": (int, float), "best_epoch": int,
                 "optimizer": dict, "scheduler": dict, "rng": dict, "data": (dict, type(None)),
                 "world_size": int}
@@ -351,7 +361,33 @@ def load_checkpoint(path, device="cpu") -> dict:
     if ckpt.get("format", 0) > CHECKPOINT_FORMAT:
         raise InputError(f"{path}: checkpoint format {ckpt['format']} is newer than this "
                          f"cccl_lite ({CHECKPOINT_FORMAT}); upgrade cccl_lite")
-    return ckpt
+    return migrate(ckpt)
+
+
+def migrate(ckpt: dict) -> dict:
+    """A loaded checkpoint in this version's shape (format 2): one of format 1
+    or before, whose ``config`` held the recipe's numbers and ``options`` its
+    choices, gets its ``config`` (the model's fields), ``recipe`` and
+    ``options`` (the run's) apart (:func:`~cccl_lite.engine.recipes.split_settings`;
+    a recipe field it lacks gets the value such runs trained with). The
+    weights and training state are untouched."""
+    if "recipe" in ckpt:
+        return ckpt
+    config, recipe, options = split_settings(ckpt["config"], ckpt.get("options"))
+    out = {**ckpt, "config": config, "recipe": recipe, "format": CHECKPOINT_FORMAT}
+    if "options" in ckpt:
+        out["options"] = options
+    return out
+
+
+def recipe_of(ckpt: dict, path) -> Recipe:
+    """The :class:`~cccl_lite.engine.recipes.Recipe` a loaded checkpoint was
+    trained with (InputError when its fields do not fit this version)."""
+    try:
+        return Recipe.from_dict(ckpt.get("recipe", {}))
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{path}: the checkpoint's recipe does not fit this cccl_lite ({e}); "
+                         f"was it written by another version?") from None
 
 
 def config_of(ckpt: dict, path) -> CCCLConfig:
@@ -446,17 +482,15 @@ def check_detector(ckpt: dict, ckpt_path, data_detector: str | None, data_path) 
 # --------------------------------------------------------------------------
 
 
-def _config_diff(old: dict, new: dict) -> list[str]:
-    keys = sorted((set(old) | set(new)) - set(RESUMABLE_CHANGES))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
-
-
-def check_resumable(ckpt: dict, last_path, config: CCCLConfig, options: dict, world_size: int,
-                    data_path, data_ident: dict, log=print) -> dict:
+def check_resumable(ckpt: dict, last_path, config: CCCLConfig, recipe: Recipe, seed: int,
+                    world_size: int, data_path, data_ident: dict, log=print) -> dict:
     """``ckpt`` (read from ``last_path``), if it continues *this* run: the same
-    training state (a last.pt, not a best.pt), config (but ``epochs``), recipe
-    (:data:`TRAJECTORY_OPTIONS` of ``options``), world size and data
-    (:func:`check_same_data`). Raises InputError naming every difference."""
+    training state (a last.pt, not a best.pt), model config, recipe (every
+    field but the ``resumable`` ones, e.g. ``epochs``), seed, world size
+    and data (:func:`check_same_data`). The fields compared come from
+    :func:`~cccl_lite.engine.recipes.trajectory_fields`; a checkpoint
+    written before a field existed counts as its legacy value. Raises
+    InputError naming every difference."""
     last_path = Path(last_path)
     missing = [k for k in ("optimizer", "scheduler", "rng", "epoch", "step") if k not in ckpt]
     if missing:
@@ -465,11 +499,16 @@ def check_resumable(ckpt: dict, last_path, config: CCCLConfig, options: dict, wo
                          f"model-only checkpoint such as best.pt; resume needs the last.pt "
                          f"that train wrote, or start again with --overwrite")
     check_same_data(ckpt, last_path.parent, data_path, data_ident, log)
-    diff = _config_diff(ckpt["config"], config.to_dict())
-    old_opts = ckpt.get("options", {})
-    was = {k: old_opts.get(k, before) for k, before in TRAJECTORY_OPTIONS.items()}
-    diff += [f"{k}: {was[k]!r} -> {options.get(k)!r}"
-             for k in TRAJECTORY_OPTIONS if was[k] != options.get(k)]
+    old_config, new_config = ckpt["config"], config.to_dict()
+    diff = [f"{k}: {old_config.get(k)!r} -> {new_config.get(k)!r}"
+            for k in sorted(set(old_config) | set(new_config))
+            if old_config.get(k) != new_config.get(k)]
+    was = {**ckpt.get("recipe", {}), "seed": ckpt.get("options", {}).get("seed")}
+    now = {**recipe.to_dict(), "seed": seed}
+    for name, legacy in trajectory_fields(type(recipe)).items():
+        before = was.get(name, legacy)
+        if before != now[name]:
+            diff.append(f"{name}: {before!r} -> {now[name]!r}")
     if ckpt.get("world_size", 1) != world_size:
         diff.append(f"world_size: {ckpt.get('world_size', 1)} -> {world_size}")
     if diff:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 
 from cccl_lite.model.cccl import CCCL, CCCLConfig
+from cccl_lite.model.loss import HybridObjective
 
 __all__ = ["GPU", "GPUS", "EFFICIENCY", "GRU_STEP_BYTES_PER_D", "macs_per_pair",
            "gru_macs_per_pair", "bytes_per_pair", "saved_bytes_per_pair", "estimate",
@@ -197,8 +198,10 @@ def saved_bytes_per_pair(config: CCCLConfig, n: int, m: int,
                 (torch.autocast("cpu", dtype=torch.bfloat16) if autocast
                  else contextlib.nullcontext()):
             _, scores = model(**_inputs(config, batch, n, m))
-            model.loss(tuple(None if s is None else s.float() for s in scores),
-                       negatives="all")
+            # eq 34 with the warm-up's sum over negatives; what it keeps for the
+            # backward pass does not depend on Δ or λ.
+            HybridObjective()(tuple(None if s is None else s.float() for s in scores),
+                              negatives="all")
         return total[0]
 
     s2, s3, s4 = saved(2), saved(3), saved(4)

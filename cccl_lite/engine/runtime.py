@@ -123,7 +123,7 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     "auto" is bf16 on a GPU with bf16 units, else fp16; off on the CPU.
 
     A reading (the paper names no precision): "auto" is the default
-    (``TrainOptions.amp``), so on CUDA mixed precision is on unless
+    (``RunOptions.amp``), so on CUDA mixed precision is on unless
     ``--amp off``; the scores (eq 28's MLP and sigmoid, eq 32's mean) and the
     loss stay float32 (``cccl_lite.model.loss.SimilarityMLP.forward``). Readings
     appendix, "Precision and initialisation"."""

@@ -1,12 +1,15 @@
 """Training CCCL: the loop of Table 1's recipe, a warm-up epoch, checkpoints, resume, AMP, DDP.
 
-Taught in chapter 6 ("Training and evaluation"). The recipe (Sec. 4.2,
-Table 1): Adam at ``config.lr``, × 0.1 from epoch ``config.lr_decay_epoch``
-on (0-based: lr 2e-4 for 15 epochs, then 2e-5), gradient norm clipped to
-``config.grad_clip``, the hybrid loss L = L_t + λ L_c (eq 34) of each batch
-with margin Δ and λ from the config, and the checkpoint of the best
-validation R@sum (eq 36) kept (or of the best truth-aware R@sum:
-``TrainOptions.select``).
+Taught in chapter 6 ("Training and evaluation"). A run trains a model
+(:class:`~cccl_lite.model.cccl.CCCLConfig`) with a recipe
+(:class:`~cccl_lite.engine.recipes.Recipe`; Sec. 4.2, Table 1): Adam at
+``recipe.lr``, × 0.1 from epoch ``recipe.lr_decay_epoch`` on (0-based: lr
+2e-4 for 15 epochs, then 2e-5), gradient norm clipped to
+``recipe.grad_clip``, the hybrid loss L = L_t + λ L_c (eq 34) of each
+batch, built once from the recipe (``recipe.objective()``: Δ, λ and L_c's
+reduction), and the checkpoint of the best validation R@sum (eq 36) kept
+(or of the best truth-aware R@sum: ``recipe.select``). Where and how it
+runs is its :class:`~cccl_lite.engine.recipes.RunOptions`.
 
 One addition the paper does not print: the first ``warmup_epochs`` epochs
 (default 1; None = every epoch) use :func:`alignment_term_all_negatives`,
@@ -16,7 +19,7 @@ synthetic scenes (from the first step, after a warm-up, at several batch
 sizes, with the in-batch win rate of ``log.jsonl``) is measured, not stated
 here: chapter 11's diagnosis and chapter 6's plateau study
 (``cccl_lite/results/diagnosis.json``, ``plateau.json``), and
-:data:`cccl_lite.engine.recipes.DEPARTURES` names the rows behind the lite
+:data:`cccl_lite.engine.departures.DEPARTURES` names the rows behind the lite
 preset's choice of the sum over negatives.
 
 Not here: a lower learning rate for a fine-tuned text encoder (VSE∞'s 0.1×).
@@ -26,8 +29,8 @@ start from scratch like their visual twins and share the base lr.
 
 Outputs, in ``out_dir`` (written by rank 0 only):
 
-* ``config.json``: {"config": CCCLConfig dict, "options": TrainOptions dict,
-  "data": path, "world_size": N};
+* ``config.json``: {"config": CCCLConfig dict, "recipe": Recipe dict,
+  "options": RunOptions dict, "provenance", "data": path, "world_size": N};
 * ``log.jsonl``: one object per epoch: epoch (1-based), step, lr,
   negatives ("all" or "hardest"), win_rate {images, captions, both}: the
   percent of the epoch's image rows / caption columns / both whose positive
@@ -37,7 +40,7 @@ Outputs, in ``out_dir`` (written by rank 0 only):
   same, truth-aware; only under ``select="truth_rsum"``), best, seconds;
 * ``last.pt``: everything needed to resume (model, optimizer, scheduler,
   AMP scaler, RNG states, epoch, step, the best value of the selected
-  measure (``best_rsum``), config, vocab, options);
+  measure (``best_rsum``), config, recipe, vocab, options);
 * ``best.pt``: the model of the best validation measure (no optimizer).
 
 Checkpoints are written to a temp file in ``out_dir`` and renamed
@@ -50,8 +53,8 @@ epoch e depends only on (seed, e), and every RNG state is restored. (This
 needs the same thread count and math libraries: float sums in another
 order differ in the last bits; the test therefore runs on one thread.)
 
-Where the rest lives: how to train (:class:`TrainOptions`, each preset's
-recipe :data:`RECIPES`) in :mod:`cccl_lite.engine.recipes`; configs, checkpoints
+Where the rest lives: how to train (:class:`Recipe`, :class:`RunOptions`,
+:data:`PRESETS`) in :mod:`cccl_lite.engine.recipes`; configs, checkpoints
 and the checks that they fit the data in :mod:`cccl_lite.engine.checkpoint`; the
 collapse guard in :mod:`cccl_lite.engine.collapse`; device, AMP, ranks and RNG
 states in :mod:`cccl_lite.engine.runtime`; the command line in :mod:`cccl_lite.cli`.
@@ -86,7 +89,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cccl_lite.engine.checkpoint import (CHECKPOINT_FORMAT, CONFIGS, check_resumable, data_dataset,
+from cccl_lite.engine.checkpoint import (CHECKPOINT_FORMAT, check_resumable, data_dataset,
                                          data_identity, load_checkpoint, load_model, make_reader, prepare_config,
                                          resolve_config, save_atomic)
 from cccl_lite.engine.collapse import CollapseGuard, TrainingCollapsed
@@ -99,8 +102,8 @@ from cccl_lite.model.loss import HybridLoss, alignment_term, hardest_negative_wi
 from cccl_lite.engine.metrics import truth_recall_at_k
 from cccl_lite.model.cccl import CCCL, CCCLConfig
 from cccl_lite.provenance import provenance
-from cccl_lite.engine.recipes import (AMP_MODES, BATCHINGS, POSITIVES, RECIPES, SELECT_LABELS, TrainOptions,
-                                      lite_options, recipe_options)
+from cccl_lite.engine.recipes import (AMP_MODES, BATCHINGS, POSITIVES, PRESETS, SELECT_LABELS, Preset,
+                                      Recipe, RunOptions)
 from cccl_lite.engine.runtime import Dist, resolve_amp, resolve_device, restore_rng, rng_states, seed_worker
 
 # The loop's own names, then those of the modules it drives that the book and
@@ -113,14 +116,13 @@ __all__ = [
     "stopped_on_patience",
     "alignment_term_all_negatives",
     "warmup_loss",
-    "CONFIGS",
     "AMP_MODES",
     "POSITIVES",
     "BATCHINGS",
-    "TrainOptions",
-    "RECIPES",
-    "recipe_options",
-    "lite_options",
+    "Recipe",
+    "RunOptions",
+    "Preset",
+    "PRESETS",
     "CollapseGuard",
     "TrainingCollapsed",
     "load_model",
@@ -168,25 +170,29 @@ def warmup_loss(s_s, s_o, s_r, margin: float = 0.2, coherence_weight: float = 0.
 
 
 class Trainer:
-    """Trains a CCCL of ``config`` on ``data_path``'s train split, selects on val.
+    """Trains a CCCL of ``config`` with ``recipe`` on ``data_path``'s train
+    split, selects on val.
 
-    ``Trainer(config, data_path, out_dir, options).fit()`` returns the path
-    of ``best.pt``; afterwards ``trainer.model`` is the trained model (not
-    the best one: load that with :func:`load_model`) and ``trainer.history``
-    the log records. The config is checked against the data by
-    :func:`prepare_config` at construction (no model is built before fit).
+    ``Trainer(config, recipe, data_path, out_dir, run).fit()`` returns the
+    path of ``best.pt``; afterwards ``trainer.model`` is the trained model
+    (not the best one: load that with :func:`load_model`) and
+    ``trainer.history`` the log records. The config is checked against the
+    data by :func:`prepare_config` at construction (no model is built
+    before fit). ``run``: :class:`RunOptions` (default: its defaults).
     """
 
-    def __init__(self, config: CCCLConfig, data_path, out_dir, options: TrainOptions | None = None):
-        self.options = options or TrainOptions()
+    def __init__(self, config: CCCLConfig, recipe: Recipe, data_path, out_dir,
+                 run: RunOptions | None = None):
+        if not isinstance(recipe, Recipe):
+            raise TypeError(f"Trainer(config, recipe, data_path, out_dir, run): recipe must be "
+                            f"a Recipe, got {type(recipe).__name__}")
+        self.recipe, self.options = recipe, run or RunOptions()
+        self.objective = recipe.objective()  # eq 34 with the recipe's Δ, λ, reduction
         self.data_path, self.out_dir = Path(data_path), Path(out_dir)
-        if config.epochs < 1 or config.batch_size < 1 or not config.lr > 0:
-            raise ValueError(f"epochs, batch_size and lr must be positive, got {config.epochs}, "
-                             f"{config.batch_size}, {config.lr}")
-        if config.batch_size < 2:
+        if recipe.batch_size < 2:
             # eq 33's negatives are the batch's other pairs: with one pair the
             # alignment term is identically zero and only L_c would train.
-            raise InputError(f"--batch-size (config batch_size) {config.batch_size}: the "
+            raise InputError(f"--batch-size (recipe batch_size) {recipe.batch_size}: the "
                              f"alignment term (eq 33) takes its negatives from the batch's other "
                              f"pairs, so it needs a batch of at least 2 (per process)")
         self.dist = Dist.from_env()
@@ -206,8 +212,8 @@ class Trainer:
         self._resume_ckpt = None
         if self.options.resume:
             self._resume_ckpt = check_resumable(
-                load_checkpoint(self.last_path), self.last_path, self.config,
-                self.options.to_dict(), self.dist.world_size, self.data_path,
+                load_checkpoint(self.last_path), self.last_path, self.config, self.recipe,
+                self.options.seed, self.dist.world_size, self.data_path,
                 self.data_identity, self._print)
         # The epoch fit() starts from: last.pt's when resuming, else 0.
         self.start_epoch = self._resume_ckpt["epoch"] if self._resume_ckpt else 0
@@ -235,13 +241,13 @@ class Trainer:
 
     # ---- setup ------------------------------------------------------------
     def _setup(self) -> None:
-        o, c = self.options, self.config
+        o, c, r = self.options, self.config, self.recipe
         random.seed(o.seed)
         np.random.seed(o.seed)
         torch.manual_seed(o.seed)
         self.model = CCCL(c).to(self.device)  # initialised from the seeded torch RNG
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr)
-        decay = c.lr_decay_epoch
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=r.lr)
+        decay = r.lr_decay_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda epoch: 0.1 if epoch >= decay else 1.0)
         # GradScaler only for fp16: bf16 has fp32's range and needs no scaling.
@@ -287,16 +293,16 @@ class Trainer:
         # The validation truth (every image each caption is true of), for
         # select="truth_rsum"; computed once.
         self.val_truth = None
-        if self.is_main and o.select == "truth_rsum":
+        if self.is_main and r.select == "truth_rsum":
             t = SplitTruth(self.data_path, "val")
             self.val_truth = t.truth(np.arange(t.n_images), np.arange(t.n_captions))
         dataset = CaptionDataset(self.train_reader)
         truth = None
-        if o.positives == "truth" or o.batching == "siblings" or o.sibling_weight != 1:
+        if r.positives == "truth" or r.batching == "siblings" or r.sibling_weight != 1:
             truth = SplitTruth(self.data_path, "train")
         # The shuffle of epoch e depends on (seed, e) only (set_epoch), with
         # one process as with N: what makes resume exact.
-        if o.batching == "siblings":
+        if r.batching == "siblings":
             self.sampler = SiblingSampler(truth.group, self.train_reader.caption_image,
                                           seed=o.seed, num_replicas=self.dist.world_size,
                                           rank=self.dist.rank)
@@ -305,10 +311,10 @@ class Trainer:
                 dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True,
                 seed=o.seed)
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_size=c.batch_size, sampler=self.sampler,
-            collate_fn=_Collate(self.train_reader, truth if o.positives == "truth" else None,
-                                truth.group if o.sibling_weight != 1 else None,
-                                o.sibling_weight),
+            dataset, batch_size=r.batch_size, sampler=self.sampler,
+            collate_fn=_Collate(self.train_reader, truth if r.positives == "truth" else None,
+                                truth.group if r.sibling_weight != 1 else None,
+                                r.sibling_weight),
             num_workers=o.num_workers,
             worker_init_fn=seed_worker, generator=self.loader_gen,
             pin_memory=self.device.type == "cuda")
@@ -335,7 +341,8 @@ class Trainer:
 
     # ---- files ------------------------------------------------------------
     def _write_config_json(self) -> None:
-        info = {"config": self.config.to_dict(), "options": self.options.to_dict(),
+        info = {"config": self.config.to_dict(), "recipe": self.recipe.to_dict(),
+                "options": self.options.to_dict(),
                 "provenance": provenance(),
                 "data": str(self.data_path), "world_size": self.dist.world_size}
         write_text_atomic(json.dumps(info, indent=2) + "\n", self.out_dir / "config.json")
@@ -371,6 +378,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "kind": "best" if best else "last",
             "config": self.config.to_dict(),
+            "recipe": self.recipe.to_dict(),
             "options": self.options.to_dict(),
             "vocab": self.vocab,
             "world_size": self.dist.world_size,
@@ -394,11 +402,11 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------
     def _train_epoch(self) -> dict:
-        o, c = self.options, self.config
+        o, r = self.options, self.recipe
         net = self.ddp or self.model
         net.train()
         self.sampler.set_epoch(self.epoch)
-        all_negatives = o.warmup_epochs is None or self.epoch < o.warmup_epochs
+        all_negatives = r.warmup_epochs is None or self.epoch < r.warmup_epochs
         n_steps = len(self.loader) if o.max_steps is None else min(o.max_steps, len(self.loader))
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)
         # eq 33's in-batch win rate, counted whatever the epoch's negatives
@@ -407,7 +415,7 @@ class Trainer:
         bar = None
         if self.is_main and not o.quiet and sys.stderr.isatty():
             from tqdm.auto import tqdm
-            bar = tqdm(total=n_steps, desc=f"epoch {self.epoch + 1}/{c.epochs}", leave=False,
+            bar = tqdm(total=n_steps, desc=f"epoch {self.epoch + 1}/{r.epochs}", leave=False,
                        dynamic_ncols=True)
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype)
                     if self.amp_dtype is not None else nullcontext())
@@ -422,7 +430,7 @@ class Trainer:
                     # train L_c alone; skipped, as drop_last would.
                     continue
                 positive = batch["positive_mask"].to(self.device, non_blocking=True)
-                # sibling_weight weighs the sum over negatives only (TrainOptions).
+                # sibling_weight weighs the sum over negatives only (Recipe).
                 weight = batch.get("negative_weight") if all_negatives else None
                 if weight is not None:
                     weight = weight.to(self.device, non_blocking=True)
@@ -431,19 +439,19 @@ class Trainer:
                                         pair_chunk=o.pair_chunk)
                 # The loss in fp32: sums over B² pairs lose precision in bf16.
                 scores = tuple(None if s is None else s.float() for s in scores)
-                loss = self.model.loss(scores, positive,
-                                       negatives="all" if all_negatives else "hardest",
-                                       negative_weight=weight)
+                loss = self.objective(scores, positive,
+                                      negatives="all" if all_negatives else "hardest",
+                                      negative_weight=weight)
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.scaler is not None:
                     self.scaler.scale(loss.total).backward()
                     self.scaler.unscale_(self.optimizer)  # clip the true gradients
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+                    self._clip()
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                 else:
                     loss.total.backward()
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+                    self._clip()
                     self.optimizer.step()
                 self.step += 1
                 self._check_collapse(fused, loss.alignment, positive,
@@ -477,12 +485,16 @@ class Trainer:
         return {"total": total, "alignment": alignment, "coherence": coherence,
                 "negatives": "all" if all_negatives else "hardest", "win_rate": win_rate}
 
+    def _clip(self) -> None:
+        if self.recipe.grad_clip is not None:  # None: no clipping, as printed
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
+
     def _check_collapse(self, fused, alignment, positive, negatives: str) -> None:
         """Feed one batch to the collapse guard: print its warning once (rank 0);
         with ``stop_on_collapse``, raise TrainingCollapsed, on every rank at the
         same step (the flag is all-reduced under DDP)."""
         if self.collapse_guard.update(fused, alignment, positive, negatives,
-                                      self.config.margin, self.step):
+                                      self.recipe.margin, self.step):
             self.collapse = self.collapse_guard.report
             self._print(self.collapse_guard.message())
         if not self.options.stop_on_collapse:
@@ -513,11 +525,11 @@ class Trainer:
         return recalls, {k: float(v) for k, v in truth_recall_at_k(sims, self.val_truth).items()}
 
     def _patience_spent(self) -> bool:
-        p = self.options.patience
+        p = self.recipe.patience
         return p is not None and self.best_epoch > 0 and self.epoch - self.best_epoch >= p
 
     def fit(self) -> Path:
-        """Train from epoch ``self.epoch`` to ``config.epochs``; return best.pt's path.
+        """Train from epoch ``self.epoch`` to ``recipe.epochs``; return best.pt's path.
 
         Rank 0 owns ``out_dir`` meanwhile (:class:`cccl_lite.files.RunLock`):
         a second run into the same folder fails at once, naming this one,
@@ -553,13 +565,13 @@ class Trainer:
             if self.is_main:
                 self._write_config_json()
                 self._trim_log()
-            c = self.config
+            c = self.recipe
             if self.epoch >= c.epochs:
                 self._print(f"{self.last_path}: already trained for {self.epoch} epochs")
             while self.epoch < c.epochs:
                 if self._patience_spent():
                     self._print(f"stopped early: no better validation "
-                                f"{SELECT_LABELS[self.options.select]} for "
+                                f"{SELECT_LABELS[self.recipe.select]} for "
                                 f"{self.epoch - self.best_epoch} epochs (best "
                                 f"{self.best_rsum:.1f} at epoch {self.best_epoch})")
                     break
@@ -649,7 +661,7 @@ def read_log(run_dir) -> list[dict]:
 def best_record(log: list[dict]) -> dict:
     """The record of the epoch ``best.pt`` holds: the last one the trainer
     flagged best, under whichever validation measure its recipe selects by
-    (``TrainOptions.select``)."""
+    (``Recipe.select``)."""
     return [r for r in log if r["best"]][-1]
 
 
@@ -661,6 +673,8 @@ def stopped_on_patience(record: dict, patience: int) -> bool:
     return record["last_epoch"] - record["best_epoch"] >= patience
 
 
-def train(config: CCCLConfig, data_path, out_dir, options: TrainOptions | None = None) -> Path:
-    """Train CCCL (see :class:`Trainer`); return the path of ``out_dir/best.pt``."""
-    return Trainer(config, data_path, out_dir, options).fit()
+def train(config: CCCLConfig, recipe: Recipe, data_path, out_dir,
+          run: RunOptions | None = None) -> Path:
+    """Train CCCL of ``config`` with ``recipe`` (see :class:`Trainer`); return
+    the path of ``out_dir/best.pt``."""
+    return Trainer(config, recipe, data_path, out_dir, run).fit()

@@ -33,11 +33,11 @@ from torch.utils.checkpoint import checkpoint
 
 from cccl_lite.model.align import GlobalBranch, LocalBranch, RelationSimilarity
 from cccl_lite.model.fast import local_similarity, local_similarity_pairs, relation_recur
-from cccl_lite.model.loss import HybridLoss, SimilarityMLP, fuse_scores, hybrid_loss
+from cccl_lite.model.loss import SimilarityMLP, fuse_scores
 from cccl_lite.model.perceive import TextualEmbedding, VisualEmbedding
 from cccl_lite.model.reason import CrossGRU, GraphReasoning
 
-__all__ = ["ABLATIONS", "PAPER_COHERENCE_WEIGHT", "LITE_CENTRE_SCALE", "CCCLConfig", "CCCL",
+__all__ = ["ABLATIONS", "LITE_CENTRE_SCALE", "CCCLConfig", "CCCL",
            "ImageEncoding", "TextEncoding", "SEQUENCE_FIELDS", "select_rows"]
 
 # Table 6 of the paper, spelled as printed.
@@ -66,13 +66,10 @@ _ABLATION_CHANGES = {
     "w/o M-Pool": {"use_max_pool": False},
     "w/o S-NLP": {"use_syntax": False},
     "w/o C-GRU": {"use_cross_gru": False},
-    "w/o SC-loss": {"coherence_weight": 0.0},
+    "w/o SC-loss": {},  # λ 0: a change of the recipe (cccl_lite.engine.recipes)
     "w/o MLP": {"use_mlp": False},
 }
 assert tuple(_ABLATION_CHANGES) == ABLATIONS
-
-# λ of eq 34 per dataset, Table 1 (Table 5's sweep picks the same values).
-PAPER_COHERENCE_WEIGHT = {"f30k": 0.5, "coco": 0.75}
 
 
 # The synthetic scenes' region features have a mean L2 norm of about 23 (23.1
@@ -85,10 +82,14 @@ LITE_CENTRE_SCALE = 23.4
 
 @dataclass(frozen=True)
 class CCCLConfig:
-    """Every hyper-parameter of CCCL (Table 1) and every Table 6 switch.
+    """What a CCCL model is: its sizes (Table 1), the readings it takes and
+    every Table 6 switch; the defaults are the paper's. How it trains (lr,
+    epochs, batch size, Δ, λ, ...) is its recipe,
+    :class:`cccl_lite.engine.recipes.Recipe`; the presets (lite, paper) pair
+    the two (``cccl_lite.engine.recipes.PRESETS``).
 
     Names: region_dim d_F, num_regions n, word_dim d_E, embed_dim d, sim_dim P,
-    margin Δ, coherence_weight λ (eq 34), attention_temperature λ of eq 17.
+    attention_temperature λ of eq 17.
     """
 
     region_dim: int = 2048
@@ -96,17 +97,7 @@ class CCCLConfig:
     word_dim: int = 768
     embed_dim: int = 1024
     sim_dim: int = 256
-    margin: float = 0.2
-    coherence_weight: float = 0.5
-    batch_size: int = 128
-    lr: float = 2e-4
-    epochs: int = 30
-    lr_decay_epoch: int = 15  # lr × 0.1 from this epoch on (Sec. 4.2)
-    grad_clip: float = 2.0
     attention_temperature: float = 9.0
-    # eq 31 summed over all B² pairs ("sum", as printed) or divided by B
-    # ("per_item"); see cccl_lite.model.loss and the readings appendix.
-    coherence_reduction: str = "sum"
     vocab_size: int = 0  # word ids for "w/o BERT"; set from the data's vocabulary
     # Eq 9's six-tuple: "ours" or CAMERA's "camera" (cccl_lite.model.perceive.position_features).
     position_tuple: str = "ours"
@@ -134,40 +125,6 @@ class CCCLConfig:
     use_cross_gru: bool = True
     use_mlp: bool = True
     ablation: str | None = None
-
-    @classmethod
-    def paper(cls, dataset: str = "f30k", **overrides) -> "CCCLConfig":
-        """Table 1: d_F 2048, n 36, d_E 768, d 1024, P 256, Δ 0.2, B 128, lr 2e-4,
-        30 epochs, and λ per dataset: 0.5 for Flickr30K (``dataset="f30k"``),
-        0.75 for MS-COCO (``"coco"``). ``overrides`` win over both."""
-        if dataset not in PAPER_COHERENCE_WEIGHT:
-            raise ValueError(f"CCCLConfig.paper: unknown dataset {dataset!r}; expected one of: "
-                             f"{', '.join(PAPER_COHERENCE_WEIGHT)}")
-        return cls(**{"coherence_weight": PAPER_COHERENCE_WEIGHT[dataset], **overrides})
-
-    @classmethod
-    def lite(cls, **overrides) -> "CCCLConfig":
-        """Sized for 2 CPU cores: the synthetic scenes' 256-d region features,
-        12 regions, d = P = 64, B = 32; lr 5e-4 for 7 epochs, then 5e-5, at
-        most 30 epochs, a cap the recipe's early stopping ends runs well
-        before (``cccl_lite.engine.recipes.RECIPES``; chapter 6's plateau study). Three choices that chapter 11's
-        diagnosis measured on the scenes, each a documented departure:
-
-        * L_c divided by B ("per_item"): the coherence term that does not
-          brake training (λ stays Table 1's 0.5);
-        * words read by the Bi-GRU of the paper's "w/o BERT" ablation
-          (learned embeddings, ``use_bert=False``): frozen MiniLM vectors,
-          even with a Bi-GRU over them, never let relations be learnt;
-        * the box centre as two more eq 8 columns at the features' scale
-          (``centre_scale``): eq 10's gate alone never carries relations.
-
-        ``word_dim`` 384 is then the Bi-GRU's width (MiniLM's, for
-        ``use_bert=True``)."""
-        base = dict(region_dim=256, num_regions=12, word_dim=384, embed_dim=64,
-                    sim_dim=64, batch_size=32, lr=5e-4, epochs=30, lr_decay_epoch=7,
-                    coherence_reduction="per_item", use_bert=False,
-                    centre_scale=LITE_CENTRE_SCALE)
-        return cls(**{**base, **overrides})
 
     def with_ablation(self, name: str) -> "CCCLConfig":
         """A copy of this config with one Table 6 ablation switched on."""
@@ -469,14 +426,3 @@ class CCCL(nn.Module):
         img = self.encode_images(regions, positions, region_mask)
         txt = self.encode_texts(words, word_mask, word_adjacency)
         return self.score(img, txt, fast=fast, pair_chunk=pair_chunk)
-
-    def loss(self, scores, positive_mask=None, negatives: str = "hardest",
-             negative_weight=None) -> HybridLoss:
-        """The hybrid loss (eq 34) of ``forward``'s branch scores, with this
-        config's Δ, λ and L_c reduction; ``negatives``: "hardest" (eq 33) or "all";
-        ``negative_weight``: see :func:`cccl_lite.model.loss.alignment_term`."""
-        c = self.config
-        return hybrid_loss(*scores, margin=c.margin, coherence_weight=c.coherence_weight,
-                           positive_mask=positive_mask, negatives=negatives,
-                           coherence_reduction=c.coherence_reduction,
-                           negative_weight=negative_weight)

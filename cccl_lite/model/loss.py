@@ -38,6 +38,7 @@ __all__ = [
     "NEGATIVES",
     "fuse_scores",
     "HybridLoss",
+    "HybridObjective",
     "hybrid_loss",
 ]
 
@@ -130,7 +131,7 @@ def alignment_term(scores: torch.Tensor, margin: float = 0.2,
     ``negative_weight`` (B, B) float, with ``negatives="all"`` only: the
     hinge of pair (i, j) counts w_ij times, in both directions (None: every
     w_ij = 1). A reading of ours for the synthetic scenes' hard negatives:
-    ``TrainOptions.sibling_weight`` puts w > 1 on a scene's rebound and
+    ``Recipe.sibling_weight`` puts w > 1 on a scene's rebound and
     swapped siblings, in the spirit of NegCLIP's added hard negatives
     (Yuksekgonul et al. 2023).
     """
@@ -236,3 +237,34 @@ def hybrid_loss(s_s, s_o, s_r, margin: float = 0.2, coherence_weight: float = 0.
     l_t = alignment_term(f, margin, positive_mask, negatives, negative_weight)
     l_c = coherence_term(s_s, s_o, s_r, coherence_reduction)
     return HybridLoss(l_t + coherence_weight * l_c, l_t, l_c)
+
+
+class HybridObjective:
+    """Eq 34 with its constants bound: Δ (``margin``), λ
+    (``coherence_weight``) and L_c's reduction, Table 1's by default as in
+    :func:`hybrid_loss`; built once from a training recipe
+    (``cccl_lite.engine.recipes.Recipe.objective``) and called on a model's
+    three branch scores: ``objective(scores, positive_mask).total``.
+    ``negatives`` and ``negative_weight`` are the step's (see
+    :func:`alignment_term`)."""
+
+    def __init__(self, margin: float = 0.2, coherence_weight: float = 0.5,
+                 coherence_reduction: str = "sum"):
+        if coherence_reduction not in COHERENCE_REDUCTIONS:
+            raise ValueError(f"HybridObjective: coherence_reduction must be one of "
+                             f"{COHERENCE_REDUCTIONS}, got {coherence_reduction!r}")
+        self.margin, self.coherence_weight = margin, coherence_weight
+        self.coherence_reduction = coherence_reduction
+
+    def __repr__(self) -> str:
+        return (f"HybridObjective(margin={self.margin}, coherence_weight="
+                f"{self.coherence_weight}, coherence_reduction={self.coherence_reduction!r})")
+
+    def __call__(self, scores, positive_mask: torch.Tensor | None = None,
+                 negatives: str = "hardest", negative_weight: torch.Tensor | None = None
+                 ) -> HybridLoss:
+        """scores: (S^S, S^O, S^R), each (B, B) or None (an ablated branch)."""
+        return hybrid_loss(*scores, margin=self.margin, coherence_weight=self.coherence_weight,
+                           positive_mask=positive_mask, negatives=negatives,
+                           coherence_reduction=self.coherence_reduction,
+                           negative_weight=negative_weight)

@@ -4,8 +4,8 @@ Taught in chapter 7 ("Ablations"). ``python -m cccl_lite ablate --data FILE
 --results cccl_lite/results/ablations.json`` trains the lite CCCL and each row of
 the paper's Table 6 (:data:`cccl_lite.model.cccl.ABLATIONS`), each with several
 seeds (``--seeds``, default 3), all with one recipe: the lite preset's
-(``cccl_lite.engine.train.RECIPES``), which stops a run once its validation
-measure (the truth-aware R@sum: ``TrainOptions.select``) has not improved
+(``cccl_lite.engine.recipes.PRESETS``), which stops a run once its validation
+measure (the truth-aware R@sum: ``Recipe.select``) has not improved
 for a few epochs (the plateau rule). Each run's best validation
 checkpoint is tested on the test split: R@K (eqs 35-36), the truth-aware R@K
 and the binding / relation sibling accuracies
@@ -23,7 +23,9 @@ last completed epoch (its ``last.pt``), so an interrupted study loses at
 most the epoch in progress and can span sessions; two processes with
 disjoint ``--only`` lists can share one file. A results file of other
 settings is replaced only with ``--overwrite``. Differences between rows
-smaller than their seeds' spread are noise (:func:`versus_full`).
+smaller than their seeds' spread are noise (:func:`versus_full`). A results
+file written before the recipe was its own object (the recipe's numbers in
+``settings["lite_config"]``) is read through :func:`current_settings`.
 """
 
 from __future__ import annotations
@@ -37,15 +39,15 @@ import torch
 
 from cccl_lite.model.cccl import ABLATIONS
 from cccl_lite.provenance import provenance
-from cccl_lite.engine.checkpoint import CONFIGS, load_model, resolve_config
+from cccl_lite.engine.checkpoint import load_model, resolve_config
 from cccl_lite.errors import InputError, field as json_field
 from cccl_lite.files import (OutputError, check_output_dir, check_output_file, shared_file, slug,
                              write_text_atomic)
-from cccl_lite.engine.recipes import RECIPES, lite_options
+from cccl_lite.engine.recipes import PRESETS, Recipe, RunOptions, split_settings
 from cccl_lite.engine.train import Trainer, best_record, read_log
 
 __all__ = ["PAPER_TABLE6", "GROUPS", "METRICS", "row_names", "summarize", "welch_p",
-           "versus_full", "provenance", "run_ablations"]
+           "versus_full", "provenance", "run_ablations", "current_settings"]
 
 FULL = "CCCL"
 
@@ -81,13 +83,16 @@ GROUPS = {
 assert sum(GROUPS.values(), ()) == ABLATIONS
 
 def same_as_full(preset: str = "lite") -> tuple[str, ...]:
-    """The Table 6 ablations that change nothing in ``preset``'s config: the
-    lite CCCL reads words with the Bi-GRU of "w/o BERT" already (chapter 11),
-    so that row would train the full model again."""
-    full = CONFIGS[preset]().to_dict()
+    """The Table 6 ablations that change nothing in ``preset``'s model and
+    recipe: the lite CCCL reads words with the Bi-GRU of "w/o BERT" already
+    (chapter 11), so that row would train the full model again."""
+    full = PRESETS[preset]
+
+    def fields(p):
+        return {**p.model.to_dict(), "ablation": None}, p.recipe
+
     return tuple(name for name in ABLATIONS
-                 if {**CONFIGS[preset]().with_ablation(name).to_dict(), "ablation": None}
-                 == full)
+                 if fields(full.with_ablation(name)) == fields(full))
 
 
 def row_names() -> list[tuple[str, str | None]]:
@@ -226,13 +231,35 @@ def seeds_reaching(entries: list[dict], key: str = "relation",
 
 def _settings(data, epochs: int | None, max_steps: int | None) -> dict:
     data = Path(data)
+    lite = PRESETS["lite"]
     return {"data": data.name, "data_bytes": data.stat().st_size, "config": "lite",
-            "lite_config": CONFIGS["lite"]().to_dict(),
+            "lite_config": lite.model.to_dict(),
             "epochs": epochs or "the lite preset's", "max_steps": max_steps,
-            "recipe": {k: v for k, v in RECIPES["lite"].items()},
+            "recipe": lite.recipe.to_dict(),
             "rule": "the best epoch by the recipe's `select` measure on the validation "
                     "split, stopping after `patience` epochs without a better one",
             "protocol": "all test images"}
+
+
+def current_settings(settings: dict) -> dict:
+    """A results file's ``settings`` in this version's shape: one written
+    before the recipe was its own object kept the recipe's numbers (lr,
+    epochs, batch size, Δ, λ, ...) in ``lite_config`` and its choices in
+    ``recipe``; they move to a whole ``recipe``
+    (:func:`~cccl_lite.engine.recipes.split_settings`, a field missing gets
+    its legacy value), so a finished study is still recognised as the same
+    settings."""
+    if not isinstance(settings, dict) or "lite_config" not in settings:
+        return settings
+    model, recipe, _ = split_settings(settings["lite_config"], settings.get("recipe", {}))
+    return {**settings, "lite_config": model, "recipe": Recipe.from_dict(recipe).to_dict()}
+
+
+def _same_settings(old, settings: dict) -> bool:
+    try:
+        return current_settings(old.get("settings")) == settings
+    except (ValueError, TypeError, AttributeError):  # a hand-edited file: not the same
+        return False
 
 
 def _key(name: str, seed: int) -> str:
@@ -248,7 +275,7 @@ def run_ablations(data, out_dir, results_path, epochs: int | None = None,
     last_epoch, test, truth, siblings, seconds, commit}], "summary"
     (:func:`summarize`)}.
 
-    Every run trains with the lite preset's recipe (``cccl_lite.engine.train.RECIPES``:
+    Every run trains with the lite preset's recipe (``cccl_lite.engine.recipes.PRESETS``:
     at most ``epochs`` epochs, default the preset's, stopping early on
     its validation measure) and is tested with its best validation checkpoint.
     Seeds run outermost (every row with seed 0 first), and each (row, seed)
@@ -277,7 +304,7 @@ def run_ablations(data, out_dir, results_path, epochs: int | None = None,
     if results_path.exists():
         try:
             old = json.loads(results_path.read_text())
-            same = old.get("settings") == settings
+            same = _same_settings(old, settings)
         except (ValueError, AttributeError):
             old, same = None, False
         if same:
@@ -297,10 +324,10 @@ def run_ablations(data, out_dir, results_path, epochs: int | None = None,
             if (only and name not in only) or _key(name, seed) in done:
                 continue
             t0 = time.perf_counter()
-            config = resolve_config("lite", data, ablation,
-                                    **({"epochs": epochs} if epochs else {}))
+            config, recipe = resolve_config("lite", data, ablation,
+                                            **({"epochs": epochs} if epochs else {}))
             run_dir = Path(out_dir) / f"{slug(name)}-seed{seed}"
-            trainer = _trainer(config, data, run_dir, seed, max_steps, log)
+            trainer = _trainer(config, recipe, data, run_dir, seed, max_steps, log)
             best = trainer.fit()
             model, config, vocab = load_model(best)
             history = read_log(run_dir)
@@ -331,7 +358,7 @@ def run_ablations(data, out_dir, results_path, epochs: int | None = None,
     return result
 
 
-def _trainer(config, data, run_dir: Path, seed: int, max_steps, log) -> Trainer:
+def _trainer(config, recipe, data, run_dir: Path, seed: int, max_steps, log) -> Trainer:
     """The Trainer of one (row, seed): it continues the run's ``last.pt``
     when an interrupted study left one of this very run (the trainer's
     resume checks: config, recipe, data; exact on the CPU), so a killed
@@ -340,13 +367,13 @@ def _trainer(config, data, run_dir: Path, seed: int, max_steps, log) -> Trainer:
     options = dict(seed=seed, device="cpu", max_steps=max_steps, quiet=True)
     if (run_dir / "last.pt").is_file():
         try:
-            trainer = Trainer(config, data, run_dir, lite_options(**options, resume=True))
+            trainer = Trainer(config, recipe, data, run_dir, RunOptions(**options, resume=True))
         except InputError as e:
             log(f"{run_dir}: training afresh, its last.pt is not this run's ({e})")
         else:
             log(f"{run_dir}: resuming from epoch {trainer.start_epoch}")
             return trainer
-    return Trainer(config, data, run_dir, lite_options(**options, overwrite=True))
+    return Trainer(config, recipe, data, run_dir, RunOptions(**options, overwrite=True))
 
 
 def _merge(path: Path, settings: dict, done: dict) -> None:
@@ -354,7 +381,7 @@ def _merge(path: Path, settings: dict, done: dict) -> None:
     ``path`` meanwhile; call under :func:`~cccl_lite.files.shared_file`."""
     if path.exists():
         old = json.loads(path.read_text())
-        if old.get("settings") == settings:
+        if _same_settings(old, settings):
             for e in _checked_entries(old, path):
                 done.setdefault(_key(e["name"], e["seed"]), e)
 

@@ -67,7 +67,7 @@ from cccl_lite.engine.checkpoint import load_model, make_reader, resolve_config
 from cccl_lite.model.cccl import LITE_CENTRE_SCALE
 from cccl_lite.errors import InputError, field as json_field, one_line
 from cccl_lite.files import check_output_file, shared_file, slug, write_text_atomic
-from cccl_lite.engine.recipes import RECIPES, recipe_options
+from cccl_lite.engine.recipes import PRESETS, Preset, RunOptions
 from cccl_lite.engine.runtime import eval_mode
 from cccl_lite.engine.train import best_record, read_log, train
 
@@ -79,9 +79,12 @@ __all__ = ["Row", "ROWS", "ROW_BASE", "resolve_row", "hardest_true_rate", "basel
 
 @dataclass(frozen=True)
 class Row:
-    """One run: ``config`` overrides of the lite preset and ``options`` of
-    :class:`~cccl_lite.engine.train.TrainOptions` (``warmup_epochs=None`` = the sum
-    over negatives in every epoch); ``question`` is what the row isolates."""
+    """One run: ``config``, changes to the lite preset's model or numbers
+    (:class:`~cccl_lite.engine.recipes.Preset`), and ``options``, changes to
+    the procedure it trains with (the paper preset's:
+    :meth:`~cccl_lite.engine.recipes.Recipe.procedure`;
+    ``warmup_epochs=None`` = the sum over negatives in every epoch);
+    ``question`` is what the row isolates."""
 
     name: str
     question: str
@@ -200,7 +203,7 @@ ROWS = (
         oracle="side+centre"),
     # relations: the model finds both halves itself, and the loss asks for them
     Row("siblings ×10", "the loss asks for the siblings: a scene's rebound and swapped "
-        "images weigh 10 times in the sum over negatives (TrainOptions.sibling_weight)",
+        "images weigh 10 times in the sum over negatives (Recipe.sibling_weight)",
         {"coherence_reduction": "per_item"}, {**_ALL, **_TRUTH_SIBLINGS, "sibling_weight": 10}),
     Row("siblings ×10, centre in eq 8", "and the image half in usable form: the box centre "
         "as two more region-feature columns (CCCLConfig.centre_scale)",
@@ -407,10 +410,10 @@ def _settings(data, epochs: int, max_steps: int | None, seed: int,
 
 
 def _row_options(row: Row) -> dict:
-    # Every row starts from the paper preset's recipe (one warm-up epoch, which
-    # the paper does not print, then eq 33; image positives, random batches)
-    # and changes what it names.
-    return {**RECIPES["paper"], **row.options}
+    # Every row starts from the paper preset's procedure (one warm-up epoch,
+    # which the paper does not print, then eq 33; image positives, random
+    # batches, no early stopping) and changes what it names.
+    return {**PRESETS["paper"].recipe.procedure(), **row.options}
 
 
 # What every row starts from before its own ``config``: the lite config with
@@ -422,12 +425,13 @@ ROW_BASE = {"coherence_reduction": "sum", "centre_scale": 0.0, "word_gru": False
             "use_bert": True}
 
 
-def resolve_row(row: Row, data, epochs: int):
-    """The CCCLConfig that :func:`run_row` trains for ``row`` on ``data``:
-    the lite preset sized to the data, :data:`ROW_BASE`, then ``row.config``
-    (its "ablation" key as a Table 6 ablation), ``epochs`` with no decay
-    unless the row's config names its ``lr_decay_epoch`` (cccl_lite.studies.plateau)."""
-    overrides = {"lr_decay_epoch": epochs, **ROW_BASE, **row.config}
+def resolve_row(row: Row, data, epochs: int) -> Preset:
+    """The (model config, recipe) that :func:`run_row` trains for ``row`` on
+    ``data``: the lite preset sized to the data, :data:`ROW_BASE`, then
+    ``row.config`` (its "ablation" key as a Table 6 ablation), ``epochs``
+    with no decay unless the row's config names its ``lr_decay_epoch``
+    (cccl_lite.studies.plateau), and the procedure of :func:`_row_options`."""
+    overrides = {"lr_decay_epoch": epochs, **ROW_BASE, **row.config, **_row_options(row)}
     ablation = overrides.pop("ablation", None)
     return resolve_config("lite", data, ablation, epochs=epochs, **overrides)
 
@@ -446,26 +450,25 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
         oracle_file = Path(out_dir) / f"oracle-{slug(row.oracle)}.h5"
         data = oracle_file if oracle_file.exists() else write_oracle(data, oracle_file,
                                                                      row.oracle)
-    config = resolve_row(row, data, epochs)
+    config, recipe = resolve_row(row, data, epochs)
     run_dir = Path(out_dir) / (slug(row.name) + ("" if seed == study_seed else f"-seed{seed}"))
-    best = train(config, data, run_dir, recipe_options(
-        "paper", seed=seed, device="cpu", max_steps=max_steps, quiet=True, overwrite=True,
-        **_row_options(row)))
+    best = train(config, recipe, data, run_dir, RunOptions(
+        seed=seed, device="cpu", max_steps=max_steps, quiet=True, overwrite=True))
     model, config, vocab = load_model(best)
     history = read_log(run_dir)
     best_rec = best_record(history)
     measured, sims, truth, caption_image = measure_scores(model, config, vocab, data, "test",
                                                           cache)
-    full_scale = 2 * config.batch_size * config.margin
+    full_scale = 2 * recipe.batch_size * recipe.margin
     fit = {}
     if row.fit_steps:
         splits = [(make_reader(data, split, config, vocab),
                    hard_negative_pairs(data, split, seed)["relation"])
                   for split in ("train", "test")]
-        curve = fit_sibling_pairs(model, *splits, row.fit_steps, lr=config.lr, seed=seed)
+        curve = fit_sibling_pairs(model, *splits, row.fit_steps, lr=recipe.lr, seed=seed)
         # What asking for relations cost the retrieval: the same test, after the fit.
         after = measure_scores(model, config, vocab, data, "test", cache)[0]
-        fit = {"relation_fit": {"steps": row.fit_steps, "lr": config.lr, "curve": curve,
+        fit = {"relation_fit": {"steps": row.fit_steps, "lr": recipe.lr, "curve": curve,
                                 "after": after}}
     return {
         "name": row.name, **({} if seed == study_seed else {"seed": seed}),
@@ -482,7 +485,7 @@ def run_row(row: Row, data, out_dir, epochs: int, seed: int = 0,
                                                        / full_scale, 3),
                      "test_score_sd": round(float(sims.std()), 4)},
         "hardest_true": round(hardest_true_rate(sims, truth, caption_image,
-                                                config.batch_size), 1),
+                                                recipe.batch_size), 1),
         **fit,
         "seconds": round(time.perf_counter() - t0, 1),
         "commit": provenance()["commit"],

@@ -29,8 +29,7 @@ the rows it holds). ``python -m cccl_lite diagnose --rows plateau --data FILE
 from __future__ import annotations
 
 from cccl_lite.studies.diagnose import ROW_BASE, Row, run_diagnosis
-from cccl_lite.model.cccl import CCCLConfig
-from cccl_lite.engine.recipes import RECIPES
+from cccl_lite.engine.recipes import PRESETS
 
 __all__ = ["STUDY", "EPOCH_CAP", "LITE", "WARM_UP", "WARM_UP_LAMBDA_0", "ROWS", "run_plateau"]
 
@@ -39,15 +38,16 @@ STUDY = "plateau"
 # old cap of 10; with the learning rate cut at the preset's epoch, a run that
 # has not improved for `patience` epochs stops long before 30.
 EPOCH_CAP = 30
-_LITE = CCCLConfig.lite()
+_LITE = PRESETS["lite"]
 # The lite preset as a diagnosis row: the preset's own values for what the
 # runner's ROW_BASE sets, and the preset's learning-rate drop (the runner's
 # default has none within its short budget).
-_CONFIG = {**{k: getattr(_LITE, k) for k in ROW_BASE}, "lr_decay_epoch": _LITE.lr_decay_epoch}
-# The lite recipe the study started from, with the negatives named in every
+_CONFIG = {**{k: _LITE.fields()[k] for k in ROW_BASE},
+           "lr_decay_epoch": _LITE.recipe.lr_decay_epoch}
+# The lite procedure the study started from, with the negatives named in every
 # row: the rows keep their meaning (and their recorded results their match)
 # whatever the lite preset's default becomes.
-_OPTIONS = {**RECIPES["lite"], "warmup_epochs": None}
+_OPTIONS = {**_LITE.recipe.procedure(), "warmup_epochs": None}
 
 LITE = Row("lite recipe", "the lite preset as the study found it: the sum over negatives "
            "in every epoch", dict(_CONFIG), dict(_OPTIONS))
@@ -74,6 +74,6 @@ def run_plateau(data, out_dir, results_path, epochs: int = EPOCH_CAP, seed: int 
         out = run_diagnosis(data, out_dir, results_path, epochs=epochs, seed=seed,
                             max_steps=max_steps, only=only, overwrite=overwrite, rerun=rerun,
                             log=log, seeds=[s], rows=ROWS, study=STUDY,
-                            lr_decay=f"x0.1 from epoch {_LITE.lr_decay_epoch} (0-based)")
+                            lr_decay=f"x0.1 from epoch {_LITE.recipe.lr_decay_epoch} (0-based)")
     return out
 

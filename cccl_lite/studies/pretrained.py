@@ -44,7 +44,7 @@ NAME = "lite-scenes-small-seed0"
 # to show where relations were lost.
 FIRST_RECIPE = "lite-scenes-small-seed0-recipe1"
 # What a shipped checkpoint keeps of best.pt: enough for load_model, no optimizer.
-_KEEP = ("format", "kind", "config", "options", "vocab", "world_size", "epoch", "step",
+_KEEP = ("format", "kind", "config", "recipe", "options", "vocab", "world_size", "epoch", "step",
          "best_rsum", "best_epoch", "val", "model")
 
 
@@ -164,7 +164,8 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
     from cccl_lite.provenance import provenance as where
     from cccl_lite.engine.checkpoint import load_checkpoint, load_model, save_atomic
     from cccl_lite import files
-    from cccl_lite.engine.recipes import departures
+    from cccl_lite.engine.departures import departures
+    from cccl_lite.engine.recipes import settings_of
     from cccl_lite.errors import InputError, read_json
 
     run_dir, data = Path(run_dir), Path(data)
@@ -181,6 +182,11 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
     best = run_dir / "best.pt"
     ckpt = load_checkpoint(best)
     info, log = _read_run(run_dir, read_json, InputError)
+    try:  # a run of this version, or one from before the recipe was its own object
+        trained_config, recipe, options = settings_of(info)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{run_dir / 'config.json'}: its config or recipe does not fit this "
+                         f"cccl_lite ({e})") from None
     _check_trained_on(ckpt, run_dir, data, InputError)
     model, config, vocab = load_model(best)
     model.eval()
@@ -197,9 +203,9 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
                  "make": f"python data_scripts/make_synthetic.py --out {data.name} "
                          f"--seed {scenes['seed']} --size {scenes['size']} && "
                          f"python data_scripts/encode_words.py {data.name}"},
-        "config": info["config"], "options": info["options"],
+        "config": trained_config.to_dict(), "recipe": recipe.to_dict(), "options": options,
         # How this run differs from the paper as printed, each with its evidence.
-        "departures": departures(info["config"], info["options"]),
+        "departures": departures(trained_config, recipe),
         "best_epoch": ckpt["best_epoch"], "epochs_trained": log[-1]["epoch"],
         "train_seconds": round(sum(r["seconds"] for r in log), 1),
         "curve": [{"epoch": r["epoch"], "negatives": r["negatives"],

@@ -5,8 +5,8 @@ similarity vectors' width P of eq 28's MLP (the VSF's output, ``sim_dim``;
 Figs 4-5, P in {1, 64, 128, 256, 512}, 256 chosen, d = 1024) and the
 coherence term's weight λ of eq 34 (``coherence_weight``; Table 5, λ in
 {0.25, 0.5, 0.75, 1.0}, 0.5 chosen for Flickr30K). Here the centre point is
-the lite preset (``CCCLConfig.lite``: P = 64, λ = 0.5 with L_c per
-item; its recipe ``RECIPES["lite"]`` with the sum over negatives in every
+the lite preset (``PRESETS["lite"]``: P = 64, λ = 0.5 with L_c per
+item; its procedure with the sum over negatives in every
 epoch, as it was when the study ran), and every other row changes ONE of the
 two: P in {1, P/4, P/2, 2P} (the paper's grid relative to its chosen P)
 at the lite λ, and λ in {0, 0.25, 0.75, 1.0} at the lite P. (The paper swept
@@ -26,16 +26,15 @@ cccl_lite/results/sensitivity.json --seeds 0 1`` runs every point at seed 0
 from __future__ import annotations
 
 from cccl_lite.studies.diagnose import ROW_BASE, Row, run_diagnosis
-from cccl_lite.model.cccl import CCCLConfig
-from cccl_lite.engine.recipes import RECIPES
+from cccl_lite.engine.recipes import PRESETS
 
 __all__ = ["STUDY", "LITE_P", "LITE_LAMBDA", "P_VALUES", "LAMBDA_VALUES", "CENTRE", "ROWS",
            "run_sensitivity", "point", "sweep"]
 
 STUDY = "sensitivity"
-_LITE = CCCLConfig.lite()
-LITE_P = _LITE.sim_dim
-LITE_LAMBDA = _LITE.coherence_weight
+_LITE = PRESETS["lite"]
+LITE_P = _LITE.model.sim_dim
+LITE_LAMBDA = _LITE.recipe.coherence_weight
 # The paper's P grid {1, 64, 128, 256, 512} around its chosen 256 is
 # {1, P/4, P/2, P, 2P}; its λ grid {0.25, 0.5, 0.75, 1.0}, plus 0 (the
 # coherence term off, Table 6's "w/o SC-loss").
@@ -45,12 +44,12 @@ LAMBDA_VALUES = (0.0, 0.25, 0.5, 0.75, 1.0)
 # The lite preset as a diagnosis row: undo what the runner's ROW_BASE sets
 # (the paper's L_c sum, no centre columns, MiniLM vectors) with the preset's
 # own values, and name P and λ explicitly so every record holds its point.
-_CENTRE_CONFIG = {**{k: getattr(_LITE, k) for k in ROW_BASE},
+_CENTRE_CONFIG = {**{k: _LITE.fields()[k] for k in ROW_BASE},
                   "sim_dim": LITE_P, "coherence_weight": LITE_LAMBDA}
 # The recipe the study was recorded with: the lite one of its day, the sum over
 # negatives in every epoch (the lite preset has since moved to one warm-up
 # epoch, then eq 33: chapter 6's plateau study).
-_CENTRE_OPTIONS = {**RECIPES["lite"], "warmup_epochs": None}
+_CENTRE_OPTIONS = {**_LITE.recipe.procedure(), "warmup_epochs": None}
 
 
 def _row(name: str, question: str, **change) -> Row:

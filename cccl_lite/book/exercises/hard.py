@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from cccl_lite.model.align import cross_attention
-from cccl_lite.model.loss import fuse_scores, hybrid_loss
+from cccl_lite.model.loss import HybridObjective, fuse_scores
 from cccl_lite.model.perceive import masked_softmax
 from cccl_lite.model.reason import CrossGRU, GraphEdges
 from cccl_lite.book.exercises.core import CheckResult, _check, _fail, _gen, _raised
@@ -204,8 +204,7 @@ class TinyScorer(nn.Module):
     """A seeded stand-in for CCCL with its training interface: three branches,
     each a pair of linear maps whose cosines, through a sigmoid, score every
     image (B, 6) against every text (B, 6). ``forward(images, texts)`` returns
-    (F, (S^S, S^O, S^R)) as :meth:`cccl_lite.model.cccl.CCCL.forward` does;
-    ``loss(scores, positive_mask)`` the hybrid loss (eq 34, Δ 0.2, λ 0.5)."""
+    (F, (S^S, S^O, S^R)) as :meth:`cccl_lite.model.cccl.CCCL.forward` does."""
 
     def __init__(self, seed: int, dim: int = 6, out: int = 5):
         super().__init__()
@@ -223,17 +222,18 @@ class TinyScorer(nn.Module):
                        for fi, ft in zip(self.image, self.text))
         return fuse_scores(scores), scores
 
-    def loss(self, scores, positive_mask=None):
-        return hybrid_loss(*scores, margin=0.2, coherence_weight=0.5,
-                           positive_mask=positive_mask)
+
+# The loss the checker's steps train with: eq 34 at Table 1's Δ 0.2 and λ 0.5,
+# as a recipe builds it (cccl_lite.engine.recipes.Recipe.objective).
+_OBJECTIVE = HybridObjective(margin=0.2, coherence_weight=0.5)
 
 
-def _reference_step(model, optimizer, batch, max_norm, *, zero=True, clip=True,
+def _reference_step(model, objective, optimizer, batch, max_norm, *, zero=True, clip=True,
                     total=True, step=True):
     """The trainer's step (``cccl_lite.engine.train``, without autocast); each keyword
     off is one slip."""
     _, scores = model(batch["images"], batch["texts"])
-    loss = model.loss(scores, batch["positive_mask"])
+    loss = objective(scores, batch["positive_mask"])
     loss = loss.total if total else loss.alignment
     if zero:
         optimizer.zero_grad(set_to_none=True)
@@ -270,16 +270,18 @@ def _train_batches(seed: int, b: int):
 def _run_steps(step_fn, seed: int, b: int, max_norm: float):
     model = TinyScorer(seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    losses = [step_fn(model, optimizer, batch, max_norm) for batch in _train_batches(seed, b)]
+    losses = [step_fn(model, _OBJECTIVE, optimizer, batch, max_norm)
+              for batch in _train_batches(seed, b)]
     return losses, {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
 def check_train_step(student: Callable, max_norm: float = 0.1) -> CheckResult:
-    """Check ``student(model, optimizer, batch, max_norm) -> loss`` (a float):
-    one training step as ``cccl_lite.engine.train`` takes it: the model's scores of
-    the batch (``model(batch["images"], batch["texts"])`` returns (F,
-    scores)), the hybrid loss's total (``model.loss(scores,
-    batch["positive_mask"]).total``), zeroed gradients, backward, the
+    """Check ``student(model, objective, optimizer, batch, max_norm) -> loss``
+    (a float): one training step as ``cccl_lite.engine.train`` takes it: the
+    model's scores of the batch (``model(batch["images"], batch["texts"])``
+    returns (F, scores)), the hybrid loss's total (``objective(scores,
+    batch["positive_mask"]).total``, the recipe's eq 34:
+    :class:`~cccl_lite.model.loss.HybridObjective`), zeroed gradients, backward, the
     gradient norm clipped to ``max_norm``, the optimiser's step; returns the
     loss before the update. Checked on a seeded :class:`TinyScorer` with SGD
     (momentum 0.9) by its weights after two steps, in two trials; the
