@@ -64,7 +64,7 @@ def test_runs_rows_and_seeds_keeps_them_and_switches_each_off(tiny_words_h5, tmp
     pos = json.loads((tmp_path / "runs" / "w-o-pos-seed1" / "config.json").read_text())
     full = json.loads((tmp_path / "runs" / "cccl-seed0" / "config.json").read_text())
     assert full["config"]["use_position"] and not pos["config"]["use_position"]
-    assert pos["options"]["seed"] == 1 and pos["options"]["batching"] == "siblings"
+    assert pos["options"]["seed"] == 1 and pos["recipe"]["batching"] == "siblings"
 
     # A rerun with the same settings trains nothing it already holds.
     again = ablate.run_ablations(tiny_words_h5, tmp_path / "runs", results, **kw,
