@@ -34,6 +34,18 @@ import h5py
 import numpy as np
 import torch
 
+from cccl_lite import files
+from cccl_lite.data.difficulty import hard_negative_pairs, sibling_accuracy
+from cccl_lite.data.truth import SplitTruth
+from cccl_lite.engine.checkpoint import (data_changes, data_identity, load_checkpoint, load_model,
+                                         make_reader, save_atomic)
+from cccl_lite.engine.departures import departures
+from cccl_lite.engine.evaluate import evaluate_split
+from cccl_lite.engine.metrics import KEYS, recall_at_k, truth_recall_at_k
+from cccl_lite.engine.recipes import settings_of
+from cccl_lite.errors import InputError, field, read_json
+from cccl_lite.provenance import provenance as where
+
 __all__ = ["ASSET_DIR", "NAME", "FIRST_RECIPE", "checkpoint_path", "provenance",
            "load_pretrained", "measure_scores", "measure_sims", "measure", "ship"]
 
@@ -65,8 +77,6 @@ def _checked_record(name: str, folder: Path | None) -> dict:
     it describes (its ``model_sha256``): a ship killed between writing the
     model and its record leaves a new model beside the old record (issue 29
     #6), whose recalls would then be reported for the wrong weights."""
-    from cccl_lite.errors import InputError, read_json
-
     path = checkpoint_path(name, folder)
     record_path = path.with_suffix(".json")
     for p in (path, record_path):
@@ -90,8 +100,6 @@ def provenance(name: str = NAME, folder: Path | None = None) -> dict:
 def load_pretrained(device="cpu", name: str = NAME, folder: Path | None = None):
     """(model in eval mode, config, checkpoint path) of the shipped lite CCCL,
     checked to be the model its record describes."""
-    from cccl_lite.engine.checkpoint import load_model
-
     _checked_record(name, folder)
     path = checkpoint_path(name, folder)
     model, config, _ = load_model(path, device=device)
@@ -104,9 +112,6 @@ def measure_scores(model, config, vocab, data, split: str = "test", cache: dict 
     (N_img, N_cap) numpy scores; truth the split's (N_img, N_cap) caption
     truth. ``cache``: a dict kept across calls on the same data and split, so
     that the truth matrix and the sibling pairs are computed once."""
-    from cccl_lite.engine.evaluate import evaluate_split
-    from cccl_lite.engine.checkpoint import make_reader
-
     reader = make_reader(data, split, config, vocab)
     recalls, sims = evaluate_split(model, reader)
     sims = np.asarray(sims)
@@ -121,10 +126,6 @@ def measure_sims(sims: np.ndarray, caption_image, data, split: str = "test",
     else :func:`cccl_lite.engine.metrics.recall_at_k` with the split's captions per
     image; "truth" R@K; "siblings" accuracies), truth the (N_img, N_cap)
     caption truth. ``cache`` as in :func:`measure_scores`."""
-    from cccl_lite.data.difficulty import hard_negative_pairs, sibling_accuracy
-    from cccl_lite.data.truth import SplitTruth
-    from cccl_lite.engine.metrics import KEYS, recall_at_k, truth_recall_at_k
-
     cache = {} if cache is None else cache
     if recalls is None:
         recalls = recall_at_k(sims, len(caption_image) // sims.shape[0])
@@ -161,13 +162,6 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
     (best.pt's record of them), and the run's config.json and log.jsonl must
     hold the fields read here (else one line naming the file and field).
     """
-    from cccl_lite.provenance import provenance as where
-    from cccl_lite.engine.checkpoint import load_checkpoint, load_model, save_atomic
-    from cccl_lite import files
-    from cccl_lite.engine.departures import departures
-    from cccl_lite.engine.recipes import settings_of
-    from cccl_lite.errors import InputError, read_json
-
     run_dir, data = Path(run_dir), Path(data)
     if not name or name in (".", "..") or Path(name).name != name:
         raise InputError(f"--name {name!r}: expected a plain file name (no folder part); "
@@ -181,13 +175,13 @@ def ship(run_dir, data, folder: Path | None = None, name: str = NAME,
             raise InputError(f"{p}: exists; pass --overwrite to replace the shipped model")
     best = run_dir / "best.pt"
     ckpt = load_checkpoint(best)
-    info, log = _read_run(run_dir, read_json, InputError)
+    info, log = _read_run(run_dir)
     try:  # a run of this version, or one from before the recipe was its own object
         trained_config, recipe, options = settings_of(info)
     except (TypeError, ValueError) as e:
         raise InputError(f"{run_dir / 'config.json'}: its config or recipe does not fit this "
                          f"cccl_lite ({e})") from None
-    _check_trained_on(ckpt, run_dir, data, InputError)
+    _check_trained_on(ckpt, run_dir, data)
     model, config, vocab = load_model(best)
     model.eval()
     t0 = time.perf_counter()
@@ -236,11 +230,9 @@ _LOG_FIELDS = {"epoch": int, "negatives": str, "losses": dict, "val": dict,
                "seconds": (int, float)}
 
 
-def _read_run(run_dir: Path, read_json, InputError) -> tuple[dict, list[dict]]:
+def _read_run(run_dir: Path) -> tuple[dict, list[dict]]:
     """(config.json, log.jsonl's records) of a finished run, checked for the
     fields ship reads: one line naming the file and field otherwise."""
-    from cccl_lite.errors import field
-
     info_path, log_path = run_dir / "config.json", run_dir / "log.jsonl"
     info = read_json(info_path, "run's config.json")
     for key in ("config", "options"):
@@ -265,8 +257,6 @@ def _read_run(run_dir: Path, read_json, InputError) -> tuple[dict, list[dict]]:
     # line whose checkpoints never came (a full disk, a kill): so does ship.
     last = run_dir / "last.pt"
     if last.exists():
-        from cccl_lite.engine.checkpoint import load_checkpoint
-
         done = field(load_checkpoint(last), "epoch", last, kind=int)
         log = [r for r in log if r["epoch"] <= done]
     if not log:
@@ -275,13 +265,11 @@ def _read_run(run_dir: Path, read_json, InputError) -> tuple[dict, list[dict]]:
     return info, log
 
 
-def _check_trained_on(ckpt: dict, run_dir: Path, data: Path, InputError) -> None:
+def _check_trained_on(ckpt: dict, run_dir: Path, data: Path) -> None:
     """Refuse to measure a run on data other than those it trained on (issue
     29 #7): the record would pair its recalls with the wrong scenes. Compared
     as resume compares them (:func:`cccl_lite.engine.checkpoint.data_changes`): every
     field of the data's identity but its path."""
-    from cccl_lite.engine.checkpoint import data_changes, data_identity
-
     if not data.is_file():
         raise InputError(f"--data {data}: no such data file")
     diff = data_changes(ckpt, data_identity(data))  # empty for a checkpoint that recorded none
