@@ -28,6 +28,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from cccl_lite.book.exercises import EXERCISES
+from cccl_lite.book.student import chapter_sources, default_book_dir
+
 __all__ = ["WORDS_PER_MINUTE", "MINUTES_PER_CELL", "EXERCISE_MINUTES", "EXPERIMENTS",
            "exercise_kind", "chapter_stats", "chapter_table", "SESSIONS", "RECORDS",
            "SHIPPED_RECORD", "execution_record", "session_table"]
@@ -41,8 +44,6 @@ EXPERIMENTS = ("ex-loss-sweep", "ex-train-resume", "ex-train-hardest", "ex-abl-r
 
 def exercise_kind(label: str) -> str:
     """"code" (a checked stub), "experiment" (trains a model) or "question"."""
-    from cccl_lite.book.exercises import EXERCISES
-
     if label in EXERCISES:
         return "code"
     return "experiment" if label in EXPERIMENTS else "question"
@@ -82,8 +83,6 @@ def chapter_table(book_dir=None):
     """:func:`chapter_stats` of every chapter (``book/NN_*.md``) as a pandas
     DataFrame indexed by file name, with a total row."""
     import pandas as pd
-
-    from cccl_lite.book.student import chapter_sources, default_book_dir
 
     book_dir = Path(book_dir) if book_dir is not None else default_book_dir()
     rows = {md.stem: chapter_stats(md) for md in chapter_sources(book_dir)}
@@ -157,8 +156,6 @@ def session_table(record: dict | None = None, book_dir=None, sessions=None):
     runs not included), and the chapters' run time from ``record``
     (measured, minutes; NaN where not recorded), unrounded."""
     import pandas as pd
-
-    from cccl_lite.book.student import default_book_dir
 
     book_dir = Path(book_dir) if book_dir is not None else default_book_dir()
     stats, rows = {}, {}

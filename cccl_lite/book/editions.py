@@ -56,6 +56,8 @@ from cccl_lite.files import write_atomic, write_text_atomic
 from cccl_lite.book.student import (ANSWER_LINE, SUFFIX, STUDENT_NOTE, answer_placeholder,
                                     chapter_sources, citation_labels, default_book_dir, myst_to_markdown,
                                     reference_targets)
+from cccl_lite.book.exercises import EXERCISES
+from cccl_lite.book.notebook import REPOSITORY
 
 __all__ = ["EDITIONS", "repository", "book_page_url", "colab_url", "edition_sources",
            "edition_notebook", "figure_uri", "make_edition", "make_colab_edition", "sync_repository_url",
@@ -83,7 +85,6 @@ def repository(root=None) -> tuple[str, str]:
     root = Path(root) if root is not None else default_book_dir().parent
     config = root / "_config.yml"
     if not config.is_file():
-        from cccl_lite.book.notebook import REPOSITORY
         return REPOSITORY, "main"
     import yaml
 
@@ -174,8 +175,6 @@ def edition_notebook(md_path, edition: str = "colab", book_dir=None, url: str | 
 
     def link(target_page, label):
         return book_page_url(url, f"book/{target_page or stem}", label)
-
-    from cccl_lite.book.exercises import EXERCISES
 
     if edition == "colab":
         header = (f"*The Colab edition of [{title}]({book_page_url(url, page)}), made from "

@@ -69,6 +69,8 @@ import time
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
+from cccl_lite.book.exercises import EXERCISES
+from cccl_lite.book.student import answer_placeholder
 from cccl_lite.errors import InputError
 from cccl_lite.files import check_output_dir, check_output_file, write_text_atomic
 
@@ -166,8 +168,6 @@ def exercise_cells(nb) -> list[tuple[int, str, str]]:
     student edition, else (an edition without it) by a code cell's ``# ✍️
     <label>`` first line and a Markdown "✍️ Exercise (label)" quote of an
     exercise with no stub (index -1: it has no answer cell)."""
-    from cccl_lite.book.exercises import EXERCISES
-
     found = []
     for i, cell in enumerate(nb.cells):
         meta = cell.metadata.get("cccl", {})
@@ -190,8 +190,6 @@ def _written(nb, index: int) -> str:
     without its "✍️ Your answer (label):" lead and the placeholder."""
     if index < 0:
         return "no answer cell (a student edition made before answer cells)"
-    from cccl_lite.book.student import answer_placeholder
-
     placeholder = _ANSWER.sub("", answer_placeholder("ex-x"))  # the prompt's own words
     text = _ANSWER.sub("", nb.cells[index].source.strip(), count=1)
     words = len(text.replace(placeholder.strip(), "").split())
@@ -245,8 +243,6 @@ def grade_notebook(path, student: str = "", timeout: float = 600,
     from jupyter_client.kernelspec import NoSuchKernel
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
-
-    from cccl_lite.book.exercises import EXERCISES
 
     path = Path(path)
     try:

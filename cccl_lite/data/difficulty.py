@@ -23,6 +23,7 @@ import numpy as np
 
 from cccl_lite.data.grammar import Phrase, Structure, caption_structure
 from cccl_lite.data.layout import read_scenes
+from cccl_lite.data.schema import SchemaError, check_file
 
 __all__ = ["Phrase", "Structure", "caption_structure", "relation_holds", "structure_holds",
            "hard_negative_pairs", "pairwise_accuracy", "sibling_accuracy", "sibling_gap",
@@ -37,8 +38,6 @@ def check_scenes(path, splits) -> None:
     """Raise SchemaError, one line naming the file and the first missing field,
     unless every split of ``splits`` holds :data:`SCENE_FIELDS` (data that are
     not the synthetic scenes, such as Flickr30K, would otherwise be a KeyError)."""
-    from cccl_lite.data.schema import SchemaError, check_file
-
     with check_file(path) as f:
         dataset = str(f.attrs.get("dataset", "?"))
         for split in splits:

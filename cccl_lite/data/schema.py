@@ -47,6 +47,8 @@ from typing import Iterator, Sequence
 import h5py
 import numpy as np
 
+from cccl_lite.files import atomic_path, remove_stale_temps
+
 __all__ = [
     "SCHEMA_VERSION",
     "SPLITS",
@@ -110,8 +112,6 @@ def atomic_h5(path: str | os.PathLike, dataset: str, has_boxes: bool = True,
     checked (:func:`check_room`), so a full disk is an OSError, not a crash;
     a larger file is refused at once when the estimate does not fit.
     """
-    from cccl_lite.files import atomic_path, remove_stale_temps
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)  # a killed writer's temp file (issue 14), before room is counted

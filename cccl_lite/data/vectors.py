@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from cccl_lite.data.text import ModelUnavailableError, _drop, _first_line, _splits_of
+from cccl_lite.files import remove_stale_temps, temp_path
 
 __all__ = ["DEFAULT_ENCODER_NAME", "PAPER_ENCODER_NAME", "default_encoder_path",
            "load_encoder", "pool_word_pieces", "encode_words", "cache_word_vectors"]
@@ -236,8 +237,6 @@ def cache_word_vectors(path: str | os.PathLike, encoder: str | os.PathLike | Non
     """
     import h5py
     from tqdm.auto import tqdm
-
-    from cccl_lite.files import remove_stale_temps, temp_path
 
     name = DEFAULT_ENCODER_NAME if encoder is None else str(encoder)
     splits = _splits_of(path, splits)

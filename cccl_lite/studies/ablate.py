@@ -45,6 +45,7 @@ from cccl_lite.files import (OutputError, check_output_dir, check_output_file, s
                              write_text_atomic)
 from cccl_lite.engine.recipes import PRESETS, Recipe, RunOptions, split_settings
 from cccl_lite.engine.train import Trainer, best_record, read_log
+from cccl_lite.studies.pretrained import measure
 
 __all__ = ["PAPER_TABLE6", "GROUPS", "METRICS", "row_names", "summarize", "welch_p",
            "versus_full", "provenance", "run_ablations", "current_settings"]
@@ -286,8 +287,6 @@ def run_ablations(data, out_dir, results_path, epochs: int | None = None,
     :class:`cccl_lite.files.OutputError` before any training, unless
     ``overwrite``: then it is replaced.
     """
-    from cccl_lite.studies.pretrained import measure
-
     results_path = check_output_file(results_path, overwrite=True, what="results file")
     check_output_dir(out_dir, "folder of the training runs (--out)")
     if not Path(data).is_file():

@@ -56,10 +56,10 @@ import numpy as np
 import torch
 
 from cccl_lite.provenance import provenance
-from cccl_lite.data.dataset import SplitReader, build_vocab, word_ids
+from cccl_lite.data.dataset import SiblingSampler, SplitReader, build_vocab, word_ids
 from cccl_lite.engine.baselines import StructureProbe, probe_sims, train_bag_of_words
 from cccl_lite.data.difficulty import hard_negative_pairs, sibling_accuracy
-from cccl_lite.data.truth import SplitTruth
+from cccl_lite.data.truth import SplitTruth, parse_caption
 from cccl_lite.engine.metrics import recall_at_k, truth_recall_at_k
 from cccl_lite.studies.pretrained import measure_scores
 from cccl_lite.studies.probes import fit_sibling_pairs, write_oracle
@@ -70,6 +70,9 @@ from cccl_lite.files import check_output_file, shared_file, slug, write_text_ato
 from cccl_lite.engine.recipes import PRESETS, Preset, RunOptions
 from cccl_lite.engine.runtime import eval_mode
 from cccl_lite.engine.train import best_record, read_log, train
+from cccl_lite.data.parsing import heads_to_adjacency
+from cccl_lite.data.synthetic import build_caption, caption_holds
+from cccl_lite.data.vectors import encode_words, load_encoder
 
 __all__ = ["Row", "ROWS", "ROW_BASE", "resolve_row", "hardest_true_rate", "baselines",
            "sibling_exposure",
@@ -298,8 +301,6 @@ def sibling_exposure(data, batching: str, batch_size: int, seed: int = 0,
     ``batching``: "random" (the shuffle of a ``DistributedSampler``, as the
     trainer draws it) or "siblings" (:class:`~cccl_lite.data.dataset.SiblingSampler`).
     """
-    from cccl_lite.data.dataset import SiblingSampler
-
     truth = SplitTruth(data, split)
     cap_img = truth.caption_image
     if batching == "siblings":
@@ -338,11 +339,6 @@ def reversed_relations(model, data, split: str = "test", tokenizer=None, encoder
     higher, "mean": mean difference, "mean_abs": mean |difference|}: a model
     that reads the direction wins well above 50 %.
     """
-    from cccl_lite.data.synthetic import build_caption, caption_holds
-    from cccl_lite.data.truth import parse_caption
-    from cccl_lite.data.parsing import heads_to_adjacency
-    from cccl_lite.data.vectors import encode_words, load_encoder
-
     config = config or model.config
     if not config.use_bert and vocab is None:
         raise ValueError("reversed_relations: a model that reads word ids needs its vocab")

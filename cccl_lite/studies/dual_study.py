@@ -45,6 +45,8 @@ from cccl_lite.files import OutputError, check_output_file, write_atomic, write_
 from cccl_lite.studies.pretrained import NAME, load_pretrained, measure_sims
 from cccl_lite.studies.pretrained import provenance as shipped_record
 from cccl_lite.provenance import provenance
+from cccl_lite.engine.checkpoint import load_for_data
+from cccl_lite.engine.scoring import encode_all_images, encode_all_texts, score_matrix
 
 __all__ = ["run_dual_study", "SETTINGS"]
 
@@ -65,9 +67,6 @@ def _cost(seconds: float, n_img: int, n_cap: int) -> dict:
 def measure_cccl(data, cache: dict, repeats: int = 1) -> dict:
     """The shipped lite CCCL on the test split: its record (measured again
     from the timed scores) and the cost of scoring every pair."""
-    from cccl_lite.engine.checkpoint import load_for_data
-    from cccl_lite.engine.scoring import encode_all_images, encode_all_texts, score_matrix
-
     model, _, ckpt = load_pretrained()
     _, _, reader = load_for_data(ckpt, data, "test")
     shipped = shipped_record()["model_sha256"]

@@ -18,6 +18,7 @@ from cccl_lite.model.perceive import ContextPerceivedCell, masked_softmax
 from cccl_lite.model.reason import ResidualGCN
 from cccl_lite.book.visualize import rank_scores
 from cccl_lite.book.exercises.core import CheckResult, _check, _fail, _gen, _number, _raised
+from cccl_lite.data.difficulty import pairwise_accuracy
 
 
 # ---- eqs 1-7 -------------------------------------------------------------------
@@ -257,8 +258,6 @@ def check_pairwise_accuracy(student: Callable) -> CheckResult:
     score is higher than the negative's, ties counting one half, in percent
     (``cccl_lite.data.difficulty.pairwise_accuracy``). own, negative: 1-D
     arrays of equal length, small integers in most trials, so ties abound."""
-    from cccl_lite.data.difficulty import pairwise_accuracy
-
     rng = np.random.default_rng(0)
     cases = [rng.integers(0, 4, size=(2, 50)) for _ in range(3)]
     cases += [rng.normal(size=(2, 30)), np.ones((2, 7))]
