@@ -16,7 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cccl_lite.data import synthetic, vectors
+from cccl_lite.engine.train import RunOptions, load_model, resolve_config
+from cccl_lite.engine.train import train as train_model
 from cccl_lite.errors import InputError
+from cccl_lite.studies import pretrained
 
 __all__ = ["IN_COLAB", "REPOSITORY", "smoke", "data_dir", "default_data", "setup", "glue",
            "MissingResult", "results_file", "trained_model"]
@@ -47,18 +51,15 @@ def default_data(size: str | None = None, seed: int = 0, words: bool = True) -> 
     that reads word vectors needs ``words`` (the shipped lite model reads word
     ids: its chapters pass ``words=False`` and skip the encoding); where a GPU
     is present the encoding runs on it."""
-    from cccl_lite.data.synthetic import make_synthetic
-    from cccl_lite.data.vectors import cache_word_vectors
-
     size = size or ("tiny" if smoke() else "small")
     path = data_dir() / f"scenes-{size}-seed{seed}.h5"
     if not path.exists():
         print(f"making {path} (once)...")
-        make_synthetic(path, seed=seed, size=size)
+        synthetic.make_synthetic(path, seed=seed, size=size)
     if words:
         # Skips splits that are already cached; offline, the MiniLM is local.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        cache_word_vectors(path, device="cuda" if torch.cuda.is_available() else "cpu")
+        vectors.cache_word_vectors(path, device="cuda" if torch.cuda.is_available() else "cpu")
     return path
 
 
@@ -148,9 +149,6 @@ def trained_model(epochs: int | None = None, max_steps: int | None = None, seed:
     ``data_dir()/runs`` so chapters share one run. Smoke mode trains one epoch
     of at most 5 batches.
     """
-    from cccl_lite.studies import pretrained
-    from cccl_lite.engine.train import RunOptions, load_model, resolve_config, train as run
-
     asked = train or epochs is not None or max_steps is not None or config_overrides
     if not asked and pretrained.checkpoint_path().exists():
         model, config, path = pretrained.load_pretrained(device=device)
@@ -166,8 +164,9 @@ def trained_model(epochs: int | None = None, max_steps: int | None = None, seed:
     best = out / "best.pt"
     if not best.exists():
         print(f"training a lite CCCL for up to {recipe.epochs} epoch(s) into {out} (once)...")
-        run(config, recipe, data, out, RunOptions(seed=seed, device="cpu", max_steps=max_steps,
-                                                  quiet=True, overwrite=True))
+        train_model(config, recipe, data, out, RunOptions(seed=seed, device="cpu",
+                                                          max_steps=max_steps, quiet=True,
+                                                          overwrite=True))
     model, config, _ = load_model(best, device=device)
     model.eval()
     return model, config, best
