@@ -34,7 +34,8 @@ def derived(record: dict, path: Path) -> list[dict]:
     try:  # a record of this version (with "recipe") or of the one before
         config, recipe, _ = settings_of(record)
     except (TypeError, ValueError) as e:
-        raise InputError(f"{path}: its config or recipe does not fit this cccl_lite ({e})") from None
+        raise InputError(f"{path}: its config or recipe does not fit this cccl_lite "
+                         f"({e})") from None
     return departures(config, recipe)
 
 

@@ -41,7 +41,8 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
                     ignore=shutil.ignore_patterns("__pycache__", "assets", "csrc"))
     shutil.copy(ROOT / "pyproject.toml", tree / "pyproject.toml")
     loss = tree / "cccl_lite" / "model" / "loss.py"
-    loss.write_text(loss.read_text() + "\n\ndef _up():\n    from cccl_lite.engine import train  # noqa\n")
+    loss.write_text(loss.read_text()
+                    + "\n\ndef _up():\n    from cccl_lite.engine import train  # noqa\n")
     out = _lint(tree)
     assert out.returncode != 0
     assert "cccl_lite.model.loss -> cccl_lite.engine.train" in out.stdout
@@ -109,14 +110,16 @@ def _readme_table_entries() -> dict[str, set[str]]:
         if len(cells) < 2 or cells[0] in ("layer", "---"):
             continue
         layer = cells[0] or layer  # an empty first cell continues the row above
-        rows.setdefault(layer, set()).update(n.rstrip("/") for n in re.findall(r"`([\w/]+)`", cells[1]))
+        names = re.findall(r"`([\w/]+)`", cells[1])
+        rows.setdefault(layer, set()).update(n.rstrip("/") for n in names)
     return rows
 
 
 def _floors_contract() -> list[set[str]]:
     import tomllib
 
-    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    contracts = config["tool"]["importlinter"]["contracts"]
     [floors] = [c for c in contracts if c["type"] == "layers" and "containers" not in c]
     return [{n.strip().removeprefix("cccl_lite.") for n in re.split(r"[|:]", layer)}
             for layer in floors["layers"]]

@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from cccl_lite.model.cccl import ABLATIONS, CCCL, CCCLConfig, ImageEncoding, TextEncoding, select_rows
+from cccl_lite.model.cccl import (ABLATIONS, CCCL, CCCLConfig, ImageEncoding, TextEncoding,
+                                  select_rows)
 from cccl_lite.model.loss import HybridObjective
 from cccl_lite.engine.recipes import PRESETS, Preset, Recipe
 

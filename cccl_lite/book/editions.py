@@ -54,14 +54,14 @@ from pathlib import Path
 from cccl_lite.errors import InputError
 from cccl_lite.files import write_atomic, write_text_atomic
 from cccl_lite.book.student import (ANSWER_LINE, SUFFIX, STUDENT_NOTE, answer_placeholder,
-                                    chapter_sources, citation_labels, default_book_dir, myst_to_markdown,
-                                    reference_targets)
+                                    chapter_sources, citation_labels, default_book_dir,
+                                    myst_to_markdown, reference_targets)
 from cccl_lite.book.exercises import EXERCISES
 from cccl_lite.book.notebook import REPOSITORY
 
 __all__ = ["EDITIONS", "repository", "book_page_url", "colab_url", "edition_sources",
-           "edition_notebook", "figure_uri", "make_edition", "make_colab_edition", "sync_repository_url",
-           "COLAB_DIR", "student_notebook", "make_student_edition"]
+           "edition_notebook", "figure_uri", "make_edition", "make_colab_edition",
+           "sync_repository_url", "COLAB_DIR", "student_notebook", "make_student_edition"]
 
 EDITIONS = ("colab", "student")
 COLAB_DIR = "colab"

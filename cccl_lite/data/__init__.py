@@ -15,8 +15,8 @@ One-way layer: nothing here imports the model, the losses, the metrics or
 the engine (scorers that train are in :mod:`cccl_lite.engine.baselines`).
 """
 
-from cccl_lite.data.schema import (SCHEMA_VERSION, SPLITS, SchemaError, atomic_h5, check_file, check_heads,
-                                   split_sizes, write_heads, write_split)
+from cccl_lite.data.schema import (SCHEMA_VERSION, SPLITS, SchemaError, atomic_h5, check_file,
+                                   check_heads, split_sizes, write_heads, write_split)
 
 __all__ = ["SCHEMA_VERSION", "SPLITS", "SchemaError", "atomic_h5", "check_file", "check_heads",
            "split_sizes", "write_heads", "write_split"]

@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cccl_lite.data.grammar import (KINDS, OBJECT_SIZES, RELATIONS, SHAPES, Caption, NounPhrase, caption_holds,
-                                    cells_related)
+from cccl_lite.data.grammar import (KINDS, OBJECT_SIZES, RELATIONS, SHAPES, Caption, NounPhrase,
+                                    caption_holds, cells_related)
 from cccl_lite.data.layout import Group, scene_json
 
 __all__ = ["CAPTIONS_PER_IMAGE", "image_captions", "group_captions"]

@@ -73,8 +73,8 @@ from tqdm import tqdm
 
 from cccl_lite.errors import one_line
 from cccl_lite.files import atomic_path, write_text_atomic
-from cccl_lite.data.sources import (DATASET_TAGS, KINDS, KNOWN_FILES, SCAN_NAMES, SCAN_SPLITS, KnownFile,
-                                    Source)
+from cccl_lite.data.sources import (DATASET_TAGS, KINDS, KNOWN_FILES, SCAN_NAMES, SCAN_SPLITS,
+                                    KnownFile, Source)
 
 __all__ = ["DownloadError", "Source", "KnownFile", "KNOWN_FILES", "CHECKSUMS", "KINDS",
            "download", "fetch", "manual_instructions", "load_checksums", "check_payload",

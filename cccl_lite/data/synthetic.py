@@ -76,12 +76,12 @@ import h5py
 import numpy as np
 
 from cccl_lite.data.captions import CAPTIONS_PER_IMAGE, group_captions, image_captions
-from cccl_lite.data.features import (DETECTOR_SEED, AppearanceTables, SyntheticFeatures, appearance_tables,
-                                     region_features)
-from cccl_lite.data.grammar import (COLOURS, KINDS, OBJECT_SIZES, RELATIONS, SHAPES, Caption, NounPhrase,
-                                    build_caption, caption_holds, caption_text)
-from cccl_lite.data.layout import (CAPTIONS, GRID, REGIONS, SCENE, VARIANTS, Group, make_group, region_boxes,
-                                   render_scene, scene_json, stream)
+from cccl_lite.data.features import (DETECTOR_SEED, AppearanceTables, SyntheticFeatures,
+                                     appearance_tables, region_features)
+from cccl_lite.data.grammar import (COLOURS, KINDS, OBJECT_SIZES, RELATIONS, SHAPES, Caption,
+                                    NounPhrase, build_caption, caption_holds, caption_text)
+from cccl_lite.data.layout import (CAPTIONS, GRID, REGIONS, SCENE, VARIANTS, Group, make_group,
+                                   region_boxes, render_scene, scene_json, stream)
 from cccl_lite.data.schema import SPLITS, atomic_h5, write_split
 
 __all__ = [

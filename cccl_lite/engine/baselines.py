@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cccl_lite.data.dataset import CaptionDataset, SplitReader, build_vocab, collate
-from cccl_lite.data.difficulty import check_scenes, hard_negative_pairs, pairwise_accuracy, relation_holds
+from cccl_lite.data.difficulty import (check_scenes, hard_negative_pairs, pairwise_accuracy,
+                                       relation_holds)
 from cccl_lite.data.grammar import COLOURS, OBJECT_SIZES, SHAPES, Structure, caption_structure
 from cccl_lite.data.layout import read_scenes
 from cccl_lite.data.schema import check_file

@@ -62,7 +62,6 @@ __all__ = [
     "load_checkpoint",
     "config_of",
     "migrate",
-    "recipe_of",
     "load_model",
     "load_for_data",
     "check_resumable",
@@ -378,16 +377,6 @@ def migrate(ckpt: dict) -> dict:
     if "options" in ckpt:
         out["options"] = options
     return out
-
-
-def recipe_of(ckpt: dict, path) -> Recipe:
-    """The :class:`~cccl_lite.engine.recipes.Recipe` a loaded checkpoint was
-    trained with (InputError when its fields do not fit this version)."""
-    try:
-        return Recipe.from_dict(ckpt.get("recipe", {}))
-    except (TypeError, ValueError) as e:
-        raise InputError(f"{path}: the checkpoint's recipe does not fit this cccl_lite ({e}); "
-                         f"was it written by another version?") from None
 
 
 def config_of(ckpt: dict, path) -> CCCLConfig:

@@ -30,9 +30,9 @@ from cccl_lite.engine.metrics import (COCO_FOLDS, KEYS, PROTOCOLS, caption_layou
                                       protocol_recalls)
 from cccl_lite.model.cccl import CCCL
 from cccl_lite.engine.runtime import eval_mode
-from cccl_lite.engine.scoring import (TwoStageScores, check_shortlist, cheap_scores, encode_all_images,
-                                      encode_all_texts, per_caption_scores, score_matrix, score_pairs,
-                                      two_stage_scores)
+from cccl_lite.engine.scoring import (TwoStageScores, check_shortlist, cheap_scores,
+                                      encode_all_images, encode_all_texts, per_caption_scores,
+                                      score_matrix, score_pairs, two_stage_scores)
 
 __all__ = [
     "Hit",

@@ -1,4 +1,4 @@
-"""How a model trains, as opposed to what it is: :class:`Recipe`, :class:`RunOptions`, :data:`PRESETS`.
+"""How a model trains, as opposed to what it is: Recipe, RunOptions and PRESETS.
 
 Taught in chapter 6 ("Training and evaluation"). Three things describe a
 training run:
@@ -97,7 +97,7 @@ class Recipe:
     The defaults are Table 1's (Sec. 4.2: Adam at 2e-4, × 0.1 from epoch 15,
     30 epochs, B = 128, Δ 0.2, λ 0.5 for Flickr30K with L_c summed over the
     B² pairs) with gradient clipping at norm 2 and one warm-up epoch, which
-    the paper does not print (:data:`DEPARTURES`); eq 33's positives are the
+    the paper does not print (``cccl_lite.engine.departures.DEPARTURES``); eq 33's positives are the
     pairs of one image, batches a shuffle, and ``best.pt`` the best
     validation R@sum. Each field's ``metadata["help"]`` says what it does.
     """
@@ -119,13 +119,16 @@ class Recipe:
                                        COHERENCE_REDUCTIONS)
     warmup_epochs: int | None = _option(1, "epochs with the hinge summed over every negative "
                                         "before eq 33's hardest negative; all (None): the sum "
-                                        "in every epoch", "epochs_or_all", legacy=None, procedure=True)
+                                        "in every epoch", "epochs_or_all", legacy=None,
+                                        procedure=True)
     positives: str = _option("image", "image: a caption's positives share its image (eq 33); "
                              "truth: every image of the batch it is true of (synthetic scenes; "
-                             "cccl_lite.data.truth.SplitTruth)", "choice", POSITIVES, procedure=True)
+                             "cccl_lite.data.truth.SplitTruth)", "choice", POSITIVES,
+                             procedure=True)
     batching: str = _option("random", "random (a shuffle), or siblings: a scene's rebound and "
                             "swapped variants share a batch (synthetic scenes; "
-                            "cccl_lite.data.dataset.SiblingSampler)", "choice", BATCHINGS, procedure=True)
+                            "cccl_lite.data.dataset.SiblingSampler)", "choice", BATCHINGS,
+                            procedure=True)
     patience: int | None = _option(None, "stop after this many epochs without a better "
                                    "validation measure (select); none (None): every epoch",
                                    "positive_int_or_none", procedure=True)

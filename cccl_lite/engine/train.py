@@ -90,10 +90,11 @@ import numpy as np
 import torch
 
 from cccl_lite.engine.checkpoint import (CHECKPOINT_FORMAT, check_resumable, data_dataset,
-                                         data_identity, load_checkpoint, load_model, make_reader, prepare_config,
-                                         resolve_config, save_atomic)
+                                          data_identity, load_checkpoint, load_model, make_reader,
+                                          prepare_config, resolve_config, save_atomic)
 from cccl_lite.engine.collapse import CollapseGuard, TrainingCollapsed
-from cccl_lite.data.dataset import CaptionDataset, SiblingSampler, SplitReader, collate, model_inputs
+from cccl_lite.data.dataset import (CaptionDataset, SiblingSampler, SplitReader, collate,
+                                    model_inputs)
 from cccl_lite.data.truth import SplitTruth
 from cccl_lite.errors import InputError, field, one_line
 from cccl_lite.engine import evaluate
@@ -102,9 +103,10 @@ from cccl_lite.model.loss import HybridLoss, alignment_term, hardest_negative_wi
 from cccl_lite.engine.metrics import truth_recall_at_k
 from cccl_lite.model.cccl import CCCL, CCCLConfig
 from cccl_lite.provenance import provenance
-from cccl_lite.engine.recipes import (AMP_MODES, BATCHINGS, POSITIVES, PRESETS, SELECT_LABELS, Preset,
-                                      Recipe, RunOptions)
-from cccl_lite.engine.runtime import Dist, resolve_amp, resolve_device, restore_rng, rng_states, seed_worker
+from cccl_lite.engine.recipes import (AMP_MODES, BATCHINGS, POSITIVES, PRESETS, SELECT_LABELS,
+                                      Preset, Recipe, RunOptions)
+from cccl_lite.engine.runtime import (Dist, resolve_amp, resolve_device, restore_rng, rng_states,
+                                      seed_worker)
 
 # The loop's own names, then those of the modules it drives that the book and
 # the tests import from here (one import line for a chapter).

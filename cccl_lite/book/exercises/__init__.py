@@ -32,13 +32,14 @@ checker is imported here.
 
 from __future__ import annotations
 
-from cccl_lite.book.exercises.checks import (check_cpc, check_feature_size, check_gcn, check_pairwise_accuracy,
-                                             check_rank_scores, check_recall, check_triplet, check_vsf)
+from cccl_lite.book.exercises.checks import (check_cpc, check_feature_size, check_gcn,
+                                             check_pairwise_accuracy, check_rank_scores,
+                                             check_recall, check_triplet, check_vsf)
 from cccl_lite.book.exercises.core import CheckResult
-from cccl_lite.book.exercises.hard import (TinyScorer, check_cross_attention, check_cross_gru, check_edge_weights,
-                                           check_train_step)
-from cccl_lite.book.exercises.registry import (EXERCISES, SOLUTIONS_DIR, Exercise, _last_value, show_solution,
-                                               solution_code, solution_text)
+from cccl_lite.book.exercises.hard import (TinyScorer, check_cross_attention, check_cross_gru,
+                                           check_edge_weights, check_train_step)
+from cccl_lite.book.exercises.registry import (EXERCISES, SOLUTIONS_DIR, Exercise, _last_value,
+                                               show_solution, solution_code, solution_text)
 
 __all__ = ["CheckResult", "Exercise", "EXERCISES", "check_cpc", "check_vsf", "check_triplet",
            "check_recall", "check_gcn", "check_rank_scores", "check_feature_size",

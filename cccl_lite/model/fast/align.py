@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cccl_lite.model.align import LocalBranch, cosine_similarity_vector, masked_mean, vector_similarity
+from cccl_lite.model.align import (LocalBranch, cosine_similarity_vector, masked_mean,
+                                   vector_similarity)
 from cccl_lite.model.fast import fused
 
 # Pairs per tile of the fused Branch 2: its (pairs·(n + m), d) rows stay in cache
