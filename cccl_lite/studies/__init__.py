@@ -5,5 +5,6 @@ others: ``ablate`` (Table 6, chapter 7), ``plateau`` (eq 33 at the plateau,
 chapter 6), ``diagnose`` (chapter 11), ``sensitivity`` (Sec. 4.4, chapter 7),
 ``pretrained`` (the shipped model and ``ship``) and ``probes`` (chapter 8).
 Each one trains and evaluates through the engine and writes its rows
-resumably; none is imported by the engine or the model.
+resumably, through one reader and writer of results files (``results``);
+none is imported by the engine or the model.
 """

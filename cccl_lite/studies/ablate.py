@@ -30,7 +30,6 @@ file written before the recipe was its own object (the recipe's numbers in
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -41,10 +40,10 @@ from cccl_lite.model.cccl import ABLATIONS
 from cccl_lite.provenance import provenance
 from cccl_lite.engine.checkpoint import load_model, resolve_config
 from cccl_lite.errors import InputError, field as json_field
-from cccl_lite.files import (OutputError, check_output_dir, check_output_file, shared_file, slug,
-                             write_text_atomic)
+from cccl_lite.files import OutputError, check_output_dir, check_output_file, shared_file, slug
 from cccl_lite.engine.recipes import PRESETS, Recipe, RunOptions, split_settings
 from cccl_lite.engine.train import Trainer, best_record, read_log
+from cccl_lite.studies import results
 from cccl_lite.studies.pretrained import measure
 
 __all__ = ["PAPER_TABLE6", "GROUPS", "METRICS", "row_names", "summarize", "welch_p",
@@ -256,11 +255,10 @@ def current_settings(settings: dict) -> dict:
     return {**settings, "lite_config": model, "recipe": Recipe.from_dict(recipe).to_dict()}
 
 
-def _same_settings(old, settings: dict) -> bool:
-    try:
-        return current_settings(old.get("settings")) == settings
-    except (ValueError, TypeError, AttributeError):  # a hand-edited file: not the same
-        return False
+def _same_settings(recorded, settings: dict) -> bool:
+    """Whether a results file's recorded settings are ``settings``, read in
+    this version's shape (:func:`current_settings`)."""
+    return current_settings(recorded) == settings
 
 
 def _key(name: str, seed: int) -> str:
@@ -301,15 +299,11 @@ def run_ablations(data, out_dir, results_path, epochs: int | None = None,
         raise ValueError(f"unknown row(s) {sorted(unknown)}; expected some of: {names}")
     done = {}
     if results_path.exists():
-        try:
-            old = json.loads(results_path.read_text())
-            same = _same_settings(old, settings)
-        except (ValueError, AttributeError):
-            old, same = None, False
-        if same:
+        old = results.held(results_path, settings, _same_settings)
+        if old is not None:
             done = {_key(e["name"], e["seed"]): e for e in _checked_entries(old, results_path)}
         elif not overwrite:
-            what = "other settings" if old is not None else "not a results file of ablate"
+            what = results.what_is(results_path, "Table 6 study", settings, current_settings)
             raise OutputError(f"{results_path}: holds {what}; pass --overwrite to replace it, "
                               f"or write to another --results / --out")
         else:
@@ -378,19 +372,18 @@ def _trainer(config, recipe, data, run_dir: Path, seed: int, max_steps, log) -> 
 def _merge(path: Path, settings: dict, done: dict) -> None:
     """Add to ``done`` the entries another process (``--only``) wrote to
     ``path`` meanwhile; call under :func:`~cccl_lite.files.shared_file`."""
-    if path.exists():
-        old = json.loads(path.read_text())
-        if _same_settings(old, settings):
-            for e in _checked_entries(old, path):
-                done.setdefault(_key(e["name"], e["seed"]), e)
+    old = results.held(path, settings, _same_settings)
+    if old is not None:
+        for e in _checked_entries(old, path):
+            done.setdefault(_key(e["name"], e["seed"]), e)
 
 
-def _checked_entries(results: dict, path: Path) -> list[dict]:
+def _checked_entries(content: dict, path: Path) -> list[dict]:
     """A results file's entries, checked for every field the study reads back
     (:func:`summarize`, the rows' order): a hand-edited file fails with one
     line naming it and the field (issue 29 #16), not a KeyError."""
     names = {name for name, _ in row_names()}
-    entries = json_field(results, "entries", path, kind=list)
+    entries = json_field(content, "entries", path, kind=list)
     for i, e in enumerate(entries):
         where = f"entries[{i}]"
         name = json_field(e, "name", path, where, str)
@@ -410,9 +403,6 @@ def _checked_entries(results: dict, path: Path) -> list[dict]:
 def _write(path: Path, settings: dict, done: dict) -> dict:
     order = {name: i for i, (name, _) in enumerate(row_names())}
     entries = sorted(done.values(), key=lambda e: (e["seed"], order[e["name"]]))
-    result = {"settings": settings, "provenance": provenance(), "entries": entries,
-              "summary": summarize(entries),
-              "seconds": round(sum(e["seconds"] for e in entries), 1)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(json.dumps(result, indent=1) + "\n", path)
-    return result
+    return results.write(path, {"settings": settings, "entries": entries,
+                                "summary": summarize(entries),
+                                "seconds": round(sum(e["seconds"] for e in entries), 1)})

@@ -46,7 +46,6 @@ study.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,12 +60,13 @@ from cccl_lite.engine.baselines import StructureProbe, probe_sims, train_bag_of_
 from cccl_lite.data.difficulty import hard_negative_pairs, sibling_accuracy
 from cccl_lite.data.truth import SplitTruth, parse_caption
 from cccl_lite.engine.metrics import recall_at_k, truth_recall_at_k
+from cccl_lite.studies import results
 from cccl_lite.studies.pretrained import measure_scores
 from cccl_lite.studies.probes import fit_sibling_pairs, write_oracle
 from cccl_lite.engine.checkpoint import load_model, make_reader, resolve_config
 from cccl_lite.model.cccl import LITE_CENTRE_SCALE
-from cccl_lite.errors import InputError, field as json_field, one_line
-from cccl_lite.files import check_output_file, shared_file, slug, write_text_atomic
+from cccl_lite.errors import InputError, field as json_field
+from cccl_lite.files import check_output_file, shared_file, slug
 from cccl_lite.engine.recipes import PRESETS, Preset, RunOptions
 from cccl_lite.engine.runtime import eval_mode
 from cccl_lite.engine.train import best_record, read_log, train
@@ -524,8 +524,9 @@ def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
         if old is not None:
             done = {_key(r, seed): r for r in old["rows"]}
         elif not overwrite:
-            raise InputError(f"{results_path}: holds {_what_is(results_path)}; pass --overwrite "
-                             f"to replace it or choose another --results")
+            what = results.what_is(results_path, "diagnosis", settings)
+            raise InputError(f"{results_path}: holds {what}; pass --overwrite to replace it or "
+                             f"choose another --results")
     # The baselines of *these* settings: a file of other settings replaced
     # under --overwrite keeps none of its own (issue 29 #8: they were
     # written as null, which chapter 11 reads).
@@ -552,7 +553,7 @@ def run_diagnosis(data, out_dir, results_path, epochs: int = 3, seed: int = 0,
             done = _merge(results_path, settings, done)
             done[(row.name, row_seed)] = rec
             _write(results_path, settings, done, names)
-    return json.loads(results_path.read_text())
+    return results.load(results_path)
 
 
 def _key(record: dict, study_seed: int) -> tuple[str, int]:
@@ -575,30 +576,14 @@ def _results_under(path: Path, settings: dict) -> dict | None:
     its rows checked for the fields read back (a hand-edited file fails with
     one line naming it and the field, issue 29 #16); None when there is none
     yet, or it holds other settings or no diagnosis at all."""
-    if not path.exists():
-        return None
-    try:
-        old = json.loads(path.read_text())
-    except ValueError:
-        return None
-    if not isinstance(old, dict) or old.get("settings") != settings:
+    old = results.held(path, settings)
+    if old is None:
         return None
     for i, row in enumerate(json_field(old, "rows", path, kind=list)):
         json_field(row, "name", path, f"rows[{i}]", str)
         if "seed" in row:
             json_field(row, "seed", path, f"rows[{i}]", int)
     return old
-
-
-def _what_is(path: Path) -> str:
-    """What a results file of other settings holds, for the refusal's line."""
-    try:
-        old = json.loads(path.read_text())
-    except ValueError as e:
-        return f"no diagnosis (not valid JSON: {one_line(e)})"
-    if not isinstance(old, dict) or "settings" not in old:
-        return "no diagnosis (no settings)"
-    return f"a diagnosis with other settings ({old.get('settings')})"
 
 
 def _write(path: Path, settings: dict, done: dict, names: list[str],
@@ -611,8 +596,4 @@ def _write(path: Path, settings: dict, done: dict, names: list[str],
     # does not know (written by a later commit's runner) are kept, last.
     order = {n: k for k, n in enumerate(names)}
     rows = [done[k] for k in sorted(done, key=lambda k: (order.get(k[0], len(order)), k))]
-    result = {"settings": settings, "provenance": provenance(), "baselines": base,
-              "rows": rows}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(json.dumps(result, indent=1, ensure_ascii=False) + "\n", path)
-    return result
+    return results.write(path, {"settings": settings, "baselines": base, "rows": rows})

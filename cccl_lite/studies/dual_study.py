@@ -31,7 +31,6 @@ training is deterministic on one thread).
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -41,10 +40,10 @@ from cccl_lite.engine.baselines import split_inputs, train_bag_of_words
 from cccl_lite.engine.costs import best_time
 from cccl_lite.engine.dual import dual_sims, save_dual, train_dual_encoder
 from cccl_lite.data.schema import check_file
-from cccl_lite.files import OutputError, check_output_file, write_atomic, write_text_atomic
+from cccl_lite.files import OutputError, check_output_file, write_atomic
+from cccl_lite.studies import results
 from cccl_lite.studies.pretrained import NAME, load_pretrained, measure_sims
 from cccl_lite.studies.pretrained import provenance as shipped_record
-from cccl_lite.provenance import provenance
 from cccl_lite.engine.checkpoint import load_for_data
 from cccl_lite.engine.scoring import encode_all_images, encode_all_texts, score_matrix
 
@@ -125,24 +124,17 @@ def run_dual_study(data, results_path, seeds=(0, 1), checkpoint=None, overwrite:
     old = None
     if results_path.exists():
         check_output_file(results_path, overwrite=True, what="results file")
-        try:
-            old = json.loads(results_path.read_text())
-        except ValueError:
-            old = None
-        if not isinstance(old, dict) or old.get("settings") != settings:
-            if not overwrite:
-                raise OutputError(f"{results_path}: holds other settings or no dual-encoder "
-                                  f"study; pass --overwrite to replace it")
-            old = None
+        old = results.held(results_path, settings)
+        if old is None and not overwrite:
+            what = results.what_is(results_path, "dual-encoder study", settings)
+            raise OutputError(f"{results_path}: holds {what}; pass --overwrite to replace it")
     else:
         check_output_file(results_path, what="results file")
     result = old or {"settings": settings, "seeds": []}
     cache: dict = {}
 
     def write():
-        result["provenance"] = provenance()
-        write_text_atomic(json.dumps(result, indent=1, ensure_ascii=False) + "\n",
-                          results_path)
+        result.update(results.write(results_path, result))
 
     # Measured again when the package ships another lite model than the one
     # the file measured (a file from before the sha256 was kept counts as another).
